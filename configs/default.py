@@ -1,0 +1,11 @@
+"""The default experiment: DLRM on the embedded synthetic Criteo-like data, CPU-sized.
+
+Run:   rankjax train --config configs/default.py --workdir /tmp/rankjax_default
+Result (2-core CPU, 2026-11-27): see BENCHMARKS.md.
+"""
+
+from rankjax.config import base_config
+
+
+def get_config():
+  return base_config("dlrm")

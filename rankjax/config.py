@@ -1,0 +1,185 @@
+"""The config schema (every known key with its default and type) and its validation.
+
+Experiment files in configs/ start from `base_config()` and change values; `validate` rejects
+unknown keys, wrong types and impossible combinations with an error naming the key.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pathlib
+from typing import Any
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config problem, always naming the offending key."""
+
+  def __init__(self, key: str, message: str):
+    self.key = key
+    super().__init__(f"config key '{key}': {message}")
+
+
+def model_module(name: str):
+  """The model zoo module `rankjax.models.<name>`; its `default_config()` is the model schema."""
+  try:
+    return importlib.import_module(f"rankjax.models.{name}")
+  except ModuleNotFoundError as e:
+    if e.name and e.name.startswith("rankjax.models"):
+      raise ConfigError("model.name", f"no model named {name!r} in rankjax.models") from None
+    raise
+
+
+def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
+  """Every key rankjax knows, with defaults. Configs change values, never add keys."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Parameter initialisation and the RNG carried in the train state.
+
+  c.model = model_module(model).default_config()
+  c.model.name = model
+
+  c.data = ml_collections.ConfigDict()
+  c.data.path = ""  # A dataset directory (manifest.json + binary splits); "" = synthetic under workdir.
+  c.data.shuffle_seed = 0  # Global shuffle permutation is a function of (shuffle_seed, epoch).
+  c.data.read_threads = 2  # Grain threads that gather batches.
+  c.data.prefetch_batches = 4  # Grain prefetch buffer, in batches.
+  c.data.synthetic = ml_collections.ConfigDict()
+  c.data.synthetic.seed = 1234
+  c.data.synthetic.num_train = 3_000_000
+  c.data.synthetic.num_eval = 100_000
+  c.data.synthetic.num_dense = 13
+  c.data.synthetic.vocab_sizes = (
+      1000, 500, 2000, 1500, 300, 20, 1200, 600, 3, 2000, 800, 2000, 900,
+      30, 1500, 2000, 10, 700, 400, 4, 2000, 15, 15, 1800, 100, 1600)
+  c.data.synthetic.zipf_exponent = 1.2
+  c.data.synthetic.latent_dim = 4  # Rank of the planted pairwise interactions.
+  c.data.synthetic.num_interacting_pairs = 12
+  c.data.synthetic.signal_scale = 1.0  # Scales every planted effect; larger = easier task.
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1400
+  c.train.batch_size = 2048
+  c.train.eval_batch_size = 8192
+  c.train.log_every = 100
+  c.train.eval_every = 0  # 0 = evaluate only at the end.
+  c.train.dense_optimizer = "adam"  # adam | adagrad
+  c.train.dense_learning_rate = 1e-3
+  c.train.sparse_optimizer = "row_wise_adagrad"
+  c.train.sparse_learning_rate = 0.1
+  c.train.sparse_initial_accumulator = 0.0
+  c.train.sparse_epsilon = 1e-8
+  c.train.progress_bar = True
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 500
+  c.checkpoint.max_to_keep = 2
+  c.checkpoint.async_save = True
+
+  c.mesh = ml_collections.ConfigDict()
+  # Mesh axes (names) and sizes; one size may be -1 to take the remaining devices.
+  c.mesh.axes = ("data", "model")
+  c.mesh.shape = (-1, 1)
+  # Logical axis -> mesh axes. Sharding is data: change it here, not in model code.
+  c.mesh.rules = (
+      ("batch", ("data",)),
+      ("table_rows", ("data", "model")),
+      ("embed", ()),
+  )
+  return c
+
+
+DENSE_OPTIMIZERS = ("adam", "adagrad")
+SPARSE_OPTIMIZERS = ("row_wise_adagrad",)
+
+
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """Runs the user's config file (configs are code) and returns its `get_config()`."""
+  p = pathlib.Path(path)
+  if not p.is_file():
+    raise ConfigError("config", f"config file {path} does not exist")
+  spec = importlib.util.spec_from_file_location(f"rankjax_config_{p.stem}", p)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError("config", f"{path} defines no get_config()")
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def _type_ok(value: Any, default: Any) -> bool:
+  if isinstance(default, bool):
+    return isinstance(value, bool)
+  if isinstance(default, int):
+    return isinstance(value, int) and not isinstance(value, bool)
+  if isinstance(default, float):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if isinstance(default, (tuple, list)):
+    return isinstance(value, (tuple, list))
+  return isinstance(value, type(default))
+
+
+def _check_against(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict, prefix: str):
+  for key in config.keys():
+    path = f"{prefix}{key}"
+    if key not in schema:
+      known = ", ".join(sorted(schema.keys()))
+      raise ConfigError(path, f"unknown key (known keys here: {known})")
+    value, default = config[key], schema[key]
+    if isinstance(default, ml_collections.ConfigDict):
+      if not isinstance(value, ml_collections.ConfigDict):
+        raise ConfigError(path, f"must be a section (ConfigDict), got {type(value).__name__}")
+      _check_against(value, default, path + ".")
+    elif default is not None and not _type_ok(value, default):
+      raise ConfigError(path, f"must be {type(default).__name__}, got {type(value).__name__} {value!r}")
+
+
+def _positive(config, key: str):
+  section, name = key.rsplit(".", 1)
+  value = config
+  for part in section.split("."):
+    value = value[part]
+  if value[name] <= 0:
+    raise ConfigError(key, f"must be > 0, got {value[name]!r}")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises ConfigError naming the key for unknown keys, wrong types, impossible combinations."""
+  name = config.get("model", {}).get("name", "dlrm")
+  _check_against(config, base_config(name), "")
+  for key in ("train.steps", "train.batch_size", "train.eval_batch_size", "train.log_every",
+              "train.dense_learning_rate", "train.sparse_learning_rate",
+              "checkpoint.every_steps", "checkpoint.max_to_keep",
+              "data.synthetic.num_train", "data.synthetic.num_eval", "data.read_threads"):
+    _positive(config, key)
+  if config.train.eval_every < 0:
+    raise ConfigError("train.eval_every", "must be >= 0 (0 = only at the end)")
+  if config.train.dense_optimizer not in DENSE_OPTIMIZERS:
+    raise ConfigError("train.dense_optimizer", f"must be one of {DENSE_OPTIMIZERS}")
+  if config.train.sparse_optimizer not in SPARSE_OPTIMIZERS:
+    raise ConfigError("train.sparse_optimizer", f"must be one of {SPARSE_OPTIMIZERS}")
+
+  axes, shape = tuple(config.mesh.axes), tuple(config.mesh.shape)
+  if len(axes) != len(shape):
+    raise ConfigError("mesh.shape", f"has {len(shape)} sizes for {len(axes)} axes {axes}")
+  if "data" not in axes:
+    raise ConfigError("mesh.axes", "must contain a 'data' axis (the batch axis)")
+  if sum(s == -1 for s in shape) > 1 or any(s == 0 or s < -1 for s in shape):
+    raise ConfigError("mesh.shape", f"sizes must be positive with at most one -1, got {shape}")
+  fixed = 1
+  for s in shape:
+    fixed *= s if s > 0 else 1
+  if num_devices % fixed or (-1 not in shape and fixed != num_devices):
+    raise ConfigError("mesh.shape", f"{shape} does not fit {num_devices} devices")
+  data_size = shape[axes.index("data")]
+  if data_size == -1:
+    data_size = num_devices // fixed
+  for key in ("train.batch_size", "train.eval_batch_size"):
+    section, field = key.split(".")
+    if config[section][field] % data_size:
+      raise ConfigError(key, f"{config[section][field]} is not divisible by the data axis size {data_size}")
+  for logical, mesh_axes in config.mesh.rules:
+    for ax in mesh_axes:
+      if ax not in axes:
+        raise ConfigError("mesh.rules", f"logical axis {logical!r} maps to unknown mesh axis {ax!r}")
+  model_module(name).validate_config(config)

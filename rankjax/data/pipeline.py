@@ -1,0 +1,105 @@
+"""The Grain input pipeline: a Grain record is a whole batch.
+
+Per-record Python costs ~10 µs, far too slow for CTR training, so Grain indexes batches: batch i
+of the stream belongs to epoch i // batches_per_epoch, whose global shuffle is a permutation
+drawn from (seed, epoch); one sorted fancy-index read of the memmap gathers the batch. Grain
+supplies threads, prefetch and the checkpointable iterator state ({"next_index": i}).
+Each of P processes reads its own contiguous 1/P of every global batch.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import threading
+
+import grain
+import numpy as np
+
+from rankjax.data import layout
+
+
+def _to_arrays(records: np.ndarray) -> dict[str, np.ndarray]:
+  return {name: np.ascontiguousarray(records[name]) for name in records.dtype.names}
+
+
+class ShuffledBatches:
+  """Random access to the training stream: index i -> this process's share of global batch i.
+
+  The last len % batch_size records of each epoch's permutation are not used in that epoch;
+  since the permutation changes every epoch, a different remainder is left out each time.
+  """
+
+  def __init__(self, records: np.ndarray, global_batch_size: int, seed: int,
+               process_index: int = 0, process_count: int = 1):
+    if global_batch_size % process_count:
+      raise ValueError(f"batch size {global_batch_size} is not divisible by {process_count} processes")
+    if len(records) < global_batch_size:
+      raise layout.DataError(f"train split has {len(records)} records, fewer than one batch ({global_batch_size})")
+    self.records = records
+    self.global_batch_size = global_batch_size
+    self.local_batch_size = global_batch_size // process_count
+    self.local_offset = process_index * self.local_batch_size
+    self.seed = seed
+    self.batches_per_epoch = len(records) // global_batch_size
+    self._lock = threading.Lock()
+    self._perm_epoch, self._perm = -1, None
+
+  def permutation(self, epoch: int) -> np.ndarray:
+    with self._lock:
+      if epoch != self._perm_epoch:
+        self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.records))
+        self._perm_epoch = epoch
+      return self._perm
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    epoch, position = divmod(int(index), self.batches_per_epoch)
+    start = position * self.global_batch_size + self.local_offset
+    rows = np.sort(self.permutation(epoch)[start:start + self.local_batch_size])
+    return _to_arrays(self.records[rows])
+
+
+class SequentialBatches:
+  """The eval split in order, in fixed-size batches; the last batch is padded with weight 0."""
+
+  def __init__(self, records: np.ndarray, global_batch_size: int, process_index: int = 0, process_count: int = 1):
+    if global_batch_size % process_count:
+      raise ValueError(f"eval batch size {global_batch_size} is not divisible by {process_count} processes")
+    self.records = records
+    self.global_batch_size = global_batch_size
+    self.local_batch_size = global_batch_size // process_count
+    self.local_offset = process_index * self.local_batch_size
+    self.num_batches = -(-len(records) // global_batch_size)
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    start = int(index) * self.global_batch_size + self.local_offset
+    rows = np.arange(start, start + self.local_batch_size)
+    valid = rows < len(self.records)
+    batch = _to_arrays(self.records[np.where(valid, rows, 0)])
+    batch["weight"] = valid.astype(np.float32)
+    return batch
+
+
+def _iterate(source, length: int, read_threads: int, prefetch: int) -> grain.DatasetIterator:
+  dataset = grain.MapDataset.range(length).map(source.__getitem__)
+  options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)
+  return iter(dataset.to_iter_dataset(options))
+
+
+def train_iterator(directory: str | pathlib.Path, manifest: dict, *, global_batch_size: int, num_batches: int,
+                   seed: int, read_threads: int = 2, prefetch: int = 4,
+                   process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
+  """A checkpointable iterator over `num_batches` shuffled training batches (several epochs if needed)."""
+  source = ShuffledBatches(layout.open_split(directory, manifest, "train"), global_batch_size, seed,
+                           process_index, process_count)
+  return _iterate(source, num_batches, read_threads, prefetch)
+
+
+def eval_iterator(directory: str | pathlib.Path, manifest: dict, *, global_batch_size: int,
+                  read_threads: int = 2, prefetch: int = 4,
+                  process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
+  source = SequentialBatches(layout.open_split(directory, manifest, "eval"), global_batch_size,
+                             process_index, process_count)
+  return _iterate(source, len(source), read_threads, prefetch)

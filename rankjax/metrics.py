@@ -1,0 +1,33 @@
+"""Evaluation metrics for binary ranking tasks on host arrays: weighted ROC AUC and log loss.
+
+Eval predictions are fetched once per evaluation, so these run in NumPy; a weight of 0 marks a
+padding example.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None) -> float:
+  """Area under the ROC curve; tied scores count one half (the Mann-Whitney statistic)."""
+  labels = np.asarray(labels, np.float64).ravel()
+  scores = np.asarray(scores).ravel()
+  weights = np.ones_like(labels) if weights is None else np.asarray(weights, np.float64).ravel()
+  _, group = np.unique(scores, return_inverse=True)  # Tie groups in ascending score order.
+  pos_g = np.bincount(group, weights=weights * labels)
+  neg_g = np.bincount(group, weights=weights * (1.0 - labels))
+  total_pos, total_neg = pos_g.sum(), neg_g.sum()
+  if total_pos == 0 or total_neg == 0:
+    raise ValueError("AUC is undefined with only one class present")
+  neg_below = np.cumsum(neg_g) - neg_g
+  return float(np.sum(pos_g * (neg_below + 0.5 * neg_g)) / (total_pos * total_neg))
+
+
+def log_loss_from_logits(labels: np.ndarray, logits: np.ndarray, weights: np.ndarray | None = None) -> float:
+  """Weighted mean binary cross-entropy, computed stably from logits."""
+  labels = np.asarray(labels, np.float64).ravel()
+  logits = np.asarray(logits, np.float64).ravel()
+  weights = np.ones_like(labels) if weights is None else np.asarray(weights, np.float64).ravel()
+  per_example = np.logaddexp(0.0, logits) - labels * logits
+  return float(np.sum(weights * per_example) / np.sum(weights))

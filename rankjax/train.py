@@ -1,0 +1,228 @@
+"""The training loop: data -> mesh -> step -> metrics, with evaluation and resumable checkpoints.
+
+Host syncs happen only on log, eval and checkpoint steps; in between, steps are dispatched
+asynchronously while the next batch is read and placed on the mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import sys
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from tqdm import tqdm
+
+from rankjax import checkpoint as checkpoint_lib
+from rankjax.config import model_module, validate
+from rankjax.data import layout, pipeline, synthetic
+from rankjax.embedding import StackedTables
+from rankjax.metric_writers import MetricWriter
+from rankjax.metrics import log_loss_from_logits, roc_auc
+from rankjax.optim import dense_optimizer
+from rankjax.partitioner import Partitioner
+from rankjax.train_step import StepFunctions, TrainState
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training stopped because the loss became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything built from a config before the first step: mesh, data, jitted functions."""
+  config: ml_collections.ConfigDict
+  partitioner: Partitioner
+  data_dir: pathlib.Path
+  manifest: dict
+  steps: StepFunctions
+  state_shardings: TrainState
+  init_fn: Any
+  train_fn: Any
+  eval_fn: Any
+
+
+def resolve_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[pathlib.Path, dict]:
+  """The dataset directory and manifest: `data.path`, or the synthetic default under the workdir."""
+  if config.data.path:
+    directory = pathlib.Path(config.data.path)
+    return directory, layout.read_manifest(directory)
+  directory = workdir / "data" / "synthetic"
+  if jax.process_index() == 0:
+    manifest = synthetic.ensure(directory, synthetic.SyntheticSpec.from_config(config.data.synthetic))
+  multihost_utils.sync_global_devices("synthetic data ready")
+  return directory, layout.read_manifest(directory)
+
+
+def build(config: ml_collections.ConfigDict, workdir: pathlib.Path, devices=None) -> Experiment:
+  partitioner = Partitioner.from_config(config, devices)
+  data_dir, manifest = resolve_data(config, workdir)
+  model = model_module(config.model.name)
+  num_dense, vocab_sizes = manifest["num_dense"], manifest["vocab_sizes"]
+  tables = StackedTables(model.embedding_tables(config, vocab_sizes),
+                         [f"cat_{i}" for i in range(len(vocab_sizes))],
+                         row_multiple=partitioner.axis_size("table_rows"))
+
+  def create_model(rngs: nnx.Rngs):
+    return model.create(config, num_dense, len(vocab_sizes), rngs=rngs)
+
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: create_model(nnx.Rngs(0))))
+  t = config.train
+  steps = StepFunctions(graphdef, tables, dense_optimizer(t.dense_optimizer, t.dense_learning_rate),
+                        sparse_learning_rate=t.sparse_learning_rate, sparse_epsilon=t.sparse_epsilon,
+                        sparse_initial_accumulator=t.sparse_initial_accumulator, create_model=create_model)
+
+  replicated = partitioner.replicated
+  abstract = jax.eval_shape(steps.init, jax.random.key(0))
+  state_shardings = TrainState(
+      step=replicated, rng=replicated,
+      params=jax.tree.map(lambda _: replicated, abstract.params),
+      opt_state=jax.tree.map(lambda _: replicated, abstract.opt_state),
+      table=partitioner.sharding("table_rows", "embed"),
+      table_accum=partitioner.sharding("table_rows"))
+  batch_shardings = {"label": partitioner.sharding("batch"), "dense": partitioner.sharding("batch", None),
+                     "cat": partitioner.sharding("batch", None)}
+  eval_shardings = {**batch_shardings, "weight": partitioner.sharding("batch")}
+  by_batch = partitioner.sharding("batch")
+
+  def eval_outputs(state, batch):
+    return steps.eval_step(state, batch), batch["label"], batch["weight"]
+
+  return Experiment(
+      config=config, partitioner=partitioner, data_dir=data_dir, manifest=manifest, steps=steps,
+      state_shardings=state_shardings,
+      init_fn=partitioner.jit(lambda seed: steps.init(jax.random.key(seed)), in_shardings=None,
+                              out_shardings=state_shardings),
+      train_fn=partitioner.jit(steps.train_step, in_shardings=(state_shardings, batch_shardings),
+                               out_shardings=(state_shardings, replicated), donate_argnums=(0,)),
+      eval_fn=partitioner.jit(eval_outputs, in_shardings=(state_shardings, eval_shardings),
+                              out_shardings=(by_batch, by_batch, by_batch)))
+
+
+def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
+  """AUC and log loss over the whole eval split (padding examples carry weight 0)."""
+  c = exp.config
+  it = pipeline.eval_iterator(exp.data_dir, exp.manifest, global_batch_size=c.train.eval_batch_size,
+                              read_threads=c.data.read_threads, prefetch=c.data.prefetch_batches,
+                              process_index=jax.process_index(), process_count=jax.process_count())
+  outputs = [exp.eval_fn(state, exp.partitioner.place_batch(batch)) for batch in it]
+  logits, labels, weights = (np.concatenate([np.asarray(multihost_utils.process_allgather(o[i], tiled=True))
+                                             for o in outputs]) for i in range(3))
+  return {"auc": roc_auc(labels, logits, weights), "logloss": log_loss_from_logits(labels, logits, weights),
+          "examples": int(weights.sum())}
+
+
+class _DeviceBatches:
+  """Reads the next batch and places it on the mesh (one step ahead of the step that uses it);
+  returns it with the Grain state just after it, which a checkpoint taken after it must record."""
+
+  def __init__(self, iterator, partitioner: Partitioner):
+    self.iterator, self.partitioner = iterator, partitioner
+
+  def __next__(self):
+    batch = self.partitioner.place_batch(next(self.iterator))
+    return batch, self.iterator.get_state()
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices=None,
+          log=print) -> dict[str, Any]:
+  """Trains (or resumes) the experiment in `workdir`; returns the final summary."""
+  # ---- Set-up: validate, build the mesh, data and jitted step.
+  validate(config, len(devices) if devices is not None else jax.device_count())
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  exp = build(config, workdir, devices)
+  c = config.train
+  is_chief = jax.process_index() == 0
+  writer = MetricWriter(workdir, enabled=is_chief)
+  checkpointer = checkpoint_lib.Checkpointer(str(workdir / "checkpoints"), max_to_keep=config.checkpoint.max_to_keep,
+                                             async_save=config.checkpoint.async_save)
+  with jax.set_mesh(exp.partitioner.mesh):
+    # ---- Initialise or resume.
+    latest = checkpointer.latest_step()
+    data_state = None
+    if latest is not None:
+      abstract = checkpoint_lib.abstract_like(jax.eval_shape(exp.init_fn, config.seed), exp.state_shardings)
+      state, data_state = checkpointer.restore(latest, abstract)
+      dropped = writer.truncate_after(latest)
+      log(f"rankjax: resuming from checkpoint step {latest} in {workdir / 'checkpoints'}"
+          + (f" (dropped {dropped} metric events logged after it)" if dropped else ""))
+    else:
+      state = exp.init_fn(config.seed)
+    start = int(jax.device_get(state.step))
+
+    train_iter = pipeline.train_iterator(
+        exp.data_dir, exp.manifest, global_batch_size=c.batch_size, num_batches=max(c.steps, start),
+        seed=config.data.shuffle_seed, read_threads=config.data.read_threads,
+        prefetch=config.data.prefetch_batches,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    if data_state is not None:
+      train_iter.set_state(data_state["iterator"])
+
+    # ---- Train: dispatch steps asynchronously; sync only to log, evaluate or checkpoint.
+    batches = _DeviceBatches(train_iter, exp.partitioner)
+    progress = tqdm(total=c.steps, initial=start, unit="step", dynamic_ncols=True,
+                    disable=not (c.progress_bar and is_chief and sys.stderr.isatty()))
+    pending_losses, window_start, window_time = [], start, time.perf_counter()
+    trained_examples, trained_time, last_eval = 0, 0.0, None
+    if start < c.steps:
+      batch, batch_state = next(batches)
+    for step in range(start, c.steps):
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, metrics = exp.train_fn(state, batch)
+      consumed_state, done = batch_state, step + 1
+      pending_losses.append(metrics["loss"])
+      if done < c.steps:
+        batch, batch_state = next(batches)
+      progress.update(1)
+      is_ckpt = done % config.checkpoint.every_steps == 0 or done == c.steps
+      if done % c.log_every == 0 or done == c.steps or is_ckpt:
+        losses = np.asarray(jax.device_get(pending_losses), np.float64)
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+          writer.write(window_start + int(bad[0]) + 1, "train", loss=None, error="non-finite loss")
+          raise NonFiniteLossError(
+              f"loss became {losses[bad[0]]} at step {window_start + int(bad[0]) + 1}; "
+              f"the last checkpoint is step {checkpointer.latest_step()}. Lower train.dense_learning_rate / "
+              "train.sparse_learning_rate or check the data.")
+        now = time.perf_counter()
+        if window_start > start:  # The first window includes compilation: left out of the throughput.
+          trained_examples += len(losses) * c.batch_size
+          trained_time += now - window_time
+        if done % c.log_every == 0 or done == c.steps:
+          rate = len(losses) * c.batch_size / (now - window_time)
+          writer.write(done, "train", loss=float(losses.mean()), examples_per_sec=rate)
+          progress.set_postfix(loss=f"{losses.mean():.4f}", ex_per_s=f"{rate:,.0f}")
+        pending_losses, window_start, window_time = [], done, now
+      if c.eval_every and done % c.eval_every == 0 and done < c.steps:
+        last_eval = evaluate(exp, state)
+        writer.write(done, "eval", loss=last_eval["logloss"], **last_eval)
+        window_time = time.perf_counter()
+      if is_ckpt:
+        checkpointer.save(done, state, {"iterator": consumed_state})
+    progress.close()
+
+    # ---- Final evaluation and summary.
+    final = evaluate(exp, state)
+    writer.write(c.steps if start < c.steps else start, "eval", loss=final["logloss"], **final)
+    checkpointer.wait()
+    checkpointer.close()
+  writer.close()
+  summary = {"steps": int(jax.device_get(state.step)), "eval_auc": final["auc"], "eval_logloss": final["logloss"],
+             "examples_per_sec": trained_examples / trained_time if trained_time else None,
+             "bayes_optimal_eval_auc": exp.manifest.get("bayes_optimal_eval_auc")}
+  if is_chief:
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  rate = f"{summary['examples_per_sec']:,.0f}" if summary["examples_per_sec"] else "n/a"
+  bayes = summary["bayes_optimal_eval_auc"]
+  log(f"rankjax: final eval auc={final['auc']:.6f} logloss={final['logloss']:.6f} steps={summary['steps']} "
+      f"examples/s={rate}" + (f" (Bayes-optimal auc {bayes:.6f}, ratio {final['auc'] / bayes:.4f})" if bayes else ""))
+  return summary
