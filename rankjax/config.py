@@ -139,7 +139,7 @@ def _positive(config, key: str):
   value = config
   for part in section.split("."):
     value = value[part]
-  if value[name] <= 0:
+  if not value[name] > 0:  # Also rejects NaN.
     raise ConfigError(key, f"must be > 0, got {value[name]!r}")
 
 
@@ -150,8 +150,18 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for key in ("train.steps", "train.batch_size", "train.eval_batch_size", "train.log_every",
               "train.dense_learning_rate", "train.sparse_learning_rate",
               "checkpoint.every_steps", "checkpoint.max_to_keep",
-              "data.synthetic.num_train", "data.synthetic.num_eval", "data.read_threads"):
+              "data.synthetic.num_train", "data.synthetic.num_eval", "data.read_threads",
+              "data.prefetch_batches", "data.synthetic.num_dense", "data.synthetic.latent_dim",
+              "data.synthetic.zipf_exponent", "train.sparse_epsilon"):
     _positive(config, key)
+  vocab = config.data.synthetic.vocab_sizes
+  if not vocab or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in vocab):
+    raise ConfigError("data.synthetic.vocab_sizes", f"must be a non-empty tuple of positive ints, got {tuple(vocab)}")
+  if not config.train.sparse_initial_accumulator >= 0:
+    raise ConfigError("train.sparse_initial_accumulator", "must be >= 0")
+  if not config.data.path and config.data.synthetic.num_train < config.train.batch_size:
+    raise ConfigError("data.synthetic.num_train", f"{config.data.synthetic.num_train} records is less than one "
+                      f"batch (train.batch_size={config.train.batch_size})")
   if config.train.eval_every < 0:
     raise ConfigError("train.eval_every", "must be >= 0 (0 = only at the end)")
   if config.train.dense_optimizer not in DENSE_OPTIMIZERS:

@@ -56,7 +56,11 @@ class StackedTables:
     return ids_bf + jnp.asarray(self.feature_offsets)
 
   def init(self, key: jax.Array) -> jax.Array:
-    """Uniform(-1/sqrt(vocab), 1/sqrt(vocab)) per table (the DLRM reference's init)."""
+    """Uniform(-1/sqrt(vocab), 1/sqrt(vocab)) per table (the DLRM reference's init).
+
+    With jax_threefry_partitionable (the default) a row's values depend only on its index, so
+    the padding (set by the shard count) does not change the real rows: any mesh inits alike.
+    """
     u = jax.random.uniform(key, (self.padded_rows, self.dim), jnp.float32, -1.0, 1.0)
     return u * jnp.asarray(self._row_scale)[:, None]
 

@@ -14,6 +14,8 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None =
   labels = np.asarray(labels, np.float64).ravel()
   scores = np.asarray(scores).ravel()
   weights = np.ones_like(labels) if weights is None else np.asarray(weights, np.float64).ravel()
+  if np.any(weights < 0) or np.any(np.isnan(scores)):
+    raise ValueError("AUC needs non-negative weights and scores without NaN")
   _, group = np.unique(scores, return_inverse=True)  # Tie groups in ascending score order.
   pos_g = np.bincount(group, weights=weights * labels)
   neg_g = np.bincount(group, weights=weights * (1.0 - labels))
@@ -29,5 +31,7 @@ def log_loss_from_logits(labels: np.ndarray, logits: np.ndarray, weights: np.nda
   labels = np.asarray(labels, np.float64).ravel()
   logits = np.asarray(logits, np.float64).ravel()
   weights = np.ones_like(labels) if weights is None else np.asarray(weights, np.float64).ravel()
+  if np.any(weights < 0) or not np.sum(weights) > 0:
+    raise ValueError("log loss needs non-negative weights with a positive sum")
   per_example = np.logaddexp(0.0, logits) - labels * logits
   return float(np.sum(weights * per_example) / np.sum(weights))

@@ -42,14 +42,15 @@ class ShuffledBatches:
     self.seed = seed
     self.batches_per_epoch = len(records) // global_batch_size
     self._lock = threading.Lock()
-    self._perm_epoch, self._perm = -1, None
+    self._permutations: dict[int, np.ndarray] = {}  # The last two epochs: readers straddle a boundary.
 
   def permutation(self, epoch: int) -> np.ndarray:
     with self._lock:
-      if epoch != self._perm_epoch:
-        self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.records))
-        self._perm_epoch = epoch
-      return self._perm
+      if epoch not in self._permutations:
+        self._permutations[epoch] = np.random.default_rng([self.seed, epoch]).permutation(len(self.records))
+        for old in sorted(self._permutations)[:-2]:
+          del self._permutations[old]
+      return self._permutations[epoch]
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     epoch, position = divmod(int(index), self.batches_per_epoch)

@@ -9,7 +9,6 @@ records the Bayes-optimal eval AUC: the ceiling any model can reach on the eval 
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import shutil
 
@@ -64,15 +63,22 @@ class _PlantedModel:
     self.dense_log_std = rng.uniform(0.5, 1.5, spec.num_dense)
     self.dense_weight = s * rng.normal(0.0, 0.25, spec.num_dense)
     self.bias = -1.2
+    # Fixed standardisation (from a calibration draw), so a record's true logit depends on its
+    # own features only, never on the rest of its split.
+    calibration = self._dense(rng, 100_000, spec.num_dense)
+    self.dense_mean, self.dense_std = calibration.mean(axis=0), calibration.std(axis=0) + 1e-6
+
+  def _dense(self, rng: np.random.Generator, n: int, num_dense: int) -> np.ndarray:
+    raw = np.floor(np.exp(rng.normal(self.dense_log_mean, self.dense_log_std, (n, num_dense))))
+    return np.log1p(raw).astype(np.float32)  # The Criteo transform: log(1 + max(x, 0)).
 
   def sample(self, n: int, spec: SyntheticSpec, rng: np.random.Generator):
-    raw = np.floor(np.exp(rng.normal(self.dense_log_mean, self.dense_log_std, (n, spec.num_dense))))
-    dense = np.log1p(raw).astype(np.float32)  # The Criteo transform: log(1 + max(x, 0)).
+    dense = self._dense(rng, n, spec.num_dense)
     cat = np.empty((n, len(spec.vocab_sizes)), np.int32)
     for f, cdf in enumerate(self.id_cdf):
       rank = np.minimum(np.searchsorted(cdf, rng.random(n)), len(cdf) - 1)
       cat[:, f] = self.id_permutation[f][rank]
-    z = (dense - dense.mean(axis=0)) / (dense.std(axis=0) + 1e-6)
+    z = (dense - self.dense_mean) / self.dense_std
     logit = self.bias + z @ self.dense_weight + 0.3 * spec.signal_scale * np.tanh(z[:, 0] * z[:, 1])
     for f in range(cat.shape[1]):
       logit += self.main_effect[f][cat[:, f]]
@@ -112,12 +118,15 @@ def generate(directory: str | pathlib.Path, spec: SyntheticSpec) -> dict:
 
 
 def ensure(directory: str | pathlib.Path, spec: SyntheticSpec) -> dict:
-  """Returns the manifest of the data in `directory`, generating it if absent or from another spec."""
+  """Returns the manifest of the data in `directory`, generating it if absent, incomplete or
+  made from another spec."""
   directory = pathlib.Path(directory)
   try:
     manifest = layout.read_manifest(directory)
     source = dict(manifest.get("source", {}))
-    if source.pop("kind", None) == "synthetic" and json.dumps(source, sort_keys=True) == json.dumps(spec.as_dict(), sort_keys=True):
+    if source.pop("kind", None) == "synthetic" and source == spec.as_dict():
+      for split in manifest["splits"]:
+        layout.open_split(directory, manifest, split)  # DataError on a missing or truncated file.
       return manifest
   except layout.DataError:
     pass
