@@ -11,10 +11,15 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-USAGE = """usage: rankjax train --config configs/default.py --workdir DIR [--config.KEY=VALUE ...]
+USAGE = """usage: rankjax COMMAND ...
 
 commands:
-  train   train (or resume) the experiment of a config file in a workdir
+  train --config CFG --workdir DIR [--config.KEY=VALUE ...]
+          train (or resume) the experiment of a config file in a workdir
+  plan --config CFG [--devices N] [--device-memory BYTES] [--config.KEY=VALUE ...]
+          print the embedding sharding plan: per table sharding and bytes per device
+  bench embedding [--rows 100000,1000000,4000000] [--steps N] [--sharding S] [--collectives]
+          time the sparse embedding engine against tables-as-optax-params
 """
 
 EXIT_CONFIG_ERROR = 2
@@ -94,6 +99,37 @@ def train_command(argv: list[str]) -> int:
   return 0
 
 
+def plan_command(argv: list[str]) -> int:
+  """`rankjax plan`: needs the device count before jax starts, so it sets up simulated CPU devices."""
+  import os
+  devices = next((int(a.split("=", 1)[1]) for a in argv if a.startswith("--devices=")), None)
+  if "--devices" in argv:
+    devices = int(argv[argv.index("--devices") + 1])
+  if devices and "jax" not in sys.modules and os.environ.get("JAX_PLATFORMS", "cpu") == "cpu":
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={devices}").strip()
+    os.environ["JAX_PLATFORMS"] = "cpu"
+  from rankjax import plan_report
+  from rankjax.config import ConfigError
+  from rankjax.planner import PlanError
+  fv = flags.FlagValues()
+  config_flag = config_flags.DEFINE_config_file("config", None, "Experiment config file.", flag_values=fv,
+                                                lock_config=True)
+  flags.DEFINE_integer("devices", None, "Devices to plan for (default: all visible).", flag_values=fv)
+  flags.DEFINE_integer("device_memory", None, "Bytes of memory per device; the plan must fit.", flag_values=fv)
+  argv = [a.replace("--device-memory", "--device_memory") for a in argv]
+  try:
+    fv(argv)
+    if config_flag.value is None:
+      raise ValueError("--config is required")
+    plan_report.print_plan(config_flag.value, fv["devices"].value, fv["device_memory"].value)
+  except (ConfigError, PlanError) as e:
+    return _fail(str(e), EXIT_CONFIG_ERROR)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    return _fail(_diagnose_override(argv) or str(e).strip().splitlines()[0], EXIT_CONFIG_ERROR)
+  return 0
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
   if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
@@ -102,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
   command, rest = argv[1], [argv[0]] + argv[2:]
   if command == "train":
     return train_command(rest)
+  if command == "plan":
+    return plan_command(rest)
+  if command == "bench" and len(rest) > 1 and rest[1] == "embedding":
+    from rankjax import bench_embedding
+    return bench_embedding.main(rest[2:])
   return _fail(f"unknown command {command!r}\n{USAGE}", EXIT_CONFIG_ERROR)
 
 

@@ -66,11 +66,24 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   c.train.eval_every = 0  # 0 = evaluate only at the end.
   c.train.dense_optimizer = "adam"  # adam | adagrad
   c.train.dense_learning_rate = 1e-3
-  c.train.sparse_optimizer = "row_wise_adagrad"
-  c.train.sparse_learning_rate = 0.1
-  c.train.sparse_initial_accumulator = 0.0
-  c.train.sparse_epsilon = 1e-8
   c.train.progress_bar = True
+
+  c.embedding = ml_collections.ConfigDict()
+  # replicated | table_wise | row_wise | column_wise | gspmd_row_wise (baseline) | auto (planner).
+  c.embedding.sharding = "row_wise"
+  # sgd | adagrad | row_wise_adagrad | adam (lazy moments) | ftrl: fused, touches looked-up rows only.
+  c.embedding.optimizer = "row_wise_adagrad"
+  c.embedding.learning_rate = 0.1
+  c.embedding.initial_accumulator = 0.0  # adagrad, row_wise_adagrad.
+  c.embedding.epsilon = 1e-8  # adagrad, row_wise_adagrad, adam.
+  c.embedding.beta1 = 0.9  # adam.
+  c.embedding.beta2 = 0.999  # adam.
+  c.embedding.l1 = 0.0  # ftrl.
+  c.embedding.l2 = 0.0  # ftrl.
+  c.embedding.dtype = "float32"  # float32 | bfloat16 table storage.
+  # Per-table overrides, "TABLE:KEY=VALUE" with KEY in sharding|optimizer|dtype|combiner|initializer;
+  # they win over the defaults above and over the planner.
+  c.embedding.overrides = ()
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 500
@@ -83,7 +96,7 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   c.mesh.shape = (-1, 1)
   # Logical axis -> mesh axes. Sharding is data: change it here, not in model code.
   c.mesh.rules = (
-      ("batch", ("data",)),
+      ("batch", ("data", "model")),
       ("table_rows", ("data", "model")),
       ("embed", ()),
   )
@@ -91,7 +104,9 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
 
 
 DENSE_OPTIMIZERS = ("adam", "adagrad")
-SPARSE_OPTIMIZERS = ("row_wise_adagrad",)
+SPARSE_OPTIMIZERS = ("sgd", "adagrad", "row_wise_adagrad", "adam", "ftrl")
+SHARDINGS = ("replicated", "table_wise", "row_wise", "column_wise", "gspmd_row_wise", "auto")
+OVERRIDE_KEYS = ("sharding", "optimizer", "dtype", "combiner", "initializer")
 
 
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -148,17 +163,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   name = config.get("model", {}).get("name", "dlrm")
   _check_against(config, base_config(name), "")
   for key in ("train.steps", "train.batch_size", "train.eval_batch_size", "train.log_every",
-              "train.dense_learning_rate", "train.sparse_learning_rate",
+              "train.dense_learning_rate", "embedding.learning_rate",
               "checkpoint.every_steps", "checkpoint.max_to_keep",
               "data.synthetic.num_train", "data.synthetic.num_eval", "data.read_threads",
               "data.prefetch_batches", "data.synthetic.num_dense", "data.synthetic.latent_dim",
-              "data.synthetic.zipf_exponent", "train.sparse_epsilon"):
+              "data.synthetic.zipf_exponent", "embedding.epsilon"):
     _positive(config, key)
   vocab = config.data.synthetic.vocab_sizes
   if not vocab or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in vocab):
     raise ConfigError("data.synthetic.vocab_sizes", f"must be a non-empty tuple of positive ints, got {tuple(vocab)}")
-  if not config.train.sparse_initial_accumulator >= 0:
-    raise ConfigError("train.sparse_initial_accumulator", "must be >= 0")
+  if not config.embedding.initial_accumulator >= 0:
+    raise ConfigError("embedding.initial_accumulator", "must be >= 0")
   if not config.data.path and config.data.synthetic.num_train < config.train.batch_size:
     raise ConfigError("data.synthetic.num_train", f"{config.data.synthetic.num_train} records is less than one "
                       f"batch (train.batch_size={config.train.batch_size})")
@@ -166,8 +181,21 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError("train.eval_every", "must be >= 0 (0 = only at the end)")
   if config.train.dense_optimizer not in DENSE_OPTIMIZERS:
     raise ConfigError("train.dense_optimizer", f"must be one of {DENSE_OPTIMIZERS}")
-  if config.train.sparse_optimizer not in SPARSE_OPTIMIZERS:
-    raise ConfigError("train.sparse_optimizer", f"must be one of {SPARSE_OPTIMIZERS}")
+  if config.embedding.optimizer not in SPARSE_OPTIMIZERS:
+    raise ConfigError("embedding.optimizer", f"must be one of {SPARSE_OPTIMIZERS}")
+  if config.embedding.sharding not in SHARDINGS:
+    raise ConfigError("embedding.sharding", f"must be one of {SHARDINGS}")
+  if config.embedding.dtype not in ("float32", "bfloat16"):
+    raise ConfigError("embedding.dtype", "must be float32 or bfloat16")
+  for entry in config.embedding.overrides:
+    table, sep, rest = entry.partition(":")
+    key, eq, value = rest.partition("=")
+    if not (sep and eq and table) or key not in OVERRIDE_KEYS:
+      raise ConfigError("embedding.overrides", f"{entry!r} is not TABLE:KEY=VALUE with KEY in {OVERRIDE_KEYS}")
+    allowed = {"sharding": SHARDINGS[:-1], "optimizer": SPARSE_OPTIMIZERS, "dtype": ("float32", "bfloat16"),
+               "combiner": ("sum", "mean"), "initializer": ("uniform", "zeros")}[key]
+    if value not in allowed:
+      raise ConfigError("embedding.overrides", f"{entry!r}: {key} must be one of {allowed}")
 
   axes, shape = tuple(config.mesh.axes), tuple(config.mesh.shape)
   if len(axes) != len(shape):
@@ -181,15 +209,24 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     fixed *= s if s > 0 else 1
   if num_devices % fixed or (-1 not in shape and fixed != num_devices):
     raise ConfigError("mesh.shape", f"{shape} does not fit {num_devices} devices")
-  data_size = shape[axes.index("data")]
-  if data_size == -1:
-    data_size = num_devices // fixed
-  for key in ("train.batch_size", "train.eval_batch_size"):
-    section, field = key.split(".")
-    if config[section][field] % data_size:
-      raise ConfigError(key, f"{config[section][field]} is not divisible by the data axis size {data_size}")
+  sizes = {a: (s if s > 0 else num_devices // fixed) for a, s in zip(axes, shape)}
+  rules = dict(config.mesh.rules)
   for logical, mesh_axes in config.mesh.rules:
     for ax in mesh_axes:
       if ax not in axes:
         raise ConfigError("mesh.rules", f"logical axis {logical!r} maps to unknown mesh axis {ax!r}")
+  if "batch" not in rules:
+    raise ConfigError("mesh.rules", "needs a 'batch' rule")
+  batch_shards = 1
+  for ax in rules["batch"]:
+    batch_shards *= sizes[ax]
+  for key in ("train.batch_size", "train.eval_batch_size"):
+    section, field = key.split(".")
+    if config[section][field] % batch_shards:
+      raise ConfigError(key, f"{config[section][field]} is not divisible by the {batch_shards} batch shards "
+                        f"(mesh axes {tuple(rules['batch'])})")
+  stray = [ax for ax in rules.get("table_rows", ()) if sizes[ax] > 1 and ax not in rules["batch"]]
+  if stray:
+    raise ConfigError("mesh.rules", f"tables are sharded over {stray}, which the batch is not: "
+                      "the embedding collectives need the batch split over every table shard axis")
   model_module(name).validate_config(config)

@@ -1,7 +1,8 @@
-"""Embedding tables as one stacked array with per-feature row offsets, outside optax.
+"""Embedding vocabulary: table configs, feature slots (multi-hot), pooling and the table init.
 
-Tables of equal dim live in one [rows, dim] array (one gather and one scatter per step instead of
-one per table); a feature's ids are shifted by its table's row offset.
+Vocabulary after TorchRec: a table (`EmbeddingTableConfig`) serves one or more features; a
+feature has a fixed max hotness, so a batch's ids are a static [batch, slots] array with -1 as
+padding. Pooling (the table's combiner) turns slots into one vector per feature.
 """
 
 from __future__ import annotations
@@ -12,60 +13,107 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.random import threefry2x32_p
+
+COMBINERS = ("sum", "mean")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+INITIALIZERS = ("uniform", "zeros")
 
 
 @dataclasses.dataclass(frozen=True)
 class EmbeddingTableConfig:
-  """One table; several features may share it (TorchRec's EmbeddingBagConfig vocabulary)."""
+  """One table; several features may share it.
+
+  combiner: how a multi-hot feature's rows pool into one vector ("sum" | "mean").
+  dtype: storage dtype ("float32" | "bfloat16"); updates are computed in float32.
+  initializer: "uniform" = U(-1/sqrt(vocab), 1/sqrt(vocab)) (the DLRM reference), or "zeros".
+  optimizer / sharding: None = the engine's default / the planner's choice.
+  """
   name: str
   vocab_size: int
   dim: int
   feature_names: tuple[str, ...]
   combiner: str = "sum"
+  dtype: str = "float32"
+  initializer: str = "uniform"
+  optimizer: str | None = None
+  sharding: str | None = None
+
+  def __post_init__(self):
+    if self.vocab_size <= 0 or self.dim <= 0:
+      raise ValueError(f"table {self.name}: vocab_size and dim must be > 0")
+    if self.combiner not in COMBINERS:
+      raise ValueError(f"table {self.name}: combiner {self.combiner!r} not in {COMBINERS}")
+    if self.dtype not in DTYPES:
+      raise ValueError(f"table {self.name}: dtype {self.dtype!r} not in {tuple(DTYPES)}")
+    if self.initializer not in INITIALIZERS:
+      raise ValueError(f"table {self.name}: initializer {self.initializer!r} not in {INITIALIZERS}")
 
 
-class StackedTables:
-  """Row layout of several equal-dim tables stacked into one array."""
+@dataclasses.dataclass(frozen=True)
+class FeatureSlots:
+  """Features in batch order, each with a max hotness: feature f owns slots [start[f], start[f]+hotness[f])."""
+  names: tuple[str, ...]
+  hotness: tuple[int, ...]
 
-  def __init__(self, tables: Sequence[EmbeddingTableConfig], feature_order: Sequence[str],
-               row_multiple: int = 1):
-    dims = {t.dim for t in tables}
-    if len(dims) != 1:
-      raise ValueError(f"stacked tables need one dim, got {sorted(dims)}")
-    self.tables = tuple(tables)
-    self.dim = dims.pop()
-    table_offset, start = {}, 0
-    for t in self.tables:
-      table_offset[t.name] = start
-      start += t.vocab_size
-    self.num_rows = start
-    # Padded so the rows split evenly over the shards; padding rows are never looked up.
-    self.padded_rows = -(-start // row_multiple) * row_multiple
-    by_feature = {f: t for t in self.tables for f in t.feature_names}
-    missing = [f for f in feature_order if f not in by_feature]
-    if missing:
-      raise ValueError(f"features without a table: {missing}")
-    self.feature_offsets = np.array([table_offset[by_feature[f].name] for f in feature_order], np.int32)
-    self.feature_vocab = np.array([by_feature[f].vocab_size for f in feature_order], np.int32)
-    self._row_scale = np.concatenate(
-        [np.full(t.vocab_size, 1.0 / np.sqrt(t.vocab_size), np.float32) for t in self.tables]
-        + [np.zeros(self.padded_rows - self.num_rows, np.float32)])
+  @property
+  def num_slots(self) -> int:
+    return int(sum(self.hotness))
 
-  def global_ids(self, ids_bf: jax.Array) -> jax.Array:
-    """Per-feature ids [batch, feature] -> rows of the stacked array."""
-    return ids_bf + jnp.asarray(self.feature_offsets)
+  @property
+  def start(self) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(self.hotness)[:-1]]).astype(np.int32)
 
-  def init(self, key: jax.Array) -> jax.Array:
-    """Uniform(-1/sqrt(vocab), 1/sqrt(vocab)) per table (the DLRM reference's init).
-
-    With jax_threefry_partitionable (the default) a row's values depend only on its index, so
-    the padding (set by the shard count) does not change the real rows: any mesh inits alike.
-    """
-    u = jax.random.uniform(key, (self.padded_rows, self.dim), jnp.float32, -1.0, 1.0)
-    return u * jnp.asarray(self._row_scale)[:, None]
+  @property
+  def slot_feature(self) -> np.ndarray:
+    return np.repeat(np.arange(len(self.names), dtype=np.int32), self.hotness)
 
 
-def lookup(table_rd: jax.Array, rows_bf: jax.Array) -> jax.Array:
-  """Gathers rows: [batch, feature] row ids -> [batch, feature, dim]."""
-  with jax.named_scope("embedding_lookup"):
-    return table_rd.at[rows_bf].get(mode="promise_in_bounds")
+def pool(rows_btd: jax.Array, valid_bt: jax.Array, slots: FeatureSlots, combiners: Sequence[str]) -> jax.Array:
+  """Pools slot rows into one vector per feature: [B, T, D] -> [B, F, D]; padding never counts.
+
+  Static slices per feature (no scatter), so XLA fuses the sums.
+  """
+  with jax.named_scope("embedding_pool"):
+    if all(h == 1 for h in slots.hotness):
+      return rows_btd * valid_bt[..., None].astype(rows_btd.dtype)
+    out = []
+    for start, h, combiner in zip(slots.start, slots.hotness, combiners):
+      valid = valid_bt[:, start:start + h, None].astype(rows_btd.dtype)
+      pooled = jnp.sum(rows_btd[:, start:start + h] * valid, axis=1)
+      if combiner == "mean":
+        pooled = pooled / jnp.maximum(jnp.sum(valid, axis=1), 1.0)
+      out.append(pooled)
+    return jnp.stack(out, axis=1)
+
+
+def _uniform_from_counters(key_data: jax.Array, row: jax.Array, col: jax.Array) -> jax.Array:
+  """U[0, 1) from a counter-based hash of (key, row, col): elementwise, no temporaries.
+
+  key_data: [rows, 2] uint32 per row; row, col: [rows, dim] uint32.
+  """
+  k0 = jnp.broadcast_to(key_data[:, :1], row.shape)
+  k1 = jnp.broadcast_to(key_data[:, 1:], row.shape)
+  bits, _ = threefry2x32_p.bind(k0, k1, row, col)
+  return jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32) - 1.0
+
+
+def init_stacked(key: jax.Array, *, num_rows: int, dim: int, col_offset: int, table_offsets: np.ndarray,
+                 table_ids: np.ndarray, vocab_sizes: np.ndarray, scales: np.ndarray, dtype) -> jax.Array:
+  """Initial values of a stacked array: row g holds row (g - offset[t]) of table t, or zeros (padding).
+
+  A value depends only on (key, table id, row within the table, column), never on where the
+  layout puts the row: every sharding type and mesh starts from the same tables. Rows are
+  located by a search over the (few) table offsets, so no host array of the table's size exists.
+  """
+  order = np.argsort(table_offsets, kind="stable")
+  offsets = jnp.asarray(table_offsets[order], jnp.int32)
+  g = jax.lax.broadcasted_iota(jnp.int32, (num_rows, dim), 0)
+  c = jax.lax.broadcasted_iota(jnp.int32, (num_rows, dim), 1) + col_offset
+  t = jnp.clip(jnp.searchsorted(offsets, g[:, 0], side="right") - 1, 0, len(order) - 1)[:, None]
+  r = g - offsets[t]
+  valid = (r >= 0) & (r < jnp.asarray(vocab_sizes[order], jnp.int32)[t])
+  keys = jax.vmap(lambda i: jax.random.key_data(jax.random.fold_in(key, i)))(jnp.asarray(table_ids[order]))
+  u = _uniform_from_counters(keys[t[:, 0]], r.astype(jnp.uint32), c.astype(jnp.uint32))
+  values = (2.0 * u - 1.0) * jnp.asarray(scales[order], jnp.float32)[t]
+  return jnp.where(valid, values, 0.0).astype(dtype)

@@ -33,3 +33,25 @@ def dot_interaction(features_bfd: jax.Array) -> jax.Array:
     gram_bff = jnp.einsum("bfd,bgd->bfg", features_bfd, features_bfd)
     rows, cols = np.tril_indices(num_features, k=-1)
     return gram_bff[:, rows, cols]
+
+
+class LowRankCrossNet(nnx.Module):
+  """DCNv2 cross network with low-rank weights (torchrec's LowRankCrossNet).
+
+  Layer l: x_{l+1} = x_0 * (W_l (V_l x_l) + b_l) + x_l, with V_l: in -> rank (no bias) and
+  W_l: rank -> in (bias b_l, zero-initialised). Kernels use Glorot (Xavier) normal scaling, as
+  torchrec's xavier_normal_ does (jax's draw is truncated; the variance is the same).
+  """
+
+  def __init__(self, in_dim: int, num_layers: int, rank: int, *, rngs: nnx.Rngs):
+    xavier = nnx.initializers.glorot_normal()
+    self.v_layers = nnx.List([nnx.Linear(in_dim, rank, use_bias=False, kernel_init=xavier, rngs=rngs)
+                              for _ in range(num_layers)])
+    self.w_layers = nnx.List([nnx.Linear(rank, in_dim, kernel_init=xavier, rngs=rngs)
+                              for _ in range(num_layers)])
+
+  def __call__(self, x0_bi: jax.Array) -> jax.Array:
+    x_bi = x0_bi
+    for v_layer, w_layer in zip(self.v_layers, self.w_layers):
+      x_bi = x0_bi * w_layer(v_layer(x_bi)) + x_bi
+    return x_bi

@@ -24,7 +24,8 @@ from tqdm import tqdm
 from rankjax import checkpoint as checkpoint_lib
 from rankjax.config import model_module, validate
 from rankjax.data import layout, pipeline, synthetic
-from rankjax.embedding import StackedTables
+from rankjax.embedding import FeatureSlots
+from rankjax.embedding_builder import build_engine
 from rankjax.metric_writers import MetricWriter
 from rankjax.metrics import log_loss_from_logits, roc_auc
 from rankjax.optim import dense_optimizer
@@ -41,7 +42,7 @@ class Experiment:
   """Everything built from a config before the first step: mesh, data, jitted functions."""
   config: ml_collections.ConfigDict
   partitioner: Partitioner
-  data_dir: pathlib.Path
+  data_dir: pathlib.Path | None
   manifest: dict
   steps: StepFunctions
   state_shardings: TrainState
@@ -62,23 +63,24 @@ def resolve_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tu
   return directory, layout.read_manifest(directory)
 
 
-def build(config: ml_collections.ConfigDict, workdir: pathlib.Path, devices=None) -> Experiment:
+def build(config: ml_collections.ConfigDict, workdir: pathlib.Path | None, devices=None,
+          manifest: dict | None = None) -> Experiment:
+  """The experiment; with `manifest` given (num_dense, vocab_sizes), no data is read or generated."""
   partitioner = Partitioner.from_config(config, devices)
-  data_dir, manifest = resolve_data(config, workdir)
+  data_dir, manifest = (None, manifest) if manifest is not None else resolve_data(config, workdir)
   model = model_module(config.model.name)
   num_dense, vocab_sizes = manifest["num_dense"], manifest["vocab_sizes"]
-  tables = StackedTables(model.embedding_tables(config, vocab_sizes),
-                         [f"cat_{i}" for i in range(len(vocab_sizes))],
-                         row_multiple=partitioner.axis_size("table_rows"))
+  engine = build_engine(config, model.embedding_tables(config, vocab_sizes),
+                        FeatureSlots(tuple(f"cat_{i}" for i in range(len(vocab_sizes))),
+                                     tuple(manifest.get("hotness", [1] * len(vocab_sizes)))),
+                        partitioner)
 
   def create_model(rngs: nnx.Rngs):
     return model.create(config, num_dense, len(vocab_sizes), rngs=rngs)
 
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: create_model(nnx.Rngs(0))))
-  t = config.train
-  steps = StepFunctions(graphdef, tables, dense_optimizer(t.dense_optimizer, t.dense_learning_rate),
-                        sparse_learning_rate=t.sparse_learning_rate, sparse_epsilon=t.sparse_epsilon,
-                        sparse_initial_accumulator=t.sparse_initial_accumulator, create_model=create_model)
+  steps = StepFunctions(graphdef, engine, dense_optimizer(config.train.dense_optimizer,
+                                                          config.train.dense_learning_rate), create_model)
 
   replicated = partitioner.replicated
   abstract = jax.eval_shape(steps.init, jax.random.key(0))
@@ -86,8 +88,7 @@ def build(config: ml_collections.ConfigDict, workdir: pathlib.Path, devices=None
       step=replicated, rng=replicated,
       params=jax.tree.map(lambda _: replicated, abstract.params),
       opt_state=jax.tree.map(lambda _: replicated, abstract.opt_state),
-      table=partitioner.sharding("table_rows", "embed"),
-      table_accum=partitioner.sharding("table_rows"))
+      embedding=engine.shardings())
   batch_shardings = {"label": partitioner.sharding("batch"), "dense": partitioner.sharding("batch", None),
                      "cat": partitioner.sharding("batch", None)}
   eval_shardings = {**batch_shardings, "weight": partitioner.sharding("batch")}

@@ -77,11 +77,19 @@ def test_batch_size_not_divisible_by_data_axis_is_rejected():
   assert _rejected_key(config) == "train.batch_size"
 
 
-def test_batch_size_divisible_by_data_axis_but_not_device_count_is_accepted():
+def test_batch_split_over_data_only_needs_divisibility_by_the_data_axis_only():
   config = base_config()
   config.mesh.shape = (4, 2)
+  config.mesh.rules = (("batch", ("data",)), ("table_rows", ("data",)), ("embed", ()))
   config.train.batch_size = 4 * 255  # Divisible by the data axis (4), not by all 8 devices.
   validate(config, NUM_DEVICES)
+
+
+def test_tables_sharded_over_an_axis_the_batch_does_not_use_are_rejected():
+  config = base_config()
+  config.mesh.shape = (4, 2)
+  config.mesh.rules = (("batch", ("data",)), ("table_rows", ("data", "model")), ("embed", ()))
+  assert _rejected_key(config) == "mesh.rules"
 
 
 def test_eval_batch_size_not_divisible_by_data_axis_is_rejected():

@@ -39,35 +39,22 @@ def test_sharded_train_steps_equal_the_single_device_steps(single_device, shape,
   exp, state, losses = run_steps(config, tmp_path, jax.devices(), 3)
   assert exp.partitioner.mesh.devices.shape == shape
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-  rows = exp.steps.tables.num_rows
-  np.testing.assert_allclose(state.table[:rows], ref_state.table[:rows], rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(state.table_accum[:rows], ref_state.table_accum[:rows], rtol=1e-4, atol=1e-9)
+  tables, ref_tables = exp.steps.engine.table_values(state.embedding), ref_exp.steps.engine.table_values(ref_state.embedding)
+  for name in ref_tables:
+    np.testing.assert_allclose(tables[name], ref_tables[name], rtol=1e-5, atol=1e-7)
   for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
   assert int(state.step) == 3
 
 
-def test_table_is_row_sharded_and_batch_is_data_sharded(tmp_path):
+def test_tables_are_row_sharded_over_all_devices_and_batch_is_sharded(tmp_path):
   config = tiny_config()
   config.mesh.shape = (4, 2)
   exp = train_lib.build(config, tmp_path, jax.devices())
-  assert exp.state_shardings.table.spec[0] == ("data", "model")
-  assert exp.partitioner.sharding("batch", None).spec[0] == "data"
+  (group,) = exp.steps.engine.groups
+  assert exp.state_shardings.embedding[group.name]["table"].spec[0] == ("data", "model")
+  assert exp.partitioner.sharding("batch", None).spec[0] == ("data", "model")
   with jax.set_mesh(exp.partitioner.mesh):
     state = exp.init_fn(config.seed)
-  shard_rows = {s.data.shape[0] for s in state.table.addressable_shards}
-  assert shard_rows == {exp.steps.tables.padded_rows // 8}
-
-
-def test_table_init_does_not_depend_on_shard_padding(single_device, tmp_path):
-  ref_exp, _, _ = single_device
-  config = tiny_config()
-  exp = train_lib.build(config, tmp_path, jax.devices())
-  with jax.set_mesh(exp.partitioner.mesh):
-    table = np.asarray(exp.init_fn(config.seed).table)
-  config1 = tiny_config()
-  config1.mesh.shape = (1, 1)
-  with jax.set_mesh(ref_exp.partitioner.mesh):
-    ref = np.asarray(ref_exp.init_fn(config1.seed).table)
-  rows = exp.steps.tables.num_rows
-  np.testing.assert_array_equal(table[:rows], ref[:rows])
+  shard_rows = {s.data.shape[0] for s in state.embedding[group.name]["table"].addressable_shards}
+  assert shard_rows == {group.num_rows // 8}

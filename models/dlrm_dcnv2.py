@@ -1,0 +1,78 @@
+"""DLRM-DCNv2, the MLPerf Training recommendation model (torchrec's DLRM_DCN).
+
+Bottom MLP on dense features, concatenated with the embedded features into x0, a low-rank DCNv2
+cross network, then the top MLP to one logit. Embedding rows arrive already gathered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from rankjax.config import ConfigError
+from rankjax.embedding import EmbeddingTableConfig
+from rankjax.layers import MLP, LowRankCrossNet
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The MLPerf DLRM-DCNv2 sizes."""
+  c = ml_collections.ConfigDict()
+  c.embed_dim = 128
+  c.bottom_mlp = (512, 256, 128)  # ReLU after every layer; last size must equal embed_dim.
+  c.top_mlp = (1024, 1024, 512, 256, 1)  # Last layer linear; last size must be 1 (one logit).
+  c.cross_layers = 3  # DCNv2 cross layers.
+  c.cross_rank = 512  # Low rank r of each cross layer's W (in x r) V (r x in) factorisation.
+  return c
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  m = config.model
+  if not m.embed_dim > 0:
+    raise ConfigError("model.embed_dim", f"must be > 0, got {m.embed_dim}")
+  for key in ("bottom_mlp", "top_mlp"):
+    if not m[key] or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in m[key]):
+      raise ConfigError(f"model.{key}", f"must be a non-empty tuple of positive ints, got {tuple(m[key])}")
+  if m.bottom_mlp[-1] != m.embed_dim:
+    raise ConfigError("model.bottom_mlp",
+                      f"last size must equal model.embed_dim={m.embed_dim}, got {tuple(m.bottom_mlp)}")
+  if m.top_mlp[-1] != 1:
+    raise ConfigError("model.top_mlp", f"last size must be 1 (the logit), got {tuple(m.top_mlp)}")
+  for key in ("cross_layers", "cross_rank"):
+    if not m[key] > 0:
+      raise ConfigError(f"model.{key}", f"must be > 0, got {m[key]}")
+
+
+def embedding_tables(config: ml_collections.ConfigDict, vocab_sizes: Sequence[int]) -> list[EmbeddingTableConfig]:
+  """One table per categorical feature, named after it."""
+  return [EmbeddingTableConfig(name=f"cat_{i}", vocab_size=int(v), dim=config.model.embed_dim,
+                               feature_names=(f"cat_{i}",))
+          for i, v in enumerate(vocab_sizes)]
+
+
+class DLRMDCNv2(nnx.Module):
+  """Bottom MLP -> [bottom output, embeddings] flattened -> low-rank cross net -> top MLP -> logit."""
+
+  def __init__(self, config: ml_collections.ConfigDict, num_dense: int, num_sparse: int, *, rngs: nnx.Rngs):
+    m = config.model
+    cross_dim = (num_sparse + 1) * m.embed_dim
+    self.bottom_mlp = MLP(num_dense, m.bottom_mlp, rngs=rngs, final_activation=True)
+    self.cross_net = LowRankCrossNet(cross_dim, m.cross_layers, m.cross_rank, rngs=rngs)
+    self.top_mlp = MLP(cross_dim, m.top_mlp, rngs=rngs)
+
+  def __call__(self, dense_bd: jax.Array, emb_bfd: jax.Array) -> jax.Array:
+    with jax.named_scope("bottom_mlp"):
+      x_bd = self.bottom_mlp(dense_bd)
+    # Dense vector first, then the features in order (torchrec's InteractionDCNArch layout).
+    x0_bi = jnp.concatenate([x_bd[:, None, :], emb_bfd], axis=1).reshape(x_bd.shape[0], -1)
+    with jax.named_scope("cross_net"):
+      x_bi = self.cross_net(x0_bi)
+    with jax.named_scope("top_mlp"):
+      return self.top_mlp(x_bi)[:, 0]
+
+
+def create(config: ml_collections.ConfigDict, num_dense: int, num_sparse: int, *, rngs: nnx.Rngs) -> DLRMDCNv2:
+  return DLRMDCNv2(config, num_dense, num_sparse, rngs=rngs)

@@ -1,0 +1,181 @@
+"""`rankjax bench embedding`: step time of the sparse engine vs tables-as-optax-params, by table size.
+
+The model is deliberately thin (a logit = sum of per-feature dot products with a dense weight)
+so the step time is the embedding engine's: lookup, pooling, the row gradient and the update.
+The sparse engine's step should stay flat as tables grow; the naive baseline, whose optimizer
+touches every row every step, grows with the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rankjax import hlo_stats
+from rankjax.embedding import EmbeddingTableConfig, FeatureSlots
+from rankjax.embedding_engine import EmbeddingEngine, ShardingType
+from rankjax.partitioner import make_mesh
+
+NUM_TABLES, DIM = 26, 16
+
+
+def _available_bytes() -> int:
+  return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _batches(rows: int, batch: int, steps: int, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  for _ in range(steps):
+    ids = (rng.zipf(1.2, size=(batch, NUM_TABLES)) - 1) % rows
+    labels = (rng.random(batch) < 0.25).astype(np.float32)
+    yield ids.astype(np.int32), labels
+
+
+def _time_steps(step: Callable, state, batches, placer, warmup: int) -> tuple[list[float], object]:
+  times = []
+  for i, (ids, labels) in enumerate(batches):
+    ids, labels = placer(ids), placer(labels)
+    start = time.perf_counter()
+    state = step(state, ids, labels, jnp.int32(i + 1))
+    jax.block_until_ready(state)
+    if i >= warmup:
+      times.append((time.perf_counter() - start) * 1e3)
+  return times, state
+
+
+def _logit(w_fd, emb_bfd):
+  return jnp.sum(emb_bfd * w_fd, axis=(1, 2))
+
+
+def sparse_engine(rows: int, sharding: str, optimizer: str, devices):
+  """(engine, jitted step, initial state, batch sharding) for 26 tables of `rows` rows."""
+  mesh = make_mesh(("data", "model"), (len(devices), 1), devices)
+  tables = [EmbeddingTableConfig(f"t{i}", rows, DIM, (f"f{i}",), sharding=sharding) for i in range(NUM_TABLES)]
+  engine = EmbeddingEngine(tables, FeatureSlots(tuple(f"f{i}" for i in range(NUM_TABLES)), (1,) * NUM_TABLES),
+                           mesh, batch_axes=("data", "model"), shard_axes=("data", "model"),
+                           default_optimizer=optimizer, optimizer_args={optimizer: {"learning_rate": 0.05}})
+  shardings = engine.shardings()
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def init(key):
+    return engine.init(key), jnp.full((NUM_TABLES, DIM), 0.1, jnp.float32)
+
+  def step(state, ids, labels, step):
+    tables, w = state
+    rows_btd = engine.lookup(tables, ids)
+
+    def loss_fn(w, rows_btd):
+      return jnp.mean(optax.sigmoid_binary_cross_entropy(_logit(w, engine.pool(rows_btd, ids)), labels))
+
+    g_w, g_rows = jax.grad(loss_fn, argnums=(0, 1))(w, rows_btd)
+    return engine.apply_gradients(tables, ids, g_rows, step), w - 0.01 * g_w
+
+  batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(engine.batch_axes or None))
+  jitted = jax.jit(step, in_shardings=((shardings, rep), batch, batch, rep), out_shardings=(shardings, rep),
+                   donate_argnums=0)
+  state = jax.jit(init, out_shardings=(shardings, rep))(jax.random.key(0))
+  return engine, jitted, state, batch
+
+
+def naive(rows: int):
+  """Tables as ordinary optax params: Adagrad over the whole [26, rows, 16] array every step."""
+  tx = optax.adagrad(0.05)
+  offsets = jnp.arange(NUM_TABLES, dtype=jnp.int32) * rows
+
+  def init(key):
+    params = {"tables": jax.random.uniform(key, (NUM_TABLES * rows, DIM), jnp.float32, -0.01, 0.01),
+              "w": jnp.full((NUM_TABLES, DIM), 0.1, jnp.float32)}
+    return params, tx.init(params)
+
+  def step(state, ids, labels, step):
+    params, opt_state = state
+
+    def loss_fn(params):
+      emb = params["tables"][ids + offsets]
+      return jnp.mean(optax.sigmoid_binary_cross_entropy(_logit(params["w"], emb), labels))
+
+    grads = jax.grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  return jax.jit(step, donate_argnums=0), jax.jit(init)(jax.random.key(0))
+
+
+def run(rows_list: list[int], steps: int, warmup: int, batch: int, sharding: str, optimizer: str,
+        naive_enabled: bool, emit: Callable[[dict], None]) -> dict:
+  devices = jax.devices()
+  placer = lambda x: jnp.asarray(x)
+  medians = {}
+  for rows in rows_list:
+    engine, step, state, batch_sharding = sparse_engine(rows, sharding, optimizer, devices)
+    times, state = _time_steps(step, state, _batches(rows, batch, steps + warmup), lambda x: jax.device_put(x, batch_sharding), warmup)
+    medians[rows] = statistics.median(times)
+    emit({"engine": "sparse", "sharding": sharding, "optimizer": optimizer, "rows_per_table": rows,
+          "batch": batch, "devices": len(devices), "step_ms_median": round(medians[rows], 3),
+          "step_ms_min": round(min(times), 3), "steps": len(times)})
+    del state, step, engine
+    if not naive_enabled:
+      continue
+    need = 5 * NUM_TABLES * rows * DIM * 4  # table, gradient, accumulator, update, new table.
+    if need > 0.8 * _available_bytes():
+      emit({"engine": "naive_optax", "sharding": "none", "rows_per_table": rows, "skipped": True,
+            "reason": f"needs ~{need / 2**30:.1f} GiB, {_available_bytes() / 2**30:.1f} GiB available"})
+      continue
+    nstep, nstate = naive(rows)
+    times, nstate = _time_steps(nstep, nstate, _batches(rows, batch, steps + warmup), placer, warmup)
+    emit({"engine": "naive_optax", "sharding": "none", "optimizer": "adagrad (optax, whole table)",
+          "rows_per_table": rows, "batch": batch, "devices": len(devices),
+          "step_ms_median": round(statistics.median(times), 3), "step_ms_min": round(min(times), 3),
+          "steps": len(times)})
+    del nstate, nstep
+  summary = {"summary": True, "sparse_ratio_largest_over_smallest": round(medians[max(medians)] / medians[min(medians)], 4),
+             "rows": sorted(medians)}
+  emit(summary)
+  return summary
+
+
+def collectives(rows: int, batch: int, optimizer: str, emit: Callable[[dict], None]) -> None:
+  """Per sharding type: the collectives of the compiled engine step and the bytes they move."""
+  for sharding in ShardingType:
+    engine, step, state, batch_sharding = sparse_engine(rows, sharding.value, optimizer, jax.devices())
+    ids, labels = next(_batches(rows, batch, 1))
+    compiled = step.lower(state, jax.device_put(ids, batch_sharding), jax.device_put(labels, batch_sharding),
+                          jnp.int32(1)).compile()
+    ops = hlo_stats.collectives(compiled.as_text())
+    emit({"sharding": sharding.value, "devices": jax.device_count(), "rows_per_table": rows, "batch": batch,
+          "collectives": hlo_stats.summarize(ops), "collective_bytes_per_step": sum(o.bytes for o in ops)})
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(prog="rankjax bench embedding", description=__doc__.splitlines()[0])
+  parser.add_argument("--rows", default="100000,1000000,4000000", help="rows per table, comma-separated")
+  parser.add_argument("--steps", type=int, default=20, help="timed steps per size")
+  parser.add_argument("--warmup", type=int, default=3)
+  parser.add_argument("--batch", type=int, default=4096)
+  parser.add_argument("--sharding", default="row_wise", choices=[s.value for s in ShardingType])
+  parser.add_argument("--optimizer", default="row_wise_adagrad")
+  parser.add_argument("--no-naive", action="store_true", help="skip the tables-as-optax-params baseline")
+  parser.add_argument("--collectives", action="store_true",
+                      help="instead of timing, print each sharding type's collectives from the compiled HLO")
+  args = parser.parse_args(argv)
+  emit = lambda obj: print(json.dumps(obj), flush=True)
+  rows_list = [int(r) for r in args.rows.split(",")]
+  if args.collectives:
+    collectives(rows_list[0], args.batch, args.optimizer, emit)
+    return 0
+  run(rows_list, args.steps, args.warmup, args.batch, args.sharding, args.optimizer, not args.no_naive, emit)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

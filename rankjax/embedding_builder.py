@@ -1,0 +1,56 @@
+"""Builds the embedding engine from config: defaults, per-table overrides, the planner."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import ml_collections
+
+from rankjax import planner, sparse_optim
+from rankjax.config import ConfigError
+from rankjax.embedding import EmbeddingTableConfig, FeatureSlots
+from rankjax.embedding_engine import EmbeddingEngine
+from rankjax.partitioner import Partitioner
+
+
+def configured_tables(config: ml_collections.ConfigDict, tables: Sequence[EmbeddingTableConfig],
+                      num_shards: int) -> list[EmbeddingTableConfig]:
+  """Tables with config defaults, `embedding.overrides` and (for sharding "auto") the planner applied."""
+  e = config.embedding
+  by_name = {t.name: t for t in tables}
+  overrides: dict[str, dict] = {}
+  for entry in e.overrides:
+    name, _, rest = entry.partition(":")
+    key, _, value = rest.partition("=")
+    if name not in by_name:
+      raise ConfigError("embedding.overrides", f"{entry!r}: no table {name!r} (tables: {', '.join(by_name)})")
+    overrides.setdefault(name, {})[key] = value
+  out = []
+  for t in tables:
+    t = dataclasses.replace(t, dtype=e.dtype if t.dtype == "float32" else t.dtype)
+    if e.sharding != "auto":
+      t = dataclasses.replace(t, sharding=t.sharding or e.sharding)
+    out.append(dataclasses.replace(t, **overrides.get(t.name, {})))
+  if e.sharding == "auto":
+    chosen = planner.plan(out, num_shards, optimizer=e.optimizer).sharding_of()
+    out = [dataclasses.replace(t, sharding=chosen[t.name]) for t in out]
+  return out
+
+
+def optimizer_args(config: ml_collections.ConfigDict) -> dict[str, dict]:
+  """Hyperparameters from `config.embedding` for every sparse optimizer, by the names it accepts."""
+  e = config.embedding
+  return {name: {f.name: e[f.name] for f in dataclasses.fields(sparse_optim.optimizer_class(name)) if f.name in e}
+          for name in sparse_optim.NAMES}
+
+
+def build_engine(config: ml_collections.ConfigDict, tables: Sequence[EmbeddingTableConfig], slots: FeatureSlots,
+                 partitioner: Partitioner) -> EmbeddingEngine:
+  tables = configured_tables(config, tables, partitioner.axis_size("table_rows"))
+  try:
+    return EmbeddingEngine(tables, slots, partitioner.mesh, batch_axes=partitioner.rules.get("batch", ()),
+                           shard_axes=partitioner.rules.get("table_rows", ()),
+                           default_optimizer=config.embedding.optimizer, optimizer_args=optimizer_args(config))
+  except ValueError as err:
+    raise ConfigError("embedding", str(err)) from None

@@ -1,0 +1,63 @@
+"""`rankjax plan`: the embedding plan of a config, per table and per device, with the compiled
+train step's memory analysis when the step compiles for the target devices."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import ml_collections
+import numpy as np
+
+from rankjax import planner
+from rankjax.config import model_module, validate
+from rankjax.data import layout
+from rankjax.embedding_builder import configured_tables
+
+
+def _shape_of_data(config: ml_collections.ConfigDict) -> dict:
+  if config.data.path:
+    manifest = layout.read_manifest(config.data.path)
+    return {"num_dense": manifest["num_dense"], "vocab_sizes": manifest["vocab_sizes"],
+            "hotness": manifest.get("hotness", [1] * len(manifest["vocab_sizes"]))}
+  s = config.data.synthetic
+  return {"num_dense": s.num_dense, "vocab_sizes": list(s.vocab_sizes), "hotness": [1] * len(s.vocab_sizes)}
+
+
+def compiled_memory(config: ml_collections.ConfigDict, shape: dict) -> dict | None:
+  """memory_analysis() of the compiled train step on the visible devices, from abstract inputs."""
+  from rankjax import train as train_lib
+  exp = train_lib.build(config, None, jax.devices(), manifest=shape)
+  with jax.set_mesh(exp.partitioner.mesh):
+    state = jax.eval_shape(exp.init_fn, config.seed)
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, exp.state_shardings)
+    b, t = config.train.batch_size, int(sum(shape["hotness"]))
+    sh = lambda *spec: exp.partitioner.sharding("batch", *spec)
+    batch = {"label": jax.ShapeDtypeStruct((b,), np.float32, sharding=sh()),
+             "dense": jax.ShapeDtypeStruct((b, shape["num_dense"]), np.float32, sharding=sh(None)),
+             "cat": jax.ShapeDtypeStruct((b, t), np.int32, sharding=sh(None))}
+    analysis = exp.train_fn.lower(state, batch).compile().memory_analysis()
+  if analysis is None:
+    return None
+  return {k: int(getattr(analysis, f"{k}_size_in_bytes")) for k in ("argument", "output", "temp", "generated_code")}
+
+
+def print_plan(config: ml_collections.ConfigDict, devices: int | None, device_memory: int | None) -> planner.Plan:
+  num_devices = devices or jax.device_count()
+  validate(config, num_devices)
+  shape = _shape_of_data(config)
+  tables = model_module(config.model.name).embedding_tables(config, shape["vocab_sizes"])
+  tables = configured_tables(config, tables, num_devices)
+  result = planner.plan(tables, num_devices, optimizer=config.embedding.optimizer, device_memory=device_memory)
+  print(f"{'table':<14}{'rows':>12}{'dim':>5}  {'sharding':<15}{'bytes total':>16}{'max bytes/device':>18}")
+  for t, p in zip(tables, result.tables):
+    print(f"{t.name:<14}{t.vocab_size:>12,}{t.dim:>5}  {p.sharding:<15}{p.bytes_total:>16,}{max(p.bytes_per_device):>18,}")
+  print(f"\nper device (embedding params + optimizer state), {num_devices} devices:")
+  for d, b in enumerate(result.device_bytes):
+    print(f"  device {d:>3}: {int(b):>16,} B")
+  print(f"imbalance (max/mean): {result.imbalance:.3f}")
+  if jax.device_count() == num_devices:
+    memory = compiled_memory(config, shape)
+    if memory:
+      print("compiled train step, per device: " + json.dumps(memory))
+  return result

@@ -1,0 +1,140 @@
+"""DLRM-DCNv2 (models/dlrm_dcnv2.py), its cross network and the MLPerf config: shapes and oracles."""
+
+import pathlib
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from rankjax.config import ConfigError, base_config, load_config_file, validate
+from rankjax.layers import LowRankCrossNet
+from rankjax.models import dlrm_dcnv2
+
+MLPERF_CONFIG = str(pathlib.Path(__file__).parent.parent / "configs" / "dlrm_dcnv2_mlperf.py")
+
+
+def small_config():
+  config = base_config("dlrm_dcnv2")
+  config.model.embed_dim = 8
+  config.model.bottom_mlp = (16, 8)
+  config.model.top_mlp = (32, 16, 1)
+  config.model.cross_layers = 2
+  config.model.cross_rank = 4
+  return config
+
+
+def test_dlrm_dcnv2_maps_dense_and_embeddings_to_one_logit_per_example():
+  config = small_config()
+  model = dlrm_dcnv2.create(config, num_dense=13, num_sparse=5, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  logits = model(jnp.asarray(rng.normal(size=(4, 13)), jnp.float32),
+                 jnp.asarray(rng.normal(size=(4, 5, 8)), jnp.float32))
+  assert logits.shape == (4,)
+  assert np.isfinite(np.asarray(logits)).all()
+  assert model.top_mlp.layers[0].kernel[...].shape == (6 * 8, 32)
+  assert model.cross_net.v_layers[0].kernel[...].shape == (6 * 8, 4)
+
+
+def test_dlrm_dcnv2_with_mlperf_sizes_builds_the_mlperf_layer_shapes():
+  config = base_config("dlrm_dcnv2")
+  model = nnx.eval_shape(lambda: dlrm_dcnv2.create(config, num_dense=13, num_sparse=26, rngs=nnx.Rngs(0)))
+  assert [layer.kernel.shape for layer in model.bottom_mlp.layers] == [(13, 512), (512, 256), (256, 128)]
+  assert len(model.cross_net.v_layers) == 3
+  assert model.cross_net.v_layers[0].kernel.shape == (27 * 128, 512)
+  assert model.cross_net.w_layers[0].kernel.shape == (512, 27 * 128)
+  assert [layer.kernel.shape[1] for layer in model.top_mlp.layers] == [1024, 1024, 512, 256, 1]
+
+
+def test_low_rank_cross_net_equals_numpy_x0_times_w_v_x_plus_b_plus_x():
+  in_dim, rank, layers = 6, 3, 2
+  net = LowRankCrossNet(in_dim, layers, rank, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(1)
+  vs = [rng.normal(size=(in_dim, rank)).astype(np.float32) for _ in range(layers)]
+  ws = [rng.normal(size=(rank, in_dim)).astype(np.float32) for _ in range(layers)]
+  bs = [rng.normal(size=(in_dim,)).astype(np.float32) for _ in range(layers)]
+  for v_layer, w_layer, v, w, b in zip(net.v_layers, net.w_layers, vs, ws, bs):
+    v_layer.kernel[...] = jnp.asarray(v)
+    w_layer.kernel[...] = jnp.asarray(w)
+    w_layer.bias[...] = jnp.asarray(b)
+  x0 = rng.normal(size=(5, in_dim)).astype(np.float32)
+  expect = x0.astype(np.float64)
+  for v, w, b in zip(vs, ws, bs):
+    expect = x0 * ((expect @ v) @ w + b) + expect
+  np.testing.assert_allclose(np.asarray(net(jnp.asarray(x0))), expect, rtol=1e-4, atol=1e-4)
+
+
+def test_low_rank_cross_net_starts_with_zero_bias_and_no_v_bias():
+  net = LowRankCrossNet(6, 2, 3, rngs=nnx.Rngs(0))
+  assert all(layer.bias is None for layer in net.v_layers)
+  assert all(not np.asarray(layer.bias[...]).any() for layer in net.w_layers)
+
+
+def test_base_config_for_dlrm_dcnv2_has_the_mlperf_model_and_validates():
+  config = base_config("dlrm_dcnv2")
+  validate(config, 8)
+  m = config.model
+  assert (m.embed_dim, tuple(m.bottom_mlp), tuple(m.top_mlp), m.cross_layers, m.cross_rank) == (
+      128, (512, 256, 128), (1024, 1024, 512, 256, 1), 3, 512)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("top_mlp", (64, 2)),
+    ("top_mlp", ()),
+    ("bottom_mlp", (512, 64)),
+    ("bottom_mlp", (0, 128)),
+    ("embed_dim", 0),
+    ("cross_layers", 0),
+    ("cross_rank", -1),
+])
+def test_validation_errors_name_the_model_key(key, value):
+  config = base_config("dlrm_dcnv2")
+  config.model[key] = value
+  with pytest.raises(ConfigError) as e:
+    validate(config, 8)
+  assert e.value.key == f"model.{key}"
+
+
+def test_unknown_model_key_is_rejected_by_name():
+  config = base_config("dlrm_dcnv2")
+  config.model.cross_depth = 3
+  with pytest.raises(ConfigError) as e:
+    validate(config, 8)
+  assert e.value.key == "model.cross_depth"
+
+
+def test_embedding_tables_one_per_feature_with_model_dim():
+  tables = dlrm_dcnv2.embedding_tables(base_config("dlrm_dcnv2"), [10, 20])
+  assert [(t.name, t.vocab_size, t.dim) for t in tables] == [("cat_0", 10, 128), ("cat_1", 20, 128)]
+
+
+def test_mlperf_config_without_arg_has_the_mlperf_sizes():
+  config = load_config_file(MLPERF_CONFIG)
+  validate(config, 8)
+  vocab = config.data.synthetic.vocab_sizes
+  assert len(vocab) == 26 and max(vocab) == 40_000_000 and sum(vocab) == 204_184_588
+  assert config.train.batch_size == 65536
+  assert config.train.dense_optimizer == "adagrad"
+
+
+def test_mlperf_config_row_scale_scales_every_table_with_ceil_and_min_one():
+  full = load_config_file(MLPERF_CONFIG).data.synthetic.vocab_sizes
+  config = load_config_file(MLPERF_CONFIG, "row_scale=0.0001")
+  validate(config, 8)
+  vocab = config.data.synthetic.vocab_sizes
+  assert len(vocab) == 26
+  assert list(vocab) == [max(1, -(-v // 10_000)) for v in full]
+  assert vocab[0] == 4000 and vocab[10] == 307 and vocab[5] == 1
+
+
+def test_mlperf_config_row_scale_is_exact_where_float_products_overshoot():
+  # 40_000_000 * 1e-5 is 400.00000000000006 in floats: a float ceil would give 401 rows.
+  vocab = load_config_file(MLPERF_CONFIG, "row_scale=0.00001").data.synthetic.vocab_sizes
+  assert vocab[0] == 400
+
+
+@pytest.mark.parametrize("arg", ["row_scale=2", "row_scale=0", "row_scale=abc", "row_scale=nan", "rows=0.1", "row_scale"])
+def test_mlperf_config_rejects_bad_args_naming_them(arg):
+  with pytest.raises(ConfigError) as e:
+    load_config_file(MLPERF_CONFIG, arg)
+  assert e.value.key == arg.partition("=")[0]

@@ -1,0 +1,46 @@
+"""The embedding planner: replicated small tables, row-wise huge ones, table-wise the rest;
+overrides win; a plan that cannot fit names the table and the shortfall."""
+
+import pytest
+
+from rankjax.embedding import EmbeddingTableConfig
+from rankjax.planner import PlanError, plan, table_bytes
+
+
+def tables():
+  return [EmbeddingTableConfig("huge", 4_000_000, 64, ("a",)),
+          EmbeddingTableConfig("mid1", 200_000, 64, ("b",)),
+          EmbeddingTableConfig("mid2", 150_000, 64, ("c",)),
+          EmbeddingTableConfig("tiny", 100, 64, ("d",)),
+          EmbeddingTableConfig("pinned", 300_000, 64, ("e",), sharding="column_wise")]
+
+
+def test_planner_chooses_by_size_and_keeps_explicit_shardings():
+  result = plan(tables(), 8, optimizer="row_wise_adagrad").sharding_of()
+  assert result == {"huge": "row_wise", "mid1": "table_wise", "mid2": "table_wise", "tiny": "replicated",
+                    "pinned": "column_wise"}
+
+
+def test_bytes_count_params_and_optimizer_state():
+  t = EmbeddingTableConfig("t", 1000, 16, ("f",))
+  assert table_bytes(t, "row_wise_adagrad") == 1000 * (16 * 4 + 4)
+  assert table_bytes(t, "adam") == 1000 * (16 * 4 + 2 * 16 * 4)
+  assert table_bytes(EmbeddingTableConfig("b", 1000, 16, ("f",), dtype="bfloat16"), "sgd") == 1000 * 16 * 2
+
+
+def test_device_totals_add_up_to_table_bytes():
+  p = plan(tables(), 8, optimizer="row_wise_adagrad")
+  for t in p.tables:
+    spread = sum(t.bytes_per_device)
+    if t.sharding == "replicated":
+      assert spread == 8 * t.bytes_total
+    elif t.sharding == "table_wise":
+      assert spread == t.bytes_total and sum(b > 0 for b in t.bytes_per_device) == 1
+    else:
+      assert t.bytes_total <= spread < t.bytes_total + 8
+  assert p.imbalance >= 1.0
+
+
+def test_plan_that_cannot_fit_names_table_and_shortfall():
+  with pytest.raises(PlanError, match=r"more than its 1,000,000 B; largest there: table huge"):
+    plan(tables(), 8, optimizer="row_wise_adagrad", device_memory=1_000_000)
