@@ -35,7 +35,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError("model.embed_dim", f"must be > 0, got {m.embed_dim}")
   for key in ("bottom_mlp", "top_mlp"):
     if not m[key] or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in m[key]):
-      raise ConfigError(f"model.{key}", f"must be a non-empty tuple of positive ints, got {tuple(m[key])}")
+      raise ConfigError(f"model.{key}",
+                        f"must be a non-empty tuple of positive ints, got {tuple(m[key])}")
   if m.bottom_mlp[-1] != m.embed_dim:
     raise ConfigError("model.bottom_mlp",
                       f"last size must equal model.embed_dim={m.embed_dim}, got {tuple(m.bottom_mlp)}")
@@ -46,7 +47,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"model.{key}", f"must be > 0, got {m[key]}")
 
 
-def embedding_tables(config: ml_collections.ConfigDict, vocab_sizes: Sequence[int]) -> list[EmbeddingTableConfig]:
+def embedding_tables(config: ml_collections.ConfigDict,
+                     vocab_sizes: Sequence[int]) -> list[EmbeddingTableConfig]:
   """One table per categorical feature, named after it."""
   return [EmbeddingTableConfig(name=f"cat_{i}", vocab_size=int(v), dim=config.model.embed_dim,
                                feature_names=(f"cat_{i}",))
@@ -56,7 +58,8 @@ def embedding_tables(config: ml_collections.ConfigDict, vocab_sizes: Sequence[in
 class DLRMDCNv2(nnx.Module):
   """Bottom MLP -> [bottom output, embeddings] flattened -> low-rank cross net -> top MLP -> logit."""
 
-  def __init__(self, config: ml_collections.ConfigDict, num_dense: int, num_sparse: int, *, rngs: nnx.Rngs):
+  def __init__(self, config: ml_collections.ConfigDict, num_dense: int, num_sparse: int, *,
+               rngs: nnx.Rngs):
     m = config.model
     cross_dim = (num_sparse + 1) * m.embed_dim
     self.bottom_mlp = MLP(num_dense, m.bottom_mlp, rngs=rngs, final_activation=True)
@@ -74,5 +77,6 @@ class DLRMDCNv2(nnx.Module):
       return self.top_mlp(x_bi)[:, 0]
 
 
-def create(config: ml_collections.ConfigDict, num_dense: int, num_sparse: int, *, rngs: nnx.Rngs) -> DLRMDCNv2:
+def create(config: ml_collections.ConfigDict, num_dense: int, num_sparse: int, *,
+           rngs: nnx.Rngs) -> DLRMDCNv2:
   return DLRMDCNv2(config, num_dense, num_sparse, rngs=rngs)

@@ -42,6 +42,9 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.path = ""  # A dataset directory (manifest.json + binary splits); "" = synthetic under workdir.
+  # Scales every table to ceil(rows * row_scale) (so a big model fits one device or a CPU); ids of
+  # real data fold modulo the scaled rows, synthetic data is generated at the scaled size.
+  c.data.row_scale = 1.0
   c.data.shuffle_seed = 0  # Global shuffle permutation is a function of (shuffle_seed, epoch).
   c.data.read_threads = 2  # Grain threads that gather batches.
   c.data.prefetch_batches = 4  # Grain prefetch buffer, in batches.
@@ -57,6 +60,7 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   c.data.synthetic.latent_dim = 4  # Rank of the planted pairwise interactions.
   c.data.synthetic.num_interacting_pairs = 12
   c.data.synthetic.signal_scale = 1.0  # Scales every planted effect; larger = easier task.
+  c.data.synthetic.hotness = ()  # Max ids per feature (multi-hot, padded with -1); () = one each.
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1400
@@ -172,6 +176,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   vocab = config.data.synthetic.vocab_sizes
   if not vocab or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in vocab):
     raise ConfigError("data.synthetic.vocab_sizes", f"must be a non-empty tuple of positive ints, got {tuple(vocab)}")
+  if not 0 < config.data.row_scale <= 1:
+    raise ConfigError("data.row_scale", f"must be in (0, 1], got {config.data.row_scale}")
+  hotness = tuple(config.data.synthetic.hotness)
+  if hotness and (len(hotness) != len(vocab) or any(not isinstance(h, int) or h < 1 for h in hotness)):
+    raise ConfigError("data.synthetic.hotness", f"needs one positive int per feature ({len(vocab)}), got {hotness}")
   if not config.embedding.initial_accumulator >= 0:
     raise ConfigError("embedding.initial_accumulator", "must be >= 0")
   if not config.data.path and config.data.synthetic.num_train < config.train.batch_size:

@@ -8,6 +8,8 @@ padding. Pooling (the table's combiner) turns slots into one vector per feature.
 from __future__ import annotations
 
 import dataclasses
+import fractions
+import math
 from collections.abc import Sequence
 
 import jax
@@ -18,6 +20,12 @@ from jax.extend.random import threefry2x32_p
 COMBINERS = ("sum", "mean")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 INITIALIZERS = ("uniform", "zeros")
+
+
+def scale_rows(vocab_sizes: Sequence[int], row_scale: float) -> tuple[int, ...]:
+  """ceil(rows * row_scale), at least 1, computed exactly (40M at 0.0001 is 4000, not 4001)."""
+  scale = fractions.Fraction(str(row_scale))
+  return tuple(max(1, math.ceil(int(v) * scale)) for v in vocab_sizes)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,11 +46,12 @@ def optimizer_args(config: ml_collections.ConfigDict) -> dict[str, dict]:
 
 
 def build_engine(config: ml_collections.ConfigDict, tables: Sequence[EmbeddingTableConfig], slots: FeatureSlots,
-                 partitioner: Partitioner) -> EmbeddingEngine:
+                 partitioner: Partitioner, fold_ids: bool = False) -> EmbeddingEngine:
   tables = configured_tables(config, tables, partitioner.axis_size("table_rows"))
   try:
     return EmbeddingEngine(tables, slots, partitioner.mesh, batch_axes=partitioner.rules.get("batch", ()),
                            shard_axes=partitioner.rules.get("table_rows", ()),
-                           default_optimizer=config.embedding.optimizer, optimizer_args=optimizer_args(config))
+                           default_optimizer=config.embedding.optimizer, optimizer_args=optimizer_args(config),
+                           fold_ids=fold_ids)
   except ValueError as err:
     raise ConfigError("embedding", str(err)) from None

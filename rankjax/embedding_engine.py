@@ -95,8 +95,11 @@ class EmbeddingEngine:
 
   def __init__(self, tables: Sequence[EmbeddingTableConfig], slots: FeatureSlots, mesh: jax.sharding.Mesh, *,
                batch_axes: Sequence[str], shard_axes: Sequence[str], default_sharding: str = "row_wise",
-               default_optimizer: str = "row_wise_adagrad", optimizer_args: dict[str, dict] | None = None):
-    self.tables, self.slots, self.mesh = tuple(tables), slots, mesh
+               default_optimizer: str = "row_wise_adagrad", optimizer_args: dict[str, dict] | None = None,
+               fold_ids: bool = False):
+    """fold_ids: map ids >= vocab to id % vocab (tables shrunk by data.row_scale) instead of
+    treating them as padding."""
+    self.tables, self.slots, self.mesh, self.fold_ids = tuple(tables), slots, mesh, fold_ids
     self.batch_axes = tuple(a for a in batch_axes if mesh.shape[a] > 1)
     self.shard_axes = tuple(a for a in shard_axes if mesh.shape[a] > 1)
     if not set(self.shard_axes) <= set(self.batch_axes):
@@ -185,7 +188,9 @@ class EmbeddingEngine:
   # ---- Ids -> rows.
 
   def valid(self, ids_bt: jax.Array) -> jax.Array:
-    """Slots holding an id of the table (padding is -1; ids >= vocab count as padding too)."""
+    """Slots holding an id of the table (padding is -1; unless folding, ids >= vocab count as padding)."""
+    if self.fold_ids:
+      return ids_bt >= 0
     vocab = np.zeros(self.slots.num_slots, np.int32)
     for g in self.groups:
       vocab[g.slots] = g.slot_vocab
@@ -193,6 +198,8 @@ class EmbeddingEngine:
 
   def _group_rows(self, group: TableGroup, ids_bt: jax.Array) -> jax.Array:
     ids = ids_bt[:, group.slots]
+    if self.fold_ids:
+      ids = jnp.where(ids >= 0, ids % jnp.asarray(group.slot_vocab), -1)
     ok = (ids >= 0) & (ids < jnp.asarray(group.slot_vocab))
     return jnp.where(ok, ids + jnp.asarray(group.slot_offset), -1)
 

@@ -1,7 +1,7 @@
 """A fixed, documented hash from raw 64-bit ids to table rows, and quotient-remainder splitting.
 
-Unlike Python's `hash()` (salted per process for str) the mapping never changes between
-processes, machines or versions, so preprocessed data and trained tables stay consistent.
+Unlike Python's `hash()` (randomised per process for str, the identity for small ints) the mapping
+never changes between processes, machines or versions, so preprocessed data and tables agree.
 
 The algorithm (all arithmetic modulo 2**64 on the id's two's-complement bits):
 
@@ -12,8 +12,9 @@ The algorithm (all arithmetic modulo 2**64 on the id's two's-complement bits):
   hash64(x, salt) = splitmix64(x XOR splitmix64(salt))
   row(x)        = floor(hash64(x, salt) * num_rows / 2**64)  (multiply-shift range reduction)
 
-The multiply-shift reduction uses all 64 hash bits (no modulo), so each row receives
-2**64 / num_rows hash values up to one: the bias is below num_rows / 2**64.
+`salt` is any int, taken modulo 2**64; each salt gives an independent-looking mapping. The
+multiply-shift reduction uses all 64 hash bits (no modulo): every row receives floor or ceil of
+2**64 / num_rows hash values, a relative bias below num_rows / 2**64.
 `hash_to_rows` runs it in NumPy uint64 on the host; `hash_to_rows_jax` runs the same algorithm on
 (hi, lo) uint32 halves, because jax is 32-bit unless x64 is enabled; both give identical rows.
 """
@@ -67,7 +68,10 @@ def _as_uint64(raw_ids: ArrayLike) -> np.ndarray:
 
 
 def hash_to_rows(raw_ids: ArrayLike, num_rows: int, salt: int = 0) -> np.ndarray:
-  """Rows in [0, num_rows) for 64-bit raw ids (int64 or uint64, any shape), as int32."""
+  """Rows in [0, num_rows) for raw integer ids (int64/uint64 or narrower, any shape), as int32.
+
+  Signed ids are taken as their 64-bit two's complement (-1 hashes like 2**64 - 1).
+  """
   _check_num_rows(num_rows)
   ids = _as_uint64(raw_ids)
   h = splitmix64(ids ^ np.uint64(_salt_key(salt)))

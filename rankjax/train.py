@@ -24,7 +24,7 @@ from tqdm import tqdm
 from rankjax import checkpoint as checkpoint_lib
 from rankjax.config import model_module, validate
 from rankjax.data import layout, pipeline, synthetic
-from rankjax.embedding import FeatureSlots
+from rankjax.embedding import FeatureSlots, scale_rows
 from rankjax.embedding_builder import build_engine
 from rankjax.metric_writers import MetricWriter
 from rankjax.metrics import log_loss_from_logits, roc_auc
@@ -58,7 +58,7 @@ def resolve_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tu
     return directory, layout.read_manifest(directory)
   directory = workdir / "data" / "synthetic"
   if jax.process_index() == 0:
-    manifest = synthetic.ensure(directory, synthetic.SyntheticSpec.from_config(config.data.synthetic))
+    synthetic.ensure(directory, synthetic.SyntheticSpec.from_config(config.data.synthetic, config.data.row_scale))
   multihost_utils.sync_global_devices("synthetic data ready")
   return directory, layout.read_manifest(directory)
 
@@ -70,10 +70,14 @@ def build(config: ml_collections.ConfigDict, workdir: pathlib.Path | None, devic
   data_dir, manifest = (None, manifest) if manifest is not None else resolve_data(config, workdir)
   model = model_module(config.model.name)
   num_dense, vocab_sizes = manifest["num_dense"], manifest["vocab_sizes"]
+  # Synthetic data is generated at the scaled size; real data's ids fold into the scaled tables.
+  fold_ids = config.data.row_scale != 1 and manifest.get("source", {}).get("kind") != "synthetic"
+  if fold_ids:
+    vocab_sizes = scale_rows(vocab_sizes, config.data.row_scale)
   engine = build_engine(config, model.embedding_tables(config, vocab_sizes),
                         FeatureSlots(tuple(f"cat_{i}" for i in range(len(vocab_sizes))),
                                      tuple(manifest.get("hotness", [1] * len(vocab_sizes)))),
-                        partitioner)
+                        partitioner, fold_ids=fold_ids)
 
   def create_model(rngs: nnx.Rngs):
     return model.create(config, num_dense, len(vocab_sizes), rngs=rngs)

@@ -38,7 +38,8 @@ def test_dlrm_dcnv2_maps_dense_and_embeddings_to_one_logit_per_example():
 
 def test_dlrm_dcnv2_with_mlperf_sizes_builds_the_mlperf_layer_shapes():
   config = base_config("dlrm_dcnv2")
-  model = nnx.eval_shape(lambda: dlrm_dcnv2.create(config, num_dense=13, num_sparse=26, rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(
+      lambda: dlrm_dcnv2.create(config, num_dense=13, num_sparse=26, rngs=nnx.Rngs(0)))
   assert [layer.kernel.shape for layer in model.bottom_mlp.layers] == [(13, 512), (512, 256), (256, 128)]
   assert len(model.cross_net.v_layers) == 3
   assert model.cross_net.v_layers[0].kernel.shape == (27 * 128, 512)
@@ -133,7 +134,8 @@ def test_mlperf_config_row_scale_is_exact_where_float_products_overshoot():
   assert vocab[0] == 400
 
 
-@pytest.mark.parametrize("arg", ["row_scale=2", "row_scale=0", "row_scale=abc", "row_scale=nan", "rows=0.1", "row_scale"])
+@pytest.mark.parametrize("arg", ["row_scale=2", "row_scale=0", "row_scale=abc", "row_scale=nan",
+                                 "rows=0.1", "row_scale"])
 def test_mlperf_config_rejects_bad_args_naming_them(arg):
   with pytest.raises(ConfigError) as e:
     load_config_file(MLPERF_CONFIG, arg)

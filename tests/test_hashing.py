@@ -47,7 +47,8 @@ def test_hash_to_rows_equals_the_python_int_reference(num_rows, salt):
 
 def test_int64_and_uint64_views_of_an_id_hash_alike():
   ids = np.array(EDGE_IDS, np.int64)
-  np.testing.assert_array_equal(hashing.hash_to_rows(ids, 999), hashing.hash_to_rows(ids.view(np.uint64), 999))
+  np.testing.assert_array_equal(hashing.hash_to_rows(ids, 999),
+                                hashing.hash_to_rows(ids.view(np.uint64), 999))
   np.testing.assert_array_equal(hashing.hash_to_rows(np.arange(100, dtype=np.int32), 999),
                                 hashing.hash_to_rows(np.arange(100, dtype=np.int64), 999))
 
@@ -64,7 +65,8 @@ def test_hash_to_rows_rejects_non_integer_ids_and_bad_row_counts():
 @pytest.mark.parametrize("salt", [0, 99])
 def test_jax_uint32_pair_version_equals_numpy(num_rows, salt):
   rng = np.random.default_rng(0)
-  ids = np.concatenate([np.array(EDGE_IDS, np.int64), rng.integers(-2**63, 2**63 - 1, 20_000, dtype=np.int64)])
+  ids = np.concatenate([np.array(EDGE_IDS, np.int64),
+                        rng.integers(-2**63, 2**63 - 1, 20_000, dtype=np.int64)])
   hi, lo = hashing.split_uint64(ids)
   rows = jax.jit(lambda h, l: hashing.hash_to_rows_jax(h, l, num_rows, salt))(hi, lo)
   assert rows.dtype == np.int32
@@ -82,7 +84,8 @@ def test_hash_is_the_same_in_another_process_with_another_pythonhashseed():
   ids = np.arange(-50, 50, dtype=np.int64) * 7919
   here = hashing.hash_to_rows(ids, 10_007, salt=3).tolist()
   code = ("import numpy as np; from rankjax import hashing; "
-          "print(hashing.hash_to_rows(np.arange(-50, 50, dtype=np.int64) * 7919, 10_007, salt=3).tolist())")
+          "ids = np.arange(-50, 50, dtype=np.int64) * 7919; "
+          "print(hashing.hash_to_rows(ids, 10_007, salt=3).tolist())")
   for seed in ("1", "4242"):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONHASHSEED": seed, "JAX_PLATFORMS": "cpu"})

@@ -31,6 +31,29 @@ def single_device(tmp_path_factory):
   return run_steps(config, tmp_path_factory.mktemp("single"), jax.devices()[:1], 3)
 
 
+def multi_hot_config(sharding):
+  config = tiny_config()
+  config.data.synthetic.hotness = (2, 1, 3, 1, 1, 2)
+  config.embedding.sharding = sharding
+  config.embedding.overrides = ("cat_2:combiner=mean",)
+  return config
+
+
+@pytest.mark.parametrize("sharding", ["table_wise", "column_wise", "auto"])
+def test_multi_hot_sharded_train_steps_equal_the_single_device_steps(sharding, tmp_path):
+  ref_config = multi_hot_config(sharding)
+  ref_config.mesh.shape = (1, 1)
+  ref_exp, ref_state, ref_losses = run_steps(ref_config, tmp_path / "ref", jax.devices()[:1], 3)
+  config = multi_hot_config(sharding)
+  config.mesh.shape = (2, 4)
+  exp, state, losses = run_steps(config, tmp_path / "mesh", jax.devices(), 3)
+  assert exp.manifest["hotness"] == [2, 1, 3, 1, 1, 2]
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+  tables, ref_tables = exp.steps.engine.table_values(state.embedding), ref_exp.steps.engine.table_values(ref_state.embedding)
+  for name in ref_tables:
+    np.testing.assert_allclose(tables[name], ref_tables[name], rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("shape", [(8, 1), (4, 2)])
 def test_sharded_train_steps_equal_the_single_device_steps(single_device, shape, tmp_path):
   ref_exp, ref_state, ref_losses = single_device

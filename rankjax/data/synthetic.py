@@ -15,6 +15,7 @@ import shutil
 import numpy as np
 
 from rankjax.data import layout
+from rankjax.embedding import scale_rows
 from rankjax.metrics import log_loss_from_logits, roc_auc
 
 
@@ -29,17 +30,24 @@ class SyntheticSpec:
   latent_dim: int
   num_interacting_pairs: int
   signal_scale: float
+  hotness: tuple[int, ...] = ()  # Max ids per feature (multi-hot); () = one id per feature.
 
   @classmethod
-  def from_config(cls, c) -> "SyntheticSpec":
+  def from_config(cls, c, row_scale: float = 1.0) -> "SyntheticSpec":
+    """From `config.data.synthetic`; `row_scale` shrinks every vocabulary (config.data.row_scale)."""
     return cls(seed=c.seed, num_train=c.num_train, num_eval=c.num_eval, num_dense=c.num_dense,
-               vocab_sizes=tuple(int(v) for v in c.vocab_sizes), zipf_exponent=float(c.zipf_exponent),
+               vocab_sizes=scale_rows(c.vocab_sizes, row_scale), zipf_exponent=float(c.zipf_exponent),
                latent_dim=c.latent_dim, num_interacting_pairs=c.num_interacting_pairs,
-               signal_scale=float(c.signal_scale))
+               signal_scale=float(c.signal_scale), hotness=tuple(int(h) for h in c.get("hotness", ())))
+
+  @property
+  def feature_hotness(self) -> tuple[int, ...]:
+    return self.hotness or (1,) * len(self.vocab_sizes)
 
   def as_dict(self) -> dict:
     d = dataclasses.asdict(self)
     d["vocab_sizes"] = list(self.vocab_sizes)
+    d["hotness"] = list(self.hotness)
     return d
 
 
@@ -73,17 +81,35 @@ class _PlantedModel:
     return np.log1p(raw).astype(np.float32)  # The Criteo transform: log(1 + max(x, 0)).
 
   def sample(self, n: int, spec: SyntheticSpec, rng: np.random.Generator):
+    """(label, dense, cat [n, slots] with -1 padding, true logit) for n records."""
     dense = self._dense(rng, n, spec.num_dense)
-    cat = np.empty((n, len(spec.vocab_sizes)), np.int32)
+    hotness = spec.feature_hotness
+    starts = np.concatenate([[0], np.cumsum(hotness)[:-1]])
+    cat = np.full((n, int(sum(hotness))), -1, np.int32)
     for f, cdf in enumerate(self.id_cdf):
-      rank = np.minimum(np.searchsorted(cdf, rng.random(n)), len(cdf) - 1)
-      cat[:, f] = self.id_permutation[f][rank]
+      h, start = hotness[f], starts[f]
+      if h == 1:
+        rank = np.minimum(np.searchsorted(cdf, rng.random(n)), len(cdf) - 1)
+        cat[:, start] = self.id_permutation[f][rank]
+      else:  # 1..h ids per record, the rest padding.
+        count = rng.integers(1, h + 1, n)
+        rank = np.minimum(np.searchsorted(cdf, rng.random((n, h))), len(cdf) - 1)
+        cat[:, start:start + h] = np.where(np.arange(h) < count[:, None], self.id_permutation[f][rank], -1)
+
+    def pooled(values, f):  # A multi-hot feature's effect is the mean over its ids.
+      ids = cat[:, starts[f]:starts[f] + hotness[f]]
+      if hotness[f] == 1:
+        return values[ids[:, 0]]
+      valid = (ids >= 0).astype(np.float64)
+      valid = valid.reshape(valid.shape + (1,) * (values.ndim - 1))
+      return np.sum(values[np.maximum(ids, 0)] * valid, axis=1) / np.sum(valid, axis=1)
+
     z = (dense - self.dense_mean) / self.dense_std
     logit = self.bias + z @ self.dense_weight + 0.3 * spec.signal_scale * np.tanh(z[:, 0] * z[:, 1])
-    for f in range(cat.shape[1]):
-      logit += self.main_effect[f][cat[:, f]]
+    for f in range(len(hotness)):
+      logit += pooled(self.main_effect[f], f)
     for f, g in self.pairs:
-      logit += np.sum(self.latent[f][cat[:, f]] * self.latent[g][cat[:, g]], axis=1)
+      logit += np.sum(pooled(self.latent[f], f) * pooled(self.latent[g], g), axis=1)
     label = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
     return label, dense, cat, logit
 
@@ -96,7 +122,7 @@ def generate(directory: str | pathlib.Path, spec: SyntheticSpec) -> dict:
   tmp.mkdir(parents=True)
   rng = np.random.default_rng(spec.seed)
   planted = _PlantedModel(spec, rng)
-  dtype = layout.ctr_record_dtype(spec.num_dense, len(spec.vocab_sizes))
+  dtype = layout.ctr_record_dtype(spec.num_dense, int(sum(spec.feature_hotness)))
   splits, stats = {}, {}
   for split, n in (("train", spec.num_train), ("eval", spec.num_eval)):
     label, dense, cat, logit = planted.sample(n, spec, rng)
@@ -107,7 +133,7 @@ def generate(directory: str | pathlib.Path, spec: SyntheticSpec) -> dict:
   eval_label, eval_logit = stats["eval"]
   manifest = layout.write_manifest(
       tmp, dtype, splits,
-      num_dense=spec.num_dense, vocab_sizes=list(spec.vocab_sizes),
+      num_dense=spec.num_dense, vocab_sizes=list(spec.vocab_sizes), hotness=list(spec.feature_hotness),
       source={"kind": "synthetic", **spec.as_dict()},
       eval_positive_rate=float(eval_label.mean()),
       bayes_optimal_eval_auc=roc_auc(eval_label, eval_logit),
