@@ -20,6 +20,11 @@ commands:
           print the embedding sharding plan: per table sharding and bytes per device
   bench embedding [--rows 100000,1000000,4000000] [--steps N] [--sharding S] [--collectives]
           time the sparse embedding engine against tables-as-optax-params
+  bench data --path DIR       samples/s of the shuffled Grain pipeline
+  bench train --config CFG    steady-state samples/s of a config's train step
+  data criteo|table ...       ingest Criteo TSV or Parquet/CSV into rankjax's binary layout
+  profile --config CFG --workdir DIR [--steps N]
+          XProf trace, HLO dumps and a roofline report of the train step
 """
 
 EXIT_CONFIG_ERROR = 2
@@ -143,6 +148,18 @@ def main(argv: list[str] | None = None) -> int:
   if command == "bench" and len(rest) > 1 and rest[1] == "embedding":
     from rankjax import bench_embedding
     return bench_embedding.main(rest[2:])
+  if command == "bench" and len(rest) > 1 and rest[1] == "data":
+    from rankjax.data import bench_data
+    return bench_data.main(rest[2:])
+  if command == "bench" and len(rest) > 1 and rest[1] == "train":
+    from rankjax import bench_train
+    return bench_train.main(rest[2:])
+  if command == "data":
+    from rankjax.data import data_cli
+    return data_cli.main(rest[1:])
+  if command == "profile":
+    from rankjax import profile
+    return profile.main(rest[1:])
   return _fail(f"unknown command {command!r}\n{USAGE}", EXIT_CONFIG_ERROR)
 
 

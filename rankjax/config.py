@@ -17,9 +17,12 @@ import ml_collections
 class ConfigError(ValueError):
   """A config problem, always naming the offending key."""
 
-  def __init__(self, key: str, message: str):
-    self.key = key
-    super().__init__(f"config key '{key}': {message}")
+  def __init__(self, key: str, message: str | None = None):
+    if message is None:  # Re-raised by ml_collections with the formatted text only.
+      self.key, text = None, key
+    else:
+      self.key, text = key, f"config key '{key}': {message}"
+    super().__init__(text)
 
 
 def model_module(name: str):

@@ -106,22 +106,34 @@ def _uniform_from_counters(key_data: jax.Array, row: jax.Array, col: jax.Array) 
   return jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32) - 1.0
 
 
-def init_stacked(key: jax.Array, *, num_rows: int, dim: int, col_offset: int, table_offsets: np.ndarray,
-                 table_ids: np.ndarray, vocab_sizes: np.ndarray, scales: np.ndarray, dtype) -> jax.Array:
-  """Initial values of a stacked array: row g holds row (g - offset[t]) of table t, or zeros (padding).
+def init_stacked(key: jax.Array, *, num_rows: int, dim: int, row_offset: jax.Array | int = 0,
+                 col_offset: jax.Array | int = 0, table_offsets: np.ndarray, table_ids: np.ndarray,
+                 vocab_sizes: np.ndarray, scales: np.ndarray, dtype, block_rows: int = 1 << 16) -> jax.Array:
+  """Initial values of (a shard of) a stacked array: global row g holds row (g - offset[t]) of
+  table t, or zeros (padding). This shard starts at global (row_offset, col_offset).
 
   A value depends only on (key, table id, row within the table, column), never on where the
-  layout puts the row: every sharding type and mesh starts from the same tables. Rows are
-  located by a search over the (few) table offsets, so no host array of the table's size exists.
+  layout puts the row: every sharding type and mesh starts from the same tables. Values are
+  written block by block, so the temporaries are a block's size, not the table's.
   """
   order = np.argsort(table_offsets, kind="stable")
   offsets = jnp.asarray(table_offsets[order], jnp.int32)
-  g = jax.lax.broadcasted_iota(jnp.int32, (num_rows, dim), 0)
-  c = jax.lax.broadcasted_iota(jnp.int32, (num_rows, dim), 1) + col_offset
-  t = jnp.clip(jnp.searchsorted(offsets, g[:, 0], side="right") - 1, 0, len(order) - 1)[:, None]
-  r = g - offsets[t]
-  valid = (r >= 0) & (r < jnp.asarray(vocab_sizes[order], jnp.int32)[t])
+  vocab = jnp.asarray(vocab_sizes[order], jnp.int32)
+  scale = jnp.asarray(scales[order], jnp.float32)
   keys = jax.vmap(lambda i: jax.random.key_data(jax.random.fold_in(key, i)))(jnp.asarray(table_ids[order]))
-  u = _uniform_from_counters(keys[t[:, 0]], r.astype(jnp.uint32), c.astype(jnp.uint32))
-  values = (2.0 * u - 1.0) * jnp.asarray(scales[order], jnp.float32)[t]
-  return jnp.where(valid, values, 0.0).astype(dtype)
+  block = min(block_rows, num_rows)
+
+  def values(start):
+    g = jax.lax.broadcasted_iota(jnp.int32, (block, dim), 0) + start + row_offset
+    c = jax.lax.broadcasted_iota(jnp.int32, (block, dim), 1) + col_offset
+    t = jnp.clip(jnp.searchsorted(offsets, g[:, 0], side="right") - 1, 0, len(order) - 1)
+    r = g - offsets[t][:, None]
+    valid = (r >= 0) & (r < vocab[t][:, None])
+    u = _uniform_from_counters(keys[t], r.astype(jnp.uint32), c.astype(jnp.uint32))
+    return jnp.where(valid, (2.0 * u - 1.0) * scale[t][:, None], 0.0).astype(dtype)
+
+  def write_block(i, out):  # The last block overlaps its neighbour: it rewrites equal values.
+    start = jnp.minimum(i * block, num_rows - block)
+    return jax.lax.dynamic_update_slice(out, values(start), (start, 0))
+
+  return jax.lax.fori_loop(0, -(-num_rows // block), write_block, jnp.zeros((num_rows, dim), dtype))

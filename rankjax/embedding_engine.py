@@ -175,15 +175,32 @@ class EmbeddingEngine:
             for g in self.groups}
 
   def init(self, key: jax.Array) -> dict[str, dict[str, jax.Array]]:
-    """Tables and optimizer state; call under jit with out_shardings=self.shardings()."""
+    """Tables and optimizer state; call under jit with out_shardings=self.shardings().
+
+    Each device writes only its own shard of a table (inside shard_map), block by block.
+    """
     state = {}
     for g in self.groups:
-      scales = np.array([1.0 / np.sqrt(t.vocab_size) if t.initializer == "uniform" else 0.0 for t in g.tables])
-      table = init_stacked(key, num_rows=g.num_rows, dim=g.dim, col_offset=0, table_offsets=g.table_offsets,
-                           table_ids=g.table_ids, vocab_sizes=np.array([t.vocab_size for t in g.tables]),
-                           scales=scales, dtype=g.dtype)
-      state[g.name] = {"table": table, **g.optimizer.init(g.num_rows, g.dim)}
+      state[g.name] = {"table": self._init_table(g, key), **g.optimizer.init(g.num_rows, g.dim)}
     return state
+
+  def _init_table(self, g: TableGroup, key: jax.Array) -> jax.Array:
+    scales = np.array([1.0 / np.sqrt(t.vocab_size) if t.initializer == "uniform" else 0.0 for t in g.tables])
+    spec = self._table_spec(g)
+    sharded_rows, sharded_cols = spec != P() and spec[0] is not None, spec != P() and spec[0] is None
+    S = self.shard_axes
+
+    def local_init(key):
+      me = jax.lax.axis_index(S) if S and spec != P() else 0
+      return init_stacked(
+          key, num_rows=g.num_rows // self.num_shards if sharded_rows else g.num_rows,
+          dim=g.dim // self.num_shards if sharded_cols else g.dim,
+          row_offset=me * g.rows_per_shard if sharded_rows else 0,
+          col_offset=me * (g.dim // self.num_shards) if sharded_cols else 0,
+          table_offsets=g.table_offsets, table_ids=g.table_ids,
+          vocab_sizes=np.array([t.vocab_size for t in g.tables]), scales=scales, dtype=g.dtype)
+
+    return self._shard_map(local_init, (P(),), spec)(key)
 
   # ---- Ids -> rows.
 

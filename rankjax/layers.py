@@ -1,4 +1,4 @@
-"""Building blocks shared by the model zoo: MLP and the DLRM dot interaction."""
+"""Building blocks shared by the model zoo: MLP, the DLRM dot interaction, the DCNv2 cross network."""
 
 from __future__ import annotations
 

@@ -109,34 +109,18 @@ def test_embedding_tables_one_per_feature_with_model_dim():
   assert [(t.name, t.vocab_size, t.dim) for t in tables] == [("cat_0", 10, 128), ("cat_1", 20, 128)]
 
 
-def test_mlperf_config_without_arg_has_the_mlperf_sizes():
+def test_mlperf_config_has_the_mlperf_sizes_and_validates():
   config = load_config_file(MLPERF_CONFIG)
+  assert len(config.data.synthetic.vocab_sizes) == 26 and max(config.data.synthetic.vocab_sizes) == 40_000_000
+  assert sum(config.data.synthetic.hotness) == 214
+  assert config.model.embed_dim == 128 and tuple(config.model.top_mlp) == (1024, 1024, 512, 256, 1)
+  assert config.model.cross_layers == 3 and config.model.cross_rank == 512
   validate(config, 8)
-  vocab = config.data.synthetic.vocab_sizes
-  assert len(vocab) == 26 and max(vocab) == 40_000_000 and sum(vocab) == 204_184_588
-  assert config.train.batch_size == 65536
-  assert config.train.dense_optimizer == "adagrad"
 
 
-def test_mlperf_config_row_scale_scales_every_table_with_ceil_and_min_one():
-  full = load_config_file(MLPERF_CONFIG).data.synthetic.vocab_sizes
-  config = load_config_file(MLPERF_CONFIG, "row_scale=0.0001")
-  validate(config, 8)
-  vocab = config.data.synthetic.vocab_sizes
-  assert len(vocab) == 26
-  assert list(vocab) == [max(1, -(-v // 10_000)) for v in full]
-  assert vocab[0] == 4000 and vocab[10] == 307 and vocab[5] == 1
-
-
-def test_mlperf_config_row_scale_is_exact_where_float_products_overshoot():
-  # 40_000_000 * 1e-5 is 400.00000000000006 in floats: a float ceil would give 401 rows.
-  vocab = load_config_file(MLPERF_CONFIG, "row_scale=0.00001").data.synthetic.vocab_sizes
-  assert vocab[0] == 400
-
-
-@pytest.mark.parametrize("arg", ["row_scale=2", "row_scale=0", "row_scale=abc", "row_scale=nan",
-                                 "rows=0.1", "row_scale"])
-def test_mlperf_config_rejects_bad_args_naming_them(arg):
-  with pytest.raises(ConfigError) as e:
-    load_config_file(MLPERF_CONFIG, arg)
-  assert e.value.key == arg.partition("=")[0]
+def test_row_scale_shrinks_every_table_exactly_with_ceil_and_min_one():
+  from rankjax.data.synthetic import SyntheticSpec
+  config = load_config_file(MLPERF_CONFIG)
+  vocab = SyntheticSpec.from_config(config.data.synthetic, 0.00001).vocab_sizes
+  assert vocab[0] == 400  # 40M * 1e-5 exactly, where the float product gives 400.00000000000006
+  assert vocab[5] == 1 and vocab[10] == 31  # ceil(3 * 1e-5) = 1, ceil(3067956 * 1e-5) = 31
