@@ -2,36 +2,68 @@
 
 Async saves (the device->host copy finishes before `save` returns, so the next step may donate
 the buffers), tensorstore/OCDBT storage, restore onto any mesh from sharded abstract targets.
+A step becomes visible only once committed (written to a temporary directory, then renamed):
+a crash mid-save leaves the previous step as the latest, and the temporary directory is
+removed on the next start. Retention: the latest `max_to_keep` plus the best by an eval metric.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+# Test hook: seconds to wait before each commit, so a test can kill a run inside a save.
+COMMIT_DELAY_ENV = "RANKJAX_TEST_CHECKPOINT_COMMIT_DELAY_S"
+
+
+def _delayed_barrier(delay_s: float):
+  barrier = ocp.multihost.get_barrier_sync_fn()
+
+  def sync(*args, **kwargs):
+    time.sleep(delay_s)
+    return barrier(*args, **kwargs)
+
+  return sync
 
 
 class Checkpointer:
-  def __init__(self, directory: str, *, max_to_keep: int, async_save: bool = True):
+  def __init__(self, directory: str, *, max_to_keep: int, keep_best_metric: str = "", async_save: bool = True):
     path = directory if "://" in directory else os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
-                                           create=True, cleanup_tmp_directories=True)
+    policies = [checkpoint_managers.LatestN(max_to_keep)]
+    if keep_best_metric:
+      policies.append(checkpoint_managers.BestN(
+          get_metric_fn=lambda metrics: metrics[keep_best_metric], reverse=keep_best_metric == "logloss", n=1,
+          keep_checkpoints_without_metrics=False))
+    delay = float(os.environ.get(COMMIT_DELAY_ENV, "0"))
+    async_options = ocp.options.AsyncOptions(barrier_sync_fn=_delayed_barrier(delay)) if delay else None
+    options = ocp.CheckpointManagerOptions(
+        enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True,
+        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies), async_options=async_options)
     self.manager = ocp.CheckpointManager(path, options=options, item_names=("state", "data"))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, data_state: dict) -> None:
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state: Any, data_state: dict, metrics: dict[str, float] | None = None) -> None:
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    data=ocp.args.JsonSave(data_state)))
+                                                    data=ocp.args.JsonSave(data_state)), metrics=metrics)
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-    """Restores onto the shardings carried by `abstract_state` (ShapeDtypeStructs)."""
+    """Restores onto the shapes and shardings carried by `abstract_state` (ShapeDtypeStructs)."""
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     return restored["state"], restored["data"]
+
+  def restore_data(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -29,6 +29,7 @@ commands:
 
 EXIT_CONFIG_ERROR = 2
 EXIT_NON_FINITE = 3
+EXIT_PREEMPTED = 4  # A checkpoint was written on SIGTERM/SIGINT; rerun to resume.
 
 
 def _fail(message: str, code: int) -> int:
@@ -92,8 +93,10 @@ def train_command(argv: list[str]) -> int:
     message = _diagnose_override(argv) or str(e).strip().splitlines()[0]
     return _fail(message, EXIT_CONFIG_ERROR)
 
-  from rankjax.train import NonFiniteLossError, train
+  from rankjax import distributed
+  from rankjax.train import NonFiniteLossError, Preempted, train
   try:
+    distributed.initialize(config)
     train(config, workdir)
   except ConfigError as e:
     return _fail(str(e), EXIT_CONFIG_ERROR)
@@ -101,6 +104,9 @@ def train_command(argv: list[str]) -> int:
     return _fail(str(e), EXIT_CONFIG_ERROR)
   except NonFiniteLossError as e:
     return _fail(str(e), EXIT_NON_FINITE)
+  except Preempted as e:
+    print(f"rankjax: {e}", file=sys.stderr)
+    return EXIT_PREEMPTED
   return 0
 
 

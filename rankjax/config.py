@@ -92,10 +92,24 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   # they win over the defaults above and over the planner.
   c.embedding.overrides = ()
 
+  # On a NaN/inf loss or gradient norm: "stop" (exit 3 naming the step) or "skip" (drop the
+  # update, count it in the train metrics as skipped_steps). A checkpoint never holds non-finite values.
+  c.train.on_non_finite = "stop"
+
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 500
-  c.checkpoint.max_to_keep = 2
+  c.checkpoint.max_to_keep = 2  # The latest K checkpoints are kept ...
+  c.checkpoint.keep_best_metric = ""  # ... plus the best by this eval metric ("auc" | "logloss"; "" = none).
   c.checkpoint.async_save = True
+
+  c.distributed = ml_collections.ConfigDict()
+  # Explicit multi-process settings; empty/0/-1 = auto-detect (SLURM, Open MPI, Kubernetes) or one process.
+  c.distributed.coordinator_address = ""  # HOST:PORT of process 0.
+  c.distributed.num_processes = 0
+  c.distributed.process_id = -1
+  c.distributed.cpu_collectives = ""  # "gloo" for multi-process CPU runs (tests).
+  c.distributed.initialization_timeout_s = 300
+  c.distributed.heartbeat_timeout_s = 30  # A lost peer fails the others after about this long.
 
   c.mesh = ml_collections.ConfigDict()
   # Mesh axes (names) and sizes; one size may be -1 to take the remaining devices.
@@ -191,6 +205,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                       f"batch (train.batch_size={config.train.batch_size})")
   if config.train.eval_every < 0:
     raise ConfigError("train.eval_every", "must be >= 0 (0 = only at the end)")
+  if config.train.on_non_finite not in ("stop", "skip"):
+    raise ConfigError("train.on_non_finite", "must be 'stop' or 'skip'")
+  if config.checkpoint.keep_best_metric not in ("", "auc", "logloss"):
+    raise ConfigError("checkpoint.keep_best_metric", "must be '', 'auc' or 'logloss'")
+  d = config.distributed
+  if d.num_processes > 1 and not (0 <= d.process_id < d.num_processes):
+    raise ConfigError("distributed.process_id", f"must be in [0, {d.num_processes}) with num_processes set")
+  if d.coordinator_address and ":" not in d.coordinator_address:
+    raise ConfigError("distributed.coordinator_address", "must be HOST:PORT")
   if config.train.dense_optimizer not in DENSE_OPTIMIZERS:
     raise ConfigError("train.dense_optimizer", f"must be one of {DENSE_OPTIMIZERS}")
   if config.embedding.optimizer not in SPARSE_OPTIMIZERS:

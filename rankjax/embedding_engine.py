@@ -33,6 +33,9 @@ from rankjax import sparse_optim
 from rankjax.embedding import DTYPES, EmbeddingTableConfig, FeatureSlots, init_stacked, pool
 
 
+ROW_PAD_MULTIPLE = 1024
+
+
 class ShardingType(enum.StrEnum):
   REPLICATED = "replicated"
   TABLE_WISE = "table_wise"
@@ -68,8 +71,11 @@ def _layout(tables: Sequence[EmbeddingTableConfig], sharding: ShardingType, num_
     offsets = np.concatenate([[0], np.cumsum(vocab)[:-1]])
     total = int(vocab.sum())
     shards = num_shards if sharding in (ShardingType.ROW_WISE, ShardingType.GSPMD_ROW_WISE) else 1
-    per_shard = -(-total // shards)
-    return offsets, per_shard * shards, per_shard, None, None
+    # Rows padded to a multiple of lcm(shards, 1024): the same global shape on 1, 2, 4, ... 1024
+    # shards, so checkpoints restore across such meshes without a re-layout.
+    multiple = np.lcm(shards, ROW_PAD_MULTIPLE) if shards > 1 else 1
+    rows = -(-total // multiple) * multiple
+    return offsets, rows, rows // shards, None, None
   # Greedy placement: largest table first onto the least-loaded shard.
   load, owner, local = np.zeros(num_shards, np.int64), np.zeros(len(tables), np.int64), np.zeros(len(tables), np.int64)
   for i in sorted(range(len(tables)), key=lambda i: (-vocab[i], i)):
@@ -338,6 +344,54 @@ class EmbeddingEngine:
         return apply(gs, gather(jnp.where(all_rows >= 0, all_rows, local_rows), R), gather(recv, R), step,
                      row_sum=lambda s: jax.lax.psum(s, S), full_dim=g.dim)
     return self._shard_map(fn, (specs, batch, batch, P()), specs)(gstate, rows_bt, grads_btd, step)
+
+  # ---- Checkpoint layouts: restore onto a mesh or plan with another row layout.
+
+  def layout_descriptor(self) -> dict:
+    """Where each table's rows live; saved with a checkpoint (JSON-able)."""
+    return {"groups": {g.name: {"num_rows": int(g.num_rows), "dim": int(g.dim)} for g in self.groups},
+            "tables": {t.name: [g.name, int(off)] for g in self.groups for t, off in zip(g.tables, g.table_offsets)}}
+
+  def abstract_state_for(self, descriptor: dict) -> dict:
+    """Abstract embedding state in a saved layout, sharded over rows where they divide evenly."""
+    out = {}
+    for name, meta in descriptor["groups"].items():
+      table_name = next(t for t, (gname, _) in descriptor["tables"].items() if gname == name)
+      group = self._group_of(table_name)
+      rows = meta["num_rows"]
+      spec = P(self.shard_axes or None) if self.shard_axes and rows % self.num_shards == 0 else P()
+      rows_sharding = NamedSharding(self.mesh, spec)
+      two_d = NamedSharding(self.mesh, P(*spec, None)) if spec != P() else rows_sharding
+      out[name] = {"table": jax.ShapeDtypeStruct((rows, meta["dim"]), group.dtype, sharding=two_d)}
+      for key, per_row in group.optimizer.state_is_per_row().items():
+        shape = (rows,) if per_row else (rows, meta["dim"])
+        out[name][key] = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=rows_sharding if per_row else two_d)
+    return out
+
+  def _group_of(self, table_name: str) -> TableGroup:
+    return next(g for g in self.groups if any(t.name == table_name for t in g.tables))
+
+  def relayout(self, old_state: dict, descriptor: dict) -> dict:
+    """Moves every table's rows (and optimizer state rows) from a saved layout into this one.
+
+    Jit it with out_shardings=self.shardings(); it costs a copy of the tables once, at restore.
+    """
+    new_state = {}
+    for g in self.groups:
+      arrays = {}
+      keys = ["table", *g.optimizer.state_is_per_row()]
+      for key in keys:
+        template = jnp.zeros((g.num_rows,) if key != "table" and g.optimizer.state_is_per_row()[key]
+                             else (g.num_rows, g.dim), g.dtype if key == "table" else jnp.float32)
+        for t, offset in zip(g.tables, g.table_offsets):
+          old_group, old_offset = descriptor["tables"][t.name]
+          if key not in old_state[old_group]:
+            raise ValueError(f"table {t.name}: checkpoint has no optimizer state {key!r} (optimizer changed?)")
+          rows = jax.lax.dynamic_slice_in_dim(old_state[old_group][key], old_offset, t.vocab_size, axis=0)
+          template = jax.lax.dynamic_update_slice_in_dim(template, rows.astype(template.dtype), int(offset), axis=0)
+        arrays[key] = template
+      new_state[g.name] = arrays
+    return new_state
 
   # ---- Host views.
 

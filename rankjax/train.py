@@ -10,7 +10,9 @@ import dataclasses
 import json
 import math
 import pathlib
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -84,7 +86,8 @@ def build(config: ml_collections.ConfigDict, workdir: pathlib.Path | None, devic
 
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: create_model(nnx.Rngs(0))))
   steps = StepFunctions(graphdef, engine, dense_optimizer(config.train.dense_optimizer,
-                                                          config.train.dense_learning_rate), create_model)
+                                                          config.train.dense_learning_rate), create_model,
+                        skip_non_finite=config.train.on_non_finite == "skip")
 
   replicated = partitioner.replicated
   abstract = jax.eval_shape(steps.init, jax.random.key(0))
@@ -137,6 +140,55 @@ class _DeviceBatches:
     return batch, self.iterator.get_state()
 
 
+def _host(x: jax.Array) -> np.ndarray:
+  """A replicated array's value on this host (works when other processes hold other devices)."""
+  return np.asarray(x.addressable_data(0))
+
+
+class Preempted(RuntimeError):
+  """Training stopped on SIGTERM/SIGINT after writing a checkpoint; rerun the command to resume."""
+
+
+class _StopSignals:
+  """SIGTERM/SIGINT -> a flag the loop reads between steps (one process). With several processes
+  JAX's coordination service owns SIGTERM and agrees on a common stop step."""
+
+  def __init__(self):
+    self.requested = threading.Event()
+    self._previous = {}
+
+  def __enter__(self):
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, lambda *_: self.requested.set())
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested.is_set()
+
+
+def _restore(exp: Experiment, checkpointer: checkpoint_lib.Checkpointer, step: int, seed: int):
+  """The train state and data state of a checkpoint, re-laid-out if it was saved with another
+  embedding layout (another device count or sharding plan)."""
+  engine = exp.steps.engine
+  data_state = checkpointer.restore_data(step)
+  abstract = checkpoint_lib.abstract_like(jax.eval_shape(exp.init_fn, seed), exp.state_shardings)
+  saved_layout = data_state.get("embedding_layout")
+  if saved_layout is None or saved_layout == json.loads(json.dumps(engine.layout_descriptor())):
+    state, _ = checkpointer.restore(step, abstract)
+    return state, data_state, False
+  state, _ = checkpointer.restore(step, abstract.replace(embedding=engine.abstract_state_for(saved_layout)))
+  relayout = exp.partitioner.jit(lambda e: engine.relayout(e, saved_layout), in_shardings=None,
+                                 out_shardings=exp.state_shardings.embedding)
+  return state.replace(embedding=relayout(state.embedding)), data_state, True
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices=None,
           log=print) -> dict[str, Any]:
   """Trains (or resumes) the experiment in `workdir`; returns the final summary."""
@@ -148,21 +200,23 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, device
   c = config.train
   is_chief = jax.process_index() == 0
   writer = MetricWriter(workdir, enabled=is_chief)
-  checkpointer = checkpoint_lib.Checkpointer(str(workdir / "checkpoints"), max_to_keep=config.checkpoint.max_to_keep,
-                                             async_save=config.checkpoint.async_save)
-  with jax.set_mesh(exp.partitioner.mesh):
+  checkpointer = checkpoint_lib.Checkpointer(
+      str(workdir / "checkpoints"), max_to_keep=config.checkpoint.max_to_keep,
+      keep_best_metric=config.checkpoint.keep_best_metric, async_save=config.checkpoint.async_save)
+  layout = exp.steps.engine.layout_descriptor()
+  with jax.set_mesh(exp.partitioner.mesh), _StopSignals() as stop:
     # ---- Initialise or resume.
     latest = checkpointer.latest_step()
     data_state = None
     if latest is not None:
-      abstract = checkpoint_lib.abstract_like(jax.eval_shape(exp.init_fn, config.seed), exp.state_shardings)
-      state, data_state = checkpointer.restore(latest, abstract)
+      state, data_state, relaid = _restore(exp, checkpointer, latest, config.seed)
       dropped = writer.truncate_after(latest)
       log(f"rankjax: resuming from checkpoint step {latest} in {workdir / 'checkpoints'}"
+          + (" (embedding tables re-laid-out for this mesh)" if relaid else "")
           + (f" (dropped {dropped} metric events logged after it)" if dropped else ""))
     else:
       state = exp.init_fn(config.seed)
-    start = int(jax.device_get(state.step))
+    start = int(_host(state.step))
 
     train_iter = pipeline.train_iterator(
         exp.data_dir, exp.manifest, global_batch_size=c.batch_size, num_batches=max(c.steps, start),
@@ -172,57 +226,79 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, device
     if data_state is not None:
       train_iter.set_state(data_state["iterator"])
 
+    def save(step: int, iterator_state: dict, metrics: dict | None = None):
+      checkpointer.save(step, state, {"iterator": iterator_state, "embedding_layout": layout},
+                        metrics={k: metrics[k] for k in ("auc", "logloss")} if metrics else None)
+
     # ---- Train: dispatch steps asynchronously; sync only to log, evaluate or checkpoint.
     batches = _DeviceBatches(train_iter, exp.partitioner)
     progress = tqdm(total=c.steps, initial=start, unit="step", dynamic_ncols=True,
                     disable=not (c.progress_bar and is_chief and sys.stderr.isatty()))
-    pending_losses, window_start, window_time = [], start, time.perf_counter()
-    trained_examples, trained_time, last_eval = 0, 0.0, None
+    pending, window_start, window_time = [], start, time.perf_counter()
+    trained_examples, trained_time, skipped_total, final = 0, 0.0, 0, None
+    consumed_state = train_iter.get_state()
     if start < c.steps:
       batch, batch_state = next(batches)
     for step in range(start, c.steps):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         state, metrics = exp.train_fn(state, batch)
       consumed_state, done = batch_state, step + 1
-      pending_losses.append(metrics["loss"])
+      pending.append(metrics)
       if done < c.steps:
         batch, batch_state = next(batches)
       progress.update(1)
-      is_ckpt = done % config.checkpoint.every_steps == 0 or done == c.steps
+      preempted = stop.reached(done)
+      is_ckpt = done % config.checkpoint.every_steps == 0 or done == c.steps or preempted
       if done % c.log_every == 0 or done == c.steps or is_ckpt:
-        losses = np.asarray(jax.device_get(pending_losses), np.float64)
-        bad = np.flatnonzero(~np.isfinite(losses))
+        # One host sync for the whole window; nothing non-finite is ever checkpointed.
+        window = [{k: _host(v) for k, v in m.items()} for m in pending]
+        losses = np.array([m["loss"] for m in window], np.float64)
+        skipped = np.array([m["skipped"] for m in window], bool)
+        bad = np.flatnonzero(~skipped & ~np.isfinite(losses))
         if bad.size:
           writer.write(window_start + int(bad[0]) + 1, "train", loss=None, error="non-finite loss")
           raise NonFiniteLossError(
               f"loss became {losses[bad[0]]} at step {window_start + int(bad[0]) + 1}; "
               f"the last checkpoint is step {checkpointer.latest_step()}. Lower train.dense_learning_rate / "
-              "train.sparse_learning_rate or check the data.")
+              "embedding.learning_rate, check the data, or set train.on_non_finite=skip.")
+        skipped_total += int(skipped.sum())
         now = time.perf_counter()
         if window_start > start:  # The first window includes compilation: left out of the throughput.
           trained_examples += len(losses) * c.batch_size
           trained_time += now - window_time
         if done % c.log_every == 0 or done == c.steps:
           rate = len(losses) * c.batch_size / (now - window_time)
-          writer.write(done, "train", loss=float(losses.mean()), examples_per_sec=rate)
-          progress.set_postfix(loss=f"{losses.mean():.4f}", ex_per_s=f"{rate:,.0f}")
-        pending_losses, window_start, window_time = [], done, now
-      if c.eval_every and done % c.eval_every == 0 and done < c.steps:
-        last_eval = evaluate(exp, state)
-        writer.write(done, "eval", loss=last_eval["logloss"], **last_eval)
+          finite = losses[~skipped]
+          writer.write(done, "train", loss=float(finite.mean()) if finite.size else None, examples_per_sec=rate,
+                       **({"skipped_steps": int(skipped.sum())} if c.on_non_finite == "skip" else {}))
+          progress.set_postfix(loss=f"{finite.mean() if finite.size else float('nan'):.4f}", ex_per_s=f"{rate:,.0f}")
+        pending, window_start, window_time = [], done, now
+      evaluation = None
+      if done == c.steps or (c.eval_every and done % c.eval_every == 0):
+        evaluation = evaluate(exp, state)
+        writer.write(done, "eval", loss=evaluation["logloss"], **evaluation)
+        final = evaluation
         window_time = time.perf_counter()
       if is_ckpt:
-        checkpointer.save(done, state, {"iterator": consumed_state})
+        save(done, consumed_state, evaluation)
+      if preempted and done < c.steps:
+        checkpointer.wait()
+        checkpointer.close()
+        writer.close()
+        raise Preempted(f"stopped by signal after step {done}; checkpoint {done} is committed. "
+                        "Rerun the same command to resume.")
     progress.close()
 
-    # ---- Final evaluation and summary.
-    final = evaluate(exp, state)
-    writer.write(c.steps if start < c.steps else start, "eval", loss=final["logloss"], **final)
+    # ---- Final evaluation (if this run trained no step) and summary.
+    if final is None:
+      final = evaluate(exp, state)
+      writer.write(start, "eval", loss=final["logloss"], **final)
     checkpointer.wait()
     checkpointer.close()
   writer.close()
-  summary = {"steps": int(jax.device_get(state.step)), "eval_auc": final["auc"], "eval_logloss": final["logloss"],
+  summary = {"steps": int(_host(state.step)), "eval_auc": final["auc"], "eval_logloss": final["logloss"],
              "examples_per_sec": trained_examples / trained_time if trained_time else None,
+             "skipped_steps": skipped_total,
              "bayes_optimal_eval_auc": exp.manifest.get("bayes_optimal_eval_auc")}
   if is_chief:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

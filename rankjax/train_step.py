@@ -32,11 +32,12 @@ class StepFunctions:
   """Builds the pure init/train/eval functions for a model, its embedding engine and optimizer."""
 
   def __init__(self, graphdef: nnx.GraphDef, engine: EmbeddingEngine, dense_tx: optax.GradientTransformation,
-               create_model):
+               create_model, skip_non_finite: bool = False):
     self.graphdef = graphdef
     self.engine = engine
     self.dense_tx = dense_tx
     self.create_model = create_model  # (rngs) -> nnx.Module
+    self.skip_non_finite = skip_non_finite  # Drop a step whose loss or gradient norm is NaN/inf.
 
   def init(self, seed_key: jax.Array) -> TrainState:
     model_key, table_key, state_key = jax.random.split(seed_key, 3)
@@ -57,12 +58,20 @@ class StepFunctions:
         return jnp.mean(optax.sigmoid_binary_cross_entropy(logits_b, batch["label"]))
 
     loss, (grad_params, grad_rows_btd) = jax.value_and_grad(loss_fn, argnums=(0, 1))(state.params, rows_btd)
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm((grad_params, grad_rows_btd)))
+    skip = ~finite if self.skip_non_finite else jnp.zeros((), bool)
     with jax.named_scope("dense_update"):
       updates, opt_state = self.dense_tx.update(grad_params, state.opt_state, state.params)
+      if self.skip_non_finite:  # Dense state is small: select the old values on a bad step.
+        updates = jax.tree.map(lambda u: jnp.where(skip, jnp.zeros_like(u), u), updates)
+        opt_state = jax.tree.map(lambda new, old: jnp.where(skip, old, new), opt_state, state.opt_state)
       params = optax.apply_updates(state.params, updates)
     step = state.step + 1
-    embedding = self.engine.apply_gradients(state.embedding, batch["cat"], grad_rows_btd, step)
-    return state.replace(step=step, params=params, opt_state=opt_state, embedding=embedding), {"loss": loss}
+    # A skipped step touches no table row: every id becomes padding (tables are never copied).
+    ids_bt = jnp.where(skip, -1, batch["cat"]) if self.skip_non_finite else batch["cat"]
+    embedding = self.engine.apply_gradients(state.embedding, ids_bt, grad_rows_btd, step)
+    new_state = state.replace(step=step, params=params, opt_state=opt_state, embedding=embedding)
+    return new_state, {"loss": loss, "skipped": skip}
 
   def eval_step(self, state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
     return self._logits(state.params, batch, self.engine.lookup(state.embedding, batch["cat"]))

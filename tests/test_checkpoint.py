@@ -39,3 +39,17 @@ def test_checkpoint_round_trip_restores_state_and_iterator(tmp_path):
   got_next = next(it2)
   for k in expected_next:
     np.testing.assert_array_equal(got_next[k], expected_next[k])
+
+
+def test_retention_keeps_the_latest_k_plus_the_best_by_metric(tmp_path):
+  import jax.numpy as jnp
+  by_auc = checkpoint_lib.Checkpointer(str(tmp_path / "auc"), max_to_keep=2, keep_best_metric="auc")
+  for step, auc in [(1, 0.7), (2, 0.9), (3, None), (4, 0.6), (5, None)]:
+    by_auc.save(step, {"x": jnp.full(3, step)}, {"i": step}, metrics={"auc": auc, "logloss": 1 - auc} if auc else None)
+    by_auc.wait()
+  assert by_auc.all_steps() == [2, 4, 5]  # latest two + the highest AUC
+  by_loss = checkpoint_lib.Checkpointer(str(tmp_path / "loss"), max_to_keep=1, keep_best_metric="logloss")
+  for step, loss in [(1, 0.7), (2, 0.5), (3, 0.9)]:
+    by_loss.save(step, {"x": jnp.full(3, step)}, {"i": step}, metrics={"auc": 0.5, "logloss": loss})
+    by_loss.wait()
+  assert by_loss.all_steps() == [2, 3]  # latest one + the lowest log loss
