@@ -71,9 +71,12 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 8192
   c.train.log_every = 100
   c.train.eval_every = 0  # 0 = evaluate only at the end.
-  c.train.dense_optimizer = "adam"  # adam | adagrad
+  c.train.dense_optimizer = "adam"  # adam | adagrad | sgd
   c.train.dense_learning_rate = 1e-3
   c.train.progress_bar = True
+  c.train.compute_dtype = "float32"  # float32 | bfloat16: forward/backward precision (params stay float32).
+  # JAX persistent compilation cache: "" = ~/.cache/rankjax/jax_compilation_cache, "none" = off.
+  c.train.compilation_cache_dir = ""
 
   c.embedding = ml_collections.ConfigDict()
   # replicated | table_wise | row_wise | column_wise | gspmd_row_wise (baseline) | auto (planner).
@@ -88,7 +91,8 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   c.embedding.l1 = 0.0  # ftrl.
   c.embedding.l2 = 0.0  # ftrl.
   c.embedding.dtype = "float32"  # float32 | bfloat16 table storage.
-  # Per-table overrides, "TABLE:KEY=VALUE" with KEY in sharding|optimizer|dtype|combiner|initializer;
+  # Per-table overrides, "TABLE:KEY=VALUE" with KEY in sharding|optimizer|dtype|combiner|initializer|
+  # qr_buckets (e.g. "cat_0:qr_buckets=1000": a quotient-remainder table);
   # they win over the defaults above and over the planner.
   c.embedding.overrides = ()
 
@@ -124,10 +128,10 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   return c
 
 
-DENSE_OPTIMIZERS = ("adam", "adagrad")
+DENSE_OPTIMIZERS = ("adam", "adagrad", "sgd")
 SPARSE_OPTIMIZERS = ("sgd", "adagrad", "row_wise_adagrad", "adam", "ftrl")
 SHARDINGS = ("replicated", "table_wise", "row_wise", "column_wise", "gspmd_row_wise", "auto")
-OVERRIDE_KEYS = ("sharding", "optimizer", "dtype", "combiner", "initializer")
+OVERRIDE_KEYS = ("sharding", "optimizer", "dtype", "combiner", "initializer", "qr_buckets")
 
 
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -205,6 +209,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                       f"batch (train.batch_size={config.train.batch_size})")
   if config.train.eval_every < 0:
     raise ConfigError("train.eval_every", "must be >= 0 (0 = only at the end)")
+  if config.train.compute_dtype not in ("float32", "bfloat16"):
+    raise ConfigError("train.compute_dtype", "must be float32 or bfloat16")
   if config.train.on_non_finite not in ("stop", "skip"):
     raise ConfigError("train.on_non_finite", "must be 'stop' or 'skip'")
   if config.checkpoint.keep_best_metric not in ("", "auc", "logloss"):
@@ -227,6 +233,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     key, eq, value = rest.partition("=")
     if not (sep and eq and table) or key not in OVERRIDE_KEYS:
       raise ConfigError("embedding.overrides", f"{entry!r} is not TABLE:KEY=VALUE with KEY in {OVERRIDE_KEYS}")
+    if key == "qr_buckets":
+      if not value.isdigit():
+        raise ConfigError("embedding.overrides", f"{entry!r}: qr_buckets must be a non-negative int")
+      continue
     allowed = {"sharding": SHARDINGS[:-1], "optimizer": SPARSE_OPTIMIZERS, "dtype": ("float32", "bfloat16"),
                "combiner": ("sum", "mean"), "initializer": ("uniform", "zeros")}[key]
     if value not in allowed:

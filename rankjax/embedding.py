@@ -36,6 +36,8 @@ class EmbeddingTableConfig:
   dtype: storage dtype ("float32" | "bfloat16"); updates are computed in float32.
   initializer: "uniform" = U(-1/sqrt(vocab), 1/sqrt(vocab)) (the DLRM reference), or "zeros".
   optimizer / sharding: None = the engine's default / the planner's choice.
+  qr_buckets: > 0 makes it a quotient-remainder table (Shi et al. 2020) for huge vocabularies:
+    two tables of ceil(vocab / q) and q rows; id i's vector is quotient[i // q] + remainder[i % q].
   """
   name: str
   vocab_size: int
@@ -46,6 +48,7 @@ class EmbeddingTableConfig:
   initializer: str = "uniform"
   optimizer: str | None = None
   sharding: str | None = None
+  qr_buckets: int = 0
 
   def __post_init__(self):
     if self.vocab_size <= 0 or self.dim <= 0:
@@ -54,6 +57,8 @@ class EmbeddingTableConfig:
       raise ValueError(f"table {self.name}: combiner {self.combiner!r} not in {COMBINERS}")
     if self.dtype not in DTYPES:
       raise ValueError(f"table {self.name}: dtype {self.dtype!r} not in {tuple(DTYPES)}")
+    if self.qr_buckets < 0:
+      raise ValueError(f"table {self.name}: qr_buckets must be >= 0")
     if self.initializer not in INITIALIZERS:
       raise ValueError(f"table {self.name}: initializer {self.initializer!r} not in {INITIALIZERS}")
 

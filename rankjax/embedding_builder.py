@@ -25,7 +25,7 @@ def configured_tables(config: ml_collections.ConfigDict, tables: Sequence[Embedd
     key, _, value = rest.partition("=")
     if name not in by_name:
       raise ConfigError("embedding.overrides", f"{entry!r}: no table {name!r} (tables: {', '.join(by_name)})")
-    overrides.setdefault(name, {})[key] = value
+    overrides.setdefault(name, {})[key] = int(value) if key == "qr_buckets" else value
   out = []
   for t in tables:
     t = dataclasses.replace(t, dtype=e.dtype if t.dtype == "float32" else t.dtype)

@@ -105,7 +105,20 @@ class EmbeddingEngine:
                fold_ids: bool = False):
     """fold_ids: map ids >= vocab to id % vocab (tables shrunk by data.row_scale) instead of
     treating them as padding."""
-    self.tables, self.slots, self.mesh, self.fold_ids = tuple(tables), slots, mesh, fold_ids
+    self.slots, self.mesh, self.fold_ids = slots, mesh, fold_ids
+    self.user_tables = tuple(tables)
+    # Quotient-remainder tables become two internal tables; the remainder rows get extra slots.
+    internal, remainder_of = [], {}
+    for t in tables:
+      if t.qr_buckets:
+        internal.append(dataclasses.replace(t, name=f"{t.name}/quotient", qr_buckets=0,
+                                            vocab_size=-(-t.vocab_size // t.qr_buckets)))
+        remainder_of[t.name] = len(internal)
+        internal.append(dataclasses.replace(t, name=f"{t.name}/remainder", qr_buckets=0,
+                                            vocab_size=t.qr_buckets, feature_names=()))
+      else:
+        internal.append(t)
+    self.tables = tuple(internal)
     self.batch_axes = tuple(a for a in batch_axes if mesh.shape[a] > 1)
     self.shard_axes = tuple(a for a in shard_axes if mesh.shape[a] > 1)
     if not set(self.shard_axes) <= set(self.batch_axes):
@@ -125,6 +138,12 @@ class EmbeddingEngine:
       raise ValueError(f"features without a table: {missing}")
     slot_table = np.array([feature_table[slots.names[f]] for f in slots.slot_feature], np.int64)
     self.combiners = [self.tables[feature_table[f]].combiner for f in slots.names]
+    user_table = {t.name: t for t in self.user_tables}
+    slot_user = [user_table[self.tables[i].name.removesuffix("/quotient")] for i in slot_table]
+    self._slot_vocab = np.array([t.vocab_size for t in slot_user], np.int32)  # Ids valid per slot.
+    self._qr_slots = np.array([s for s, t in enumerate(slot_user) if t.qr_buckets], np.int32)
+    self._qr_buckets = np.array([slot_user[s].qr_buckets for s in self._qr_slots], np.int32)
+    slot_table = np.concatenate([slot_table, [remainder_of[slot_user[s].name] for s in self._qr_slots]]).astype(np.int64)
 
     keyed: dict[tuple, list[int]] = {}
     for i, t in enumerate(self.tables):
@@ -214,15 +233,24 @@ class EmbeddingEngine:
     """Slots holding an id of the table (padding is -1; unless folding, ids >= vocab count as padding)."""
     if self.fold_ids:
       return ids_bt >= 0
-    vocab = np.zeros(self.slots.num_slots, np.int32)
-    for g in self.groups:
-      vocab[g.slots] = g.slot_vocab
-    return (ids_bt >= 0) & (ids_bt < jnp.asarray(vocab))
+    return (ids_bt >= 0) & (ids_bt < jnp.asarray(self._slot_vocab))
+
+  def _internal_ids(self, ids_bt: jax.Array) -> jax.Array:
+    """[B, T] user ids -> [B, T_internal] ids of the internal tables (-1 = padding): folded when
+    data.row_scale shrank the tables, split into quotient and remainder for QR tables."""
+    if self.fold_ids:
+      ids_bt = jnp.where(ids_bt >= 0, ids_bt % jnp.asarray(self._slot_vocab), -1)
+    ids_bt = jnp.where(self.valid(ids_bt), ids_bt, -1)
+    if not self._qr_slots.size:
+      return ids_bt
+    qr_ids, buckets = ids_bt[:, self._qr_slots], jnp.asarray(self._qr_buckets)
+    quotient = jnp.where(qr_ids >= 0, qr_ids // buckets, -1)
+    remainder = jnp.where(qr_ids >= 0, qr_ids % buckets, -1)
+    return jnp.concatenate([ids_bt.at[:, self._qr_slots].set(quotient), remainder], axis=1)
 
   def _group_rows(self, group: TableGroup, ids_bt: jax.Array) -> jax.Array:
+    """Internal ids -> global rows of the group's stacked array (-1 = padding)."""
     ids = ids_bt[:, group.slots]
-    if self.fold_ids:
-      ids = jnp.where(ids >= 0, ids % jnp.asarray(group.slot_vocab), -1)
     ok = (ids >= 0) & (ids < jnp.asarray(group.slot_vocab))
     return jnp.where(ok, ids + jnp.asarray(group.slot_offset), -1)
 
@@ -230,13 +258,22 @@ class EmbeddingEngine:
     return jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
   def lookup(self, state: dict, ids_bt: jax.Array) -> jax.Array:
-    """[B, T] ids -> [B, T, D] float32 rows (zeros for padding), batch-sharded."""
+    """[B, T] ids -> [B, T_internal, D] float32 rows (zeros for padding), batch-sharded.
+
+    T_internal = T plus one slot per QR slot (its remainder row); `pool` combines them. The
+    gradient w.r.t. these rows is what `apply_gradients` takes.
+    """
     with jax.named_scope("embedding_lookup"):
+      ids_bt = self._internal_ids(ids_bt)
       outs = [self._lookup_group(g, state[g.name]["table"], self._group_rows(g, ids_bt)) for g in self.groups]
       rows = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
       return rows if len(outs) == 1 else rows[:, self._slot_order]
 
   def pool(self, rows_btd: jax.Array, ids_bt: jax.Array) -> jax.Array:
+    """Looked-up rows -> [B, F, D] per-feature vectors (QR: quotient + remainder, then the combiner)."""
+    num_slots = self.slots.num_slots
+    if self._qr_slots.size:
+      rows_btd = rows_btd[:, :num_slots].at[:, self._qr_slots].add(rows_btd[:, num_slots:])
     return pool(rows_btd, self.valid(ids_bt), self.slots, self.combiners)
 
   def _lookup_group(self, g: TableGroup, table: jax.Array, rows_bt: jax.Array) -> jax.Array:
@@ -288,6 +325,7 @@ class EmbeddingEngine:
   def apply_gradients(self, state: dict, ids_bt: jax.Array, grads_btd: jax.Array, step: jax.Array) -> dict:
     """Routes [B, T, D] row gradients to the shards that own the rows and updates those rows only."""
     with jax.named_scope("sparse_update"):
+      ids_bt = self._internal_ids(ids_bt)
       new_state = {}
       for g in self.groups:
         grads = grads_btd[:, g.slots] if len(self.groups) > 1 else grads_btd

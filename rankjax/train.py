@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import os
 import pathlib
 import signal
 import sys
@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -53,6 +54,17 @@ class Experiment:
   eval_fn: Any
 
 
+def enable_compilation_cache(config: ml_collections.ConfigDict) -> None:
+  """JAX's persistent compilation cache, so a restart (or another run of the model) does not recompile."""
+  directory = config.train.compilation_cache_dir
+  if directory == "none":
+    return
+  directory = directory or str(pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
+                               / "rankjax" / "jax_compilation_cache")
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def resolve_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[pathlib.Path, dict]:
   """The dataset directory and manifest: `data.path`, or the synthetic default under the workdir."""
   if config.data.path:
@@ -87,7 +99,8 @@ def build(config: ml_collections.ConfigDict, workdir: pathlib.Path | None, devic
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: create_model(nnx.Rngs(0))))
   steps = StepFunctions(graphdef, engine, dense_optimizer(config.train.dense_optimizer,
                                                           config.train.dense_learning_rate), create_model,
-                        skip_non_finite=config.train.on_non_finite == "skip")
+                        skip_non_finite=config.train.on_non_finite == "skip",
+                        compute_dtype=jnp.dtype(config.train.compute_dtype))
 
   replicated = partitioner.replicated
   abstract = jax.eval_shape(steps.init, jax.random.key(0))
@@ -196,6 +209,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, device
   validate(config, len(devices) if devices is not None else jax.device_count())
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  enable_compilation_cache(config)
   exp = build(config, workdir, devices)
   c = config.train
   is_chief = jax.process_index() == 0

@@ -32,12 +32,15 @@ class StepFunctions:
   """Builds the pure init/train/eval functions for a model, its embedding engine and optimizer."""
 
   def __init__(self, graphdef: nnx.GraphDef, engine: EmbeddingEngine, dense_tx: optax.GradientTransformation,
-               create_model, skip_non_finite: bool = False):
+               create_model, skip_non_finite: bool = False, compute_dtype=jnp.float32):
     self.graphdef = graphdef
     self.engine = engine
     self.dense_tx = dense_tx
     self.create_model = create_model  # (rngs) -> nnx.Module
     self.skip_non_finite = skip_non_finite  # Drop a step whose loss or gradient norm is NaN/inf.
+    # Mixed precision: params and tables stay float32 (the optimizers update those); the forward
+    # and backward run in compute_dtype; the loss is computed in float32.
+    self.compute_dtype = compute_dtype
 
   def init(self, seed_key: jax.Array) -> TrainState:
     model_key, table_key, state_key = jax.random.split(seed_key, 3)
@@ -46,8 +49,10 @@ class StepFunctions:
                       opt_state=self.dense_tx.init(params), embedding=self.engine.init(table_key))
 
   def _logits(self, params, batch: dict[str, jax.Array], rows_btd: jax.Array) -> jax.Array:
-    emb_bfd = self.engine.pool(rows_btd, batch["cat"])
-    return nnx.merge(self.graphdef, params)(batch["dense"], emb_bfd)
+    cast = lambda x: x.astype(self.compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    emb_bfd = self.engine.pool(cast(rows_btd), batch["cat"])
+    model = nnx.merge(self.graphdef, jax.tree.map(cast, params))
+    return model(cast(batch["dense"]), emb_bfd).astype(jnp.float32)
 
   def train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
     rows_btd = self.engine.lookup(state.embedding, batch["cat"])

@@ -48,7 +48,7 @@ def run(engine, num_steps=10):
 
   def step(state, ids, step):
     rows = engine.lookup(state, ids)
-    grads = jnp.sin(7.0 * rows) + 0.01 * ids[..., None]  # depends on the rows: errors would compound
+    grads = jnp.sin(7.0 * rows) + 1e-4 * jnp.sum(ids, axis=1)[:, None, None]  # errors would compound
     return engine.apply_gradients(state, ids, grads, step)
 
   update = jax.jit(step, in_shardings=(shardings, batch_sharding, None), out_shardings=shardings, donate_argnums=0)
@@ -142,3 +142,36 @@ def test_bfloat16_tables_track_float32_tables():
   _, want = run(make_engine((2, 4), ("data", "model"), "row_wise"), num_steps=5)
   for name in want:
     np.testing.assert_allclose(got[name], want[name], rtol=2e-2, atol=2e-3)
+
+
+QR_TABLES = [t if t.name != "items" else t.__class__(**{**t.__dict__, "qr_buckets": 7}) for t in TABLES]
+
+
+@pytest.mark.parametrize("sharding", ["row_wise", "table_wise", "column_wise"])
+def test_quotient_remainder_tables_shard_like_the_single_device_engine(sharding):
+  forwards, tables = run(make_engine((2, 4), ("data", "model"), sharding, tables=QR_TABLES), num_steps=4)
+  ref_forwards, ref_tables = run(make_engine((1, 1), ("data", "model"), sharding, tables=QR_TABLES), num_steps=4)
+  assert tables["items/quotient"].shape == (15, 8) and tables["items/remainder"].shape == (7, 8)
+  for got, want in zip(forwards, ref_forwards):
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+  for name in ref_tables:
+    np.testing.assert_allclose(tables[name], ref_tables[name], rtol=1e-6, atol=1e-7)
+
+
+def test_quotient_remainder_vector_is_quotient_row_plus_remainder_row():
+  engine = make_engine((2, 4), ("data", "model"), "row_wise", tables=QR_TABLES)
+  batch_sharding = jax.sharding.NamedSharding(engine.mesh, jax.sharding.PartitionSpec(engine.batch_axes))
+  with jax.set_mesh(engine.mesh):
+    state = jax.jit(engine.init, out_shardings=engine.shardings())(jax.random.key(0))
+    ids = next(batches(1, seed=9))
+    pooled = np.asarray(jax.jit(lambda s, i: engine.pool(engine.lookup(s, i), i))(state, jax.device_put(ids, batch_sharding)))
+  tables = engine.table_values(state)
+  item = SLOTS.names.index("item")
+  start, h = SLOTS.start[item], SLOTS.hotness[item]
+  expect = np.zeros((BATCH, 8), np.float32)
+  count = np.zeros(BATCH)
+  for s in range(start, start + h):
+    ok = ids[:, s] >= 0
+    expect[ok] += tables["items/quotient"][ids[ok, s] // 7] + tables["items/remainder"][ids[ok, s] % 7]
+    count += ok
+  np.testing.assert_allclose(pooled[:, item], expect / np.maximum(count, 1)[:, None], rtol=1e-6, atol=1e-7)
