@@ -48,7 +48,9 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   # Scales every table to ceil(rows * row_scale) (so a big model fits one device or a CPU); ids of
   # real data fold modulo the scaled rows, synthetic data is generated at the scaled size.
   c.data.row_scale = 1.0
-  c.data.shuffle_seed = 0  # Global shuffle permutation is a function of (shuffle_seed, epoch).
+  c.data.shuffle_seed = 0
+  c.data.label_index = 0  # Which label column to train on, for data with several (multi-task tables).
+  c.data.verify_checksums = True  # sha256 of every shard on first open (then cached per file).  # Global shuffle permutation is a function of (shuffle_seed, epoch).
   c.data.read_threads = 2  # Grain threads that gather batches.
   c.data.prefetch_batches = 4  # Grain prefetch buffer, in batches.
   c.data.synthetic = ml_collections.ConfigDict()
@@ -197,6 +199,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   vocab = config.data.synthetic.vocab_sizes
   if not vocab or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in vocab):
     raise ConfigError("data.synthetic.vocab_sizes", f"must be a non-empty tuple of positive ints, got {tuple(vocab)}")
+  if config.data.label_index < 0:
+    raise ConfigError("data.label_index", "must be >= 0")
   if not 0 < config.data.row_scale <= 1:
     raise ConfigError("data.row_scale", f"must be in (0, 1], got {config.data.row_scale}")
   hotness = tuple(config.data.synthetic.hotness)

@@ -133,7 +133,8 @@ def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
   c = exp.config
   it = pipeline.eval_iterator(exp.data_dir, exp.manifest, global_batch_size=c.train.eval_batch_size,
                               read_threads=c.data.read_threads, prefetch=c.data.prefetch_batches,
-                              process_index=jax.process_index(), process_count=jax.process_count())
+                              process_index=jax.process_index(), process_count=jax.process_count(),
+                              label_index=c.data.label_index, verify=c.data.verify_checksums)
   outputs = [exp.eval_fn(state, exp.partitioner.place_batch(batch)) for batch in it]
   logits, labels, weights = (np.concatenate([np.asarray(multihost_utils.process_allgather(o[i], tiled=True))
                                              for o in outputs]) for i in range(3))
@@ -236,7 +237,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, device
         exp.data_dir, exp.manifest, global_batch_size=c.batch_size, num_batches=max(c.steps, start),
         seed=config.data.shuffle_seed, read_threads=config.data.read_threads,
         prefetch=config.data.prefetch_batches,
-        process_index=jax.process_index(), process_count=jax.process_count())
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        label_index=config.data.label_index, verify=config.data.verify_checksums)
     if data_state is not None:
       train_iter.set_state(data_state["iterator"])
 

@@ -4,6 +4,8 @@ The dataset is written here with cat[:, 0] holding each record's index, so every
 which record it came from and can be checked against the memmap.
 """
 
+import json
+
 import numpy as np
 import pytest
 
@@ -185,3 +187,30 @@ def test_eval_process_shards_cover_every_record_once(dataset):
   ids = np.concatenate([_ids(b)[b["weight"] == 1.0] for s in shards for b in s])
   np.testing.assert_array_equal(np.sort(ids), np.arange(NUM_EVAL))
   assert sum(float(b["weight"].sum()) for s in shards for b in s) == NUM_EVAL
+
+
+# ---------------------------------------------------------------- record fields beyond the trained ones
+
+
+def test_batches_hold_the_trained_fields_and_the_chosen_label_column(tmp_path):
+  dtype = np.dtype([("label", "<f4", (2,)), ("dense", "<f4", (NUM_DENSE,)), ("cat", "<i4", (NUM_SPARSE,)),
+                    ("qid", "<i8")])
+  records = np.zeros(NUM_TRAIN, dtype)
+  records["label"] = np.stack([np.arange(NUM_TRAIN) % 2, np.arange(NUM_TRAIN) % 3 == 0], axis=1)
+  records["cat"][:, 0] = np.arange(NUM_TRAIN)
+  records["qid"] = np.arange(NUM_TRAIN) // 10
+  manifest = layout.write_manifest(tmp_path, dtype, {"train": layout.write_split(tmp_path, "train", records)})
+  for label_index in (0, 1):
+    (batch,) = _take(pipeline.train_iterator(tmp_path, manifest, global_batch_size=BATCH, num_batches=1, seed=0,
+                                             label_index=label_index), 1)
+    assert set(batch) == set(pipeline.TRAINED_FIELDS)
+    assert batch["label"].shape == (BATCH,)
+    np.testing.assert_array_equal(batch["label"], records["label"][_ids(batch), label_index])
+
+
+def test_bench_data_prints_one_json_line_per_thread_count(dataset, capsys):
+  from rankjax.data import bench_data
+  assert bench_data.main(["--path", str(dataset[0]), "--batch", str(BATCH), "--batches", "3", "--threads", "1,2"]) == 0
+  lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [(l["batch"], l["threads"], l["batches"]) for l in lines] == [(BATCH, 1, 3), (BATCH, 2, 3)]
+  assert all(l["samples_per_sec"] > 0 for l in lines)

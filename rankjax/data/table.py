@@ -1,0 +1,492 @@
+"""Parquet or CSV tables into the fixed-width layout, by a JSON feature spec, streamed in record
+batches with pyarrow; malformed rows raised or skipped and counted like the Criteo ingester.
+
+The spec (a JSON object):
+  {"label": "click" | ["click", "purchase"],                  label column(s), numbers
+   "dense": ["price", "age"],                                  numbers; null/NaN -> 0
+   "categorical": [{"name": "user", "num_rows": 100000}],       hashed ids
+   "sequence": [{"name": "recent_items", "num_rows": 50000,     lists of ids (multi-hot)
+                 "max_hotness": 20, "separator": "|"}],
+   "qid": "query_id"}                                          optional int64 query id
+Records: label float32 (shape (k,) for k labels; training uses one, pipeline `label_index`,
+the first by default), dense float32[d], cat int32[categoricals + sum of max_hotness], and with
+a qid column, qid int64. Manifest: vocab_sizes = num_rows per feature, hotness = 1 per
+categorical and max_hotness per sequence feature.
+
+Ids: a value that is an integer (an integer column, or text of an optional '-' and digits) is
+that 64-bit integer; any other text is the first 8 bytes (little-endian) of its BLAKE2b digest.
+row = 1 + rankjax.hashing.hash_to_rows(id, num_rows - 1); row 0 is a missing (null) value.
+A sequence is a list column, or (CSV) text split on `separator`; null and empty elements are
+dropped, the first max_hotness ids kept (rows cut short are counted in the manifest), and the
+rest padded with -1.
+Rows: a CSV row's line is its row number + 1 (the header), exact when no quoted value spans
+lines; a Parquet row's "line" is its 1-based row number in the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import pathlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from rankjax.data import criteo, layout
+from rankjax.data.writer import DEFAULT_RECORDS_PER_SHARD, DatasetWriter, IngestStats, excerpt
+from rankjax.hashing import MAX_ROWS, hash_to_rows
+
+BATCH_ROWS = 1 << 16
+MISSING_LABEL, NON_NUMERIC_LABEL = "missing label", "non-numeric label"
+NON_NUMERIC_DENSE, NON_FINITE_DENSE = "non-numeric dense value", "non-finite dense value"
+MISSING_QID, BAD_QID = "missing qid", "non-integer qid"
+WRONG_COLUMN_COUNT, EMPTY_FILE, UNREADABLE_FILE = "wrong column count", "empty file", "unreadable file"
+
+
+@dataclasses.dataclass(frozen=True)
+class CategoricalFeature:
+  name: str
+  num_rows: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceFeature:
+  name: str
+  num_rows: int
+  max_hotness: int
+  separator: str = "|"
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+  labels: tuple[str, ...]
+  dense: tuple[str, ...] = ()
+  categorical: tuple[CategoricalFeature, ...] = ()
+  sequence: tuple[SequenceFeature, ...] = ()
+  qid: str | None = None
+
+  @property
+  def columns(self) -> list[str]:
+    """Every input column the spec reads, in record order."""
+    names = [*self.labels, *self.dense, *(f.name for f in self.categorical), *(f.name for f in self.sequence)]
+    return names + ([self.qid] if self.qid else [])
+
+  @property
+  def hotness(self) -> list[int]:
+    return [1] * len(self.categorical) + [f.max_hotness for f in self.sequence]
+
+  @property
+  def vocab_sizes(self) -> list[int]:
+    return [f.num_rows for f in self.categorical] + [f.num_rows for f in self.sequence]
+
+  def record_dtype(self) -> np.dtype:
+    label_shape = () if len(self.labels) == 1 else (len(self.labels),)
+    fields = [("label", "<f4", label_shape), ("dense", "<f4", (len(self.dense),)), ("cat", "<i4", (sum(self.hotness),))]
+    return np.dtype(fields + ([("qid", "<i8")] if self.qid else []))
+
+  def as_dict(self) -> dict[str, Any]:
+    spec = {"label": list(self.labels), "dense": list(self.dense),
+            "categorical": [dataclasses.asdict(f) for f in self.categorical],
+            "sequence": [dataclasses.asdict(f) for f in self.sequence]}
+    return spec | ({"qid": self.qid} if self.qid else {})
+
+
+def _spec_error(path: pathlib.Path, key: str, message: str) -> layout.DataError:
+  return layout.DataError(f"{path}: spec key '{key}': {message}")
+
+
+def _names(path: pathlib.Path, raw: dict, key: str) -> tuple[str, ...]:
+  value = raw.get(key, [])
+  value = [value] if isinstance(value, str) else value
+  if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+    raise _spec_error(path, key, f"must be a column name or a list of them, got {value!r}")
+  return tuple(value)
+
+
+def _features(path: pathlib.Path, raw: dict, key: str, cls, required: tuple[str, ...]) -> tuple:
+  entries = raw.get(key, [])
+  if not isinstance(entries, list):
+    raise _spec_error(path, key, f"must be a list of objects, got {entries!r}")
+  allowed = {f.name for f in dataclasses.fields(cls)}
+  out = []
+  for i, entry in enumerate(entries):
+    where = f"{key}[{i}]"
+    if not isinstance(entry, dict) or not set(required) <= set(entry) or not set(entry) <= allowed:
+      raise _spec_error(path, where, f"needs keys {list(required)} (allowed {sorted(allowed)}), got {entry!r}")
+    feature = cls(**entry)
+    if not isinstance(feature.name, str) or not feature.name:
+      raise _spec_error(path, f"{where}.name", "must be a column name")
+    if not isinstance(feature.num_rows, int) or not 2 <= feature.num_rows <= MAX_ROWS:
+      raise _spec_error(path, f"{where}.num_rows", f"must be an int in [2, 2**31] (row 0 is 'missing'), "
+                        f"got {feature.num_rows!r}")
+    if cls is SequenceFeature and (not isinstance(feature.max_hotness, int) or feature.max_hotness < 1):
+      raise _spec_error(path, f"{where}.max_hotness", f"must be an int >= 1, got {feature.max_hotness!r}")
+    if cls is SequenceFeature and (not isinstance(feature.separator, str) or not feature.separator):
+      raise _spec_error(path, f"{where}.separator", "must be a non-empty string")
+    out.append(feature)
+  return tuple(out)
+
+
+def load_spec(path: pathlib.Path) -> FeatureSpec:
+  """Reads and checks a JSON feature spec; DataError names the file and the key."""
+  try:
+    raw = json.loads(pathlib.Path(path).read_text())
+  except OSError as e:
+    raise layout.DataError(f"{path}: cannot read the spec: {e.strerror}") from None
+  except json.JSONDecodeError as e:
+    raise layout.DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+  if not isinstance(raw, dict):
+    raise layout.DataError(f"{path}: the spec must be a JSON object")
+  unknown = set(raw) - {"label", "dense", "categorical", "sequence", "qid"}
+  if unknown:
+    raise _spec_error(path, sorted(unknown)[0], "unknown key (known: label, dense, categorical, sequence, qid)")
+  qid = raw.get("qid")
+  if qid is not None and (not isinstance(qid, str) or not qid):
+    raise _spec_error(path, "qid", f"must be a column name, got {qid!r}")
+  spec = FeatureSpec(labels=_names(path, raw, "label"), dense=_names(path, raw, "dense"),
+                     categorical=_features(path, raw, "categorical", CategoricalFeature, ("name", "num_rows")),
+                     sequence=_features(path, raw, "sequence", SequenceFeature, ("name", "num_rows", "max_hotness")),
+                     qid=qid)
+  if not spec.labels:
+    raise _spec_error(path, "label", "at least one label column is required")
+  if not spec.categorical and not spec.sequence:
+    raise _spec_error(path, "categorical", "at least one categorical or sequence feature is required")
+  duplicated = sorted({c for c in spec.columns if spec.columns.count(c) > 1})
+  if duplicated:
+    raise _spec_error(path, duplicated[0], "column used twice")
+  return spec
+
+
+# ---- Column conversions: pyarrow arrays -> NumPy, with per-row problems.
+
+def _is_text(array: pa.Array) -> bool:
+  return pa.types.is_string(array.type) or pa.types.is_large_string(array.type)
+
+
+def _numbers(array: pa.Array, file: pathlib.Path, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(float64 values, nulls as NaN; null mask; mask of text that is not a number) of a column."""
+  null = array.is_null().to_numpy(zero_copy_only=False)
+  if _is_text(array):
+    try:
+      values = pc.cast(array, pa.float64())
+      bad = np.zeros(len(array), bool)
+    except pa.ArrowInvalid:  # Find the bad rows one by one (only in a batch that has one).
+      texts = array.to_pylist()
+      parsed = [_float_or_none(t) for t in texts]
+      bad = np.array([t is not None and p is None for t, p in zip(texts, parsed)], bool)
+      values = pa.array(parsed, pa.float64())
+  elif pa.types.is_integer(array.type) or pa.types.is_floating(array.type) or pa.types.is_boolean(array.type):
+    values, bad = pc.cast(array, pa.float64()), np.zeros(len(array), bool)
+  else:
+    raise layout.DataError(f"{file}: column {column!r} has type {array.type}; expected numbers")
+  return values.to_numpy(zero_copy_only=False).astype(np.float64), null, bad
+
+
+def _integers(array: pa.Array, file: pathlib.Path, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(int64 values, nulls as 0; null mask; mask of text that is not an integer) of a column."""
+  null = array.is_null().to_numpy(zero_copy_only=False)
+  if pa.types.is_integer(array.type):
+    return array.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64), null, np.zeros(len(array), bool)
+  if not _is_text(array):
+    raise layout.DataError(f"{file}: column {column!r} has type {array.type}; expected integers")
+  try:
+    return pc.cast(array, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False), null, np.zeros(len(array), bool)
+  except pa.ArrowInvalid:  # Find the bad rows one by one (only in a batch that has one).
+    parsed = [_int_or_none(t) for t in array.to_pylist()]
+    bad = np.array([p is None for p in parsed]) & ~null
+    return np.array([p or 0 for p in parsed], np.int64), null, bad
+
+
+def _int_or_none(text: str | None) -> int | None:
+  try:
+    value = int(text)
+  except (TypeError, ValueError):
+    return None
+  return value if -2 ** 63 <= value < 2 ** 63 else None
+
+
+def _float_or_none(text: str | None) -> float | None:
+  try:
+    return float(text)
+  except (TypeError, ValueError):
+    return None
+
+
+def _text_id(text: str) -> int:
+  try:
+    return int(text) & ((1 << 64) - 1)
+  except ValueError:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def _raw_ids(array: pa.Array, file: pathlib.Path, column: str) -> np.ndarray:
+  """64-bit ids of a column without nulls (integers as themselves, other text hashed)."""
+  if pa.types.is_integer(array.type):
+    return array.to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64)
+  if not _is_text(array):
+    raise layout.DataError(f"{file}: column {column!r} has type {array.type}; expected integer or string ids")
+  try:
+    return pc.cast(array, pa.int64()).to_numpy(zero_copy_only=False).view(np.uint64)
+  except pa.ArrowInvalid:  # Some text is not an integer: hash each distinct value once.
+    encoded = array.dictionary_encode()
+    distinct = np.array([_text_id(t) for t in encoded.dictionary.to_pylist()], np.uint64)
+    return distinct[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def _rows(raw: np.ndarray, num_rows: int) -> np.ndarray:
+  return hash_to_rows(raw, num_rows - 1) + 1
+
+
+def _categorical_rows(array: pa.Array, feature: CategoricalFeature, file: pathlib.Path) -> np.ndarray:
+  rows = np.zeros(len(array), np.int32)
+  present = ~array.is_null().to_numpy(zero_copy_only=False)
+  if present.any():
+    rows[present] = _rows(_raw_ids(array.filter(pa.array(present)), file, feature.name), feature.num_rows)
+  return rows
+
+
+def _sequence_rows(array: pa.Array, feature: SequenceFeature, file: pathlib.Path) -> tuple[np.ndarray, int]:
+  """([n, max_hotness] rows padded with -1, how many rows were cut to max_hotness)."""
+  if _is_text(array):
+    array = pc.split_pattern(array, feature.separator)
+  if not (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)):
+    raise layout.DataError(f"{file}: column {feature.name!r} has type {array.type}; expected a list or "
+                           f"text separated by {feature.separator!r}")
+  elements = array.flatten()
+  parents = pc.list_parent_indices(array).to_numpy(zero_copy_only=False)
+  keep = ~elements.is_null().to_numpy(zero_copy_only=False)
+  if _is_text(elements):
+    keep &= pc.fill_null(pc.binary_length(elements), 0).to_numpy(zero_copy_only=False) > 0
+  elements, parents = elements.filter(pa.array(keep)), parents[keep]
+  lengths = np.bincount(parents, minlength=len(array))
+  position = np.arange(len(parents)) - (np.cumsum(lengths) - lengths)[parents]
+  kept = position < feature.max_hotness
+  out = np.full((len(array), feature.max_hotness), -1, np.int32)
+  if len(elements):
+    rows = _rows(_raw_ids(elements, file, feature.name), feature.num_rows)
+    out[parents[kept], position[kept]] = rows[kept]
+  return out, int(np.count_nonzero(lengths > feature.max_hotness))
+
+
+@dataclasses.dataclass
+class _Converted:
+  """One batch as records, with each row's first problem: `problem[row]` indexes `reasons`
+  ((reason, excerpt); the excerpt shows the first row flagged with it), -1 for a good row."""
+  records: np.ndarray
+  problem: np.ndarray
+  reasons: list[tuple[str, str]]
+  truncated: dict[str, int]
+
+
+def _decoded(batch: pa.RecordBatch) -> pa.RecordBatch:
+  """Dictionary-encoded columns (pandas categoricals in Parquet) as plain arrays."""
+  columns = [c.dictionary_decode() if pa.types.is_dictionary(c.type) else c for c in batch.columns]
+  return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+
+
+def _convert_batch(batch: pa.RecordBatch, spec: FeatureSpec, file: pathlib.Path, dtype: np.dtype) -> _Converted:
+  """The batch's rows as records, flagging each row's first problem in spec column order."""
+  n = batch.num_rows
+  records = np.zeros(n, dtype)
+  problem = np.full(n, -1, np.int64)  # Index into `reasons` of each row's first problem.
+  reasons: list[tuple[str, str]] = []
+
+  def flag(mask: np.ndarray, reason: str, column: str) -> None:
+    new = mask & (problem < 0)
+    for row in np.flatnonzero(new)[:1]:  # The excerpt of the first is enough; the others share it.
+      value = batch.column(column)[int(row)].as_py()
+      reasons.append((reason, excerpt(f"{column}={value!r}")))
+    problem[new] = len(reasons) - 1
+
+  labels = np.zeros((n, len(spec.labels)))
+  for k, name in enumerate(spec.labels):
+    values, null, bad = _numbers(batch.column(name), file, name)
+    flag(null | (np.isnan(values) & ~bad), MISSING_LABEL, name)
+    flag(bad, NON_NUMERIC_LABEL, name)
+    labels[:, k] = values
+  records["label"] = labels[:, 0] if len(spec.labels) == 1 else labels
+  dense = np.zeros((n, len(spec.dense)))
+  for j, name in enumerate(spec.dense):
+    values, null, bad = _numbers(batch.column(name), file, name)
+    flag(bad, NON_NUMERIC_DENSE, name)
+    flag(np.isinf(values), NON_FINITE_DENSE, name)
+    dense[:, j] = np.where(np.isnan(values), 0.0, values)
+  records["dense"] = dense
+  slot, truncated = 0, {}
+  for feature in spec.categorical:
+    records["cat"][:, slot] = _categorical_rows(batch.column(feature.name), feature, file)
+    slot += 1
+  for feature in spec.sequence:
+    records["cat"][:, slot:slot + feature.max_hotness], truncated[feature.name] = _sequence_rows(
+        batch.column(feature.name), feature, file)
+    slot += feature.max_hotness
+  if spec.qid:
+    values, null, bad = _integers(batch.column(spec.qid), file, spec.qid)
+    flag(null, MISSING_QID, spec.qid)
+    flag(bad, BAD_QID, spec.qid)
+    records["qid"] = values
+  return _Converted(records, problem, reasons, truncated)
+
+
+# ---- Reading files in batches, numbering every row.
+
+def _header(path: pathlib.Path) -> list[str]:
+  first = b""
+  for chunk in criteo.read_chunks(path, 1 << 16):
+    first += chunk
+    if b"\n" in first:
+      break
+  return next(csv.reader(io.StringIO(first.split(b"\n")[0].decode("utf-8", "replace").rstrip("\r"))), [])
+
+
+def _check_columns(path: pathlib.Path, present: Sequence[str], spec: FeatureSpec) -> None:
+  missing = [c for c in spec.columns if c not in present]
+  if missing:
+    raise layout.DataError(f"{path}: no column {missing[0]!r} (the file has {list(present)})")
+
+
+def _csv_batches(path: pathlib.Path, spec: FeatureSpec, rejected: list[tuple[int, str]]) -> Iterator[pa.RecordBatch]:
+  """The CSV's batches; rows the reader rejects (a wrong column count) are appended to `rejected`
+  as (line, text), no later than the batch that follows them (the reader may report rows of
+  batches it has read ahead)."""
+  header = _header(path)
+  if not header:  # No data at all (a compressed empty file).
+    return
+  _check_columns(path, header, spec)
+
+  def on_invalid_row(row) -> str:
+    rejected.append((row.number, row.text))
+    return "skip"
+
+  yield from pa_csv.open_csv(
+      path, read_options=pa_csv.ReadOptions(use_threads=False, block_size=1 << 22),
+      parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid_row, ignore_empty_lines=False),
+      convert_options=pa_csv.ConvertOptions(include_columns=spec.columns, strings_can_be_null=True,
+                                            column_types={c: pa.string() for c in spec.columns}))
+
+
+def _parquet_batches(path: pathlib.Path, spec: FeatureSpec) -> Iterator[pa.RecordBatch]:
+  parquet = pq.ParquetFile(path)
+  _check_columns(path, parquet.schema_arrow.names, spec)
+  yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=spec.columns)
+
+
+def _is_parquet(path: pathlib.Path) -> bool:
+  with open(path, "rb") as f:
+    return f.read(4) == b"PAR1"
+
+
+def count_rows(path: pathlib.Path) -> int:
+  """Data rows in a file: Parquet metadata, or a CSV's lines after the header; 0 for a file
+  that cannot be read (the write pass reports it)."""
+  if path.stat().st_size == 0:
+    return 0
+  if _is_parquet(path):
+    try:
+      return pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowInvalid, OSError):
+      return 0
+  return max(criteo.count_lines(path) - 1, 0)
+
+
+def _file_rows(path: pathlib.Path, spec: FeatureSpec, stats: IngestStats
+               ) -> Iterator[tuple[np.ndarray, np.ndarray, list[tuple[int, str, str]], dict[str, int]]]:
+  """Per batch: (records of its good rows, their ordinals, problems as (ordinal, reason, excerpt)
+  sorted, truncated sequence counts). Ordinals number every data row of the file from 0, good or
+  not; a row's line is ordinal + 2 (CSV, after the header) or ordinal + 1 (Parquet)."""
+  if path.stat().st_size == 0:
+    stats.reject_file(str(path), 0, EMPTY_FILE, "no data")
+    return
+  parquet = _is_parquet(path)
+  line_offset = 1 if parquet else 2
+  dtype = spec.record_dtype()
+  rejected: list[tuple[int, str]] = []
+  next_ordinal = 0
+  try:
+    batches = _parquet_batches(path, spec) if parquet else _csv_batches(path, spec, rejected)
+    for batch in batches:
+      converted = _convert_batch(_decoded(batch), spec, path, dtype)
+      # The batch's rows take the next ordinals that the reader did not reject.
+      skipped = np.array(sorted(line - line_offset for line, _ in rejected), np.int64)
+      free_before = skipped - next_ordinal - np.arange(len(skipped))
+      index = np.arange(batch.num_rows)
+      ordinals = next_ordinal + index + np.searchsorted(free_before, index, side="right")
+      span_end = int(ordinals[-1]) + 1 if batch.num_rows else next_ordinal
+      problems = [(line - line_offset, WRONG_COLUMN_COUNT, excerpt(text))
+                  for line, text in rejected if line - line_offset < span_end]
+      rejected[:] = [(line, text) for line, text in rejected if line - line_offset >= span_end]
+      good = converted.problem < 0
+      problems += [(int(ordinals[row]), *converted.reasons[converted.problem[row]]) for row in np.flatnonzero(~good)]
+      yield converted.records[good], ordinals[good], sorted(problems), converted.truncated
+      next_ordinal = span_end
+    if rejected:  # Rejected rows after the last good one.
+      yield (np.zeros(0, dtype), np.zeros(0, np.int64),
+             sorted((line - line_offset, WRONG_COLUMN_COUNT, excerpt(text)) for line, text in rejected), {})
+      next_ordinal = max(line - line_offset for line, _ in rejected) + 1
+  except (pa.ArrowInvalid, OSError) as e:
+    stats.reject_file(str(path), next_ordinal + line_offset, UNREADABLE_FILE, excerpt(str(e)))
+  if next_ordinal == 0 and not rejected:
+    stats.reject_file(str(path), 0, EMPTY_FILE, "no data rows")
+
+
+@dataclasses.dataclass(frozen=True)
+class TableOptions:
+  strict: bool = True
+  eval_fraction: float | None = None  # The last fraction of the rows (all files in order) is the eval split ...
+  eval_inputs: tuple[pathlib.Path, ...] = ()  # ... or these files are.
+  max_records_per_shard: int = DEFAULT_RECORDS_PER_SHARD
+
+
+def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, spec: FeatureSpec,
+            options: TableOptions) -> dict:
+  """Converts tables into a dataset directory; returns its manifest (see the module docstring)."""
+  if bool(options.eval_inputs) == (options.eval_fraction is not None):
+    raise ValueError("give exactly one of --eval-fraction and --eval-input")
+  if options.eval_fraction is not None and not 0 < options.eval_fraction < 1:
+    raise ValueError(f"--eval-fraction must be in (0, 1), got {options.eval_fraction}")
+  train_files = [pathlib.Path(p) for p in train_files]
+  eval_files = [pathlib.Path(p) for p in options.eval_inputs]
+  train_rows, rows_before = None, {}
+  if options.eval_fraction is not None:  # Rows are split by their position in all the train files.
+    counts = [count_rows(p) for p in train_files]
+    rows_before = dict(zip(train_files, np.cumsum([0] + counts[:-1]).tolist()))
+    train_rows = sum(counts) - math.floor(options.eval_fraction * sum(counts))
+  dtype = spec.record_dtype()
+  stats = IngestStats(strict=options.strict)
+  truncated = {f.name: 0 for f in spec.sequence}
+  with DatasetWriter(output, dtype, options.max_records_per_shard) as writer:
+    train, evaluation = writer.split("train"), writer.split("eval")
+    # Eval files go to eval; train files to train, or with eval_fraction, by row position (None).
+    for files, only_split in ((train_files, None if train_rows is not None else train), (eval_files, evaluation)):
+      for path in files:
+        line_offset = 1 if path.stat().st_size and _is_parquet(path) else 2
+        for records, ordinals, problems, cut in _file_rows(path, spec, stats):
+          stats.rows_read += len(records) + len(problems)
+          for ordinal, reason, text in problems:
+            stats.reject_rows(str(path), ordinal + line_offset, reason, text)
+          for name, count in cut.items():
+            truncated[name] += count
+          if only_split is not None:
+            only_split.write(records)
+          else:
+            in_train = rows_before[path] + ordinals < train_rows
+            train.write(records[in_train])
+            evaluation.write(records[~in_train])
+    for name, split in (("train", train), ("eval", evaluation)):
+      if split.num_records == 0:
+        raise layout.DataError(f"{output}: the {name} split would be empty ({stats.summary()})")
+    return writer.finish(
+        stats, num_dense=len(spec.dense), vocab_sizes=spec.vocab_sizes, hotness=spec.hotness,
+        labels=list(spec.labels), feature_spec=spec.as_dict(), sequences_truncated=truncated,
+        source={"kind": "table", "files": [str(p) for p in train_files], "eval_files": [str(p) for p in eval_files],
+                "on_error": "strict" if options.strict else "skip", "eval_fraction": options.eval_fraction,
+                "train_rows": train_rows})

@@ -1,0 +1,231 @@
+"""Tests for rankjax/data/table.py through `rankjax data table`: Parquet and CSV files made here
+with pyarrow, rows computed by hand (rankjax.hashing on the ids), multi-hot padding, qid, several
+labels, and malformed rows in strict and skip mode."""
+
+import hashlib
+import json
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import pytest
+
+from helpers import train_five_steps_on
+from rankjax.data import data_cli, layout, pipeline, table
+from rankjax.hashing import hash_to_rows
+
+SPEC = {"label": "click", "dense": ["price", "age"],
+        "categorical": [{"name": "user", "num_rows": 100}, {"name": "item", "num_rows": 50}],
+        "sequence": [{"name": "history", "num_rows": 30, "max_hotness": 3}], "qid": "query"}
+
+ROWS = {
+    "click": [1, 0, 1, 0, 1, 0, 0, 1],
+    "price": [1.5, None, 3.0, -2.0, 0.25, float("nan"), 7.0, 8.0],
+    "age": [30, 40, None, 20, 10, 50, 60, 70],
+    "user": ["alice", "bob", None, "17", "alice", "carol", "bob", "-3"],
+    "item": [5, 6, 7, None, 5, 9, 10, 11],
+    "history": [[1, 2, 3, 4], [], None, [4, None, 5], [9], [2, 2], [7], [8, 9, 10]],
+    "query": [100, 100, 101, 101, 102, 102, 103, 103],
+}
+
+
+def _id(value) -> int:
+  """The documented id of a value: an integer as itself, other text by BLAKE2b."""
+  try:
+    return int(value) & (2 ** 64 - 1)
+  except ValueError:
+    return int.from_bytes(hashlib.blake2b(str(value).encode(), digest_size=8).digest(), "little")
+
+
+def _row(value, num_rows: int) -> int:
+  return 0 if value is None else 1 + int(hash_to_rows(np.array([_id(value)], np.uint64), num_rows - 1)[0])
+
+
+def _expected(rows: dict) -> dict:
+  n = len(rows["click"])
+  cat = np.full((n, 5), -1, np.int32)
+  for i in range(n):
+    cat[i, 0] = _row(rows["user"][i], 100)
+    cat[i, 1] = _row(rows["item"][i], 50)
+    history = [v for v in (rows["history"][i] or []) if v is not None][:3]
+    cat[i, 2:2 + len(history)] = [_row(v, 30) for v in history]
+  dense = np.array([[0.0 if v is None or v != v else v for v in (rows["price"][i], rows["age"][i])] for i in range(n)])
+  return {"label": np.array(rows["click"], np.float32), "dense": dense.astype(np.float32), "cat": cat,
+          "qid": np.array(rows["query"], np.int64)}
+
+
+def _spec_file(tmp_path, spec=SPEC):
+  path = tmp_path / "spec.json"
+  path.write_text(json.dumps(spec))
+  return path
+
+
+def _cli(*args):
+  return data_cli.main(["table", *map(str, args)])
+
+
+def _split(directory, split):
+  return layout.open_split(directory, layout.read_manifest(directory), split)[:]
+
+
+def _assert_split(records, expected, rows):
+  for field in ("label", "dense", "cat", "qid"):
+    np.testing.assert_array_equal(records[field], expected[field][rows], err_msg=field)
+
+
+def _write_parquet(path, rows, row_group_size=3):
+  columns = {name: pa.array(values) for name, values in rows.items()}
+  columns["user"] = columns["user"].dictionary_encode()  # As pandas writes a categorical column.
+  pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
+  return path
+
+
+def _write_csv(path, rows, separator="|"):
+  text_rows = dict(rows)
+  text_rows["history"] = [None if h is None else separator.join(str(v) for v in h if v is not None)
+                          for h in rows["history"]]
+  pa_csv.write_csv(pa.table(text_rows), path)
+  return path
+
+
+@pytest.mark.parametrize("name, write", [("t.parquet", _write_parquet), ("t.csv", _write_csv)],
+                         ids=["parquet", "csv_with_separated_sequences"])
+def test_round_trip_hashes_ids_pads_sequences_and_keeps_qid(tmp_path, name, write):
+  source = write(tmp_path / name, ROWS)
+  assert _cli("--input", source, "--output", tmp_path / "out", "--spec", _spec_file(tmp_path),
+              "--eval-fraction", 0.25) == 0
+  expected = _expected(ROWS)
+  _assert_split(_split(tmp_path / "out", "train"), expected, slice(0, 6))
+  _assert_split(_split(tmp_path / "out", "eval"), expected, slice(6, 8))
+  manifest = layout.read_manifest(tmp_path / "out")
+  assert manifest["num_dense"] == 2 and manifest["vocab_sizes"] == [100, 50, 30]
+  assert manifest["hotness"] == [1, 1, 3] and manifest["labels"] == ["click"]
+  assert manifest["sequences_truncated"] == {"history": 1}
+  assert manifest["feature_spec"]["qid"] == "query"
+  assert layout.fields_to_dtype(manifest["fields"])["qid"] == np.dtype("<i8")
+
+
+def test_several_labels_are_one_field_and_the_pipeline_trains_on_the_chosen_one(tmp_path):
+  rows = dict(ROWS, buy=[float(i % 3 == 0) for i in range(8)])
+  spec = _spec_file(tmp_path, dict(SPEC, label=["click", "buy"]))
+  assert _cli("--input", _write_parquet(tmp_path / "t.parquet", rows), "--output", tmp_path / "out",
+              "--spec", spec, "--eval-input", _write_parquet(tmp_path / "e.parquet", rows)) == 0
+  records = _split(tmp_path / "out", "train")
+  assert records["label"].shape == (8, 2)
+  np.testing.assert_array_equal(records["label"], np.array([rows["click"], rows["buy"]], np.float32).T)
+  manifest = layout.read_manifest(tmp_path / "out")
+  assert manifest["labels"] == ["click", "buy"]
+  for label_index, column in ((0, "click"), (1, "buy")):
+    (batch,) = pipeline.eval_iterator(tmp_path / "out", manifest, global_batch_size=8, label_index=label_index)
+    assert set(batch) == {"label", "dense", "cat", "weight"}  # qid is not a training input.
+    np.testing.assert_array_equal(batch["label"], np.array(rows[column], np.float32))
+  with pytest.raises(layout.DataError, match="label_index 2"):
+    pipeline.eval_iterator(tmp_path / "out", manifest, global_batch_size=8, label_index=2)
+
+
+# ---------------------------------------------------------------- malformed rows
+
+
+def _bad_rows():
+  rows = {name: list(values) for name, values in ROWS.items()}
+  rows["click"][2] = None  # Row 3 (CSV line 4): missing label.
+  rows["query"][5] = None  # Row 6 (CSV line 7): missing qid.
+  return rows
+
+
+def test_strict_parquet_names_the_row_of_a_null_label(tmp_path, capsys):
+  source = _write_parquet(tmp_path / "t.parquet", _bad_rows())
+  assert _cli("--input", source, "--output", tmp_path / "out", "--spec", _spec_file(tmp_path)) == 2
+  assert capsys.readouterr().err.strip() == f"{source}:3: missing label: 'click=None'"
+  assert not (tmp_path / "out" / layout.MANIFEST).exists()
+
+
+def test_strict_csv_names_the_line_of_a_row_with_too_few_columns(tmp_path, capsys):
+  source = _write_csv(tmp_path / "t.csv", ROWS)
+  lines = source.read_text().splitlines()
+  lines[5] = "1,2"
+  source.write_text("\n".join(lines) + "\n")
+  assert _cli("--input", source, "--output", tmp_path / "out", "--spec", _spec_file(tmp_path)) == 2
+  assert capsys.readouterr().err.strip() == f"{source}:6: wrong column count: '1,2'"
+
+
+def test_strict_csv_names_a_non_numeric_dense_value(tmp_path, capsys):
+  source = _write_csv(tmp_path / "t.csv", ROWS)
+  source.write_text(source.read_text().replace("0.25", "cheap"))
+  assert _cli("--input", source, "--output", tmp_path / "out", "--spec", _spec_file(tmp_path)) == 2
+  assert capsys.readouterr().err.strip() == f"{source}:6: non-numeric dense value: \"price='cheap'\""
+
+
+def test_strict_csv_names_a_non_integer_qid(tmp_path, capsys):
+  rows = dict(ROWS, query=[str(q) for q in ROWS["query"]])
+  rows["query"][1] = "q7"
+  source = _write_csv(tmp_path / "t.csv", rows)
+  assert _cli("--input", source, "--output", tmp_path / "out", "--spec", _spec_file(tmp_path)) == 2
+  assert capsys.readouterr().err.strip() == f"{source}:3: non-integer qid: \"query='q7'\""
+
+
+def test_skip_mode_counts_each_reason_and_read_equals_written_plus_skipped(tmp_path, capsys):
+  source = _write_csv(tmp_path / "t.csv", _bad_rows())
+  lines = source.read_text().splitlines()
+  lines[2] = "only,three,fields"  # Row 2.
+  lines.insert(5, "")  # An empty line: every column null, so its label is missing.
+  source.write_text("\n".join(lines) + "\n")
+  empty = tmp_path / "u.csv"
+  empty.write_text("")
+  assert _cli("--input", tmp_path / "*.csv", "--output", tmp_path / "out", "--spec", _spec_file(tmp_path),
+              "--on-error", "skip", "--eval-fraction", 0.3) == 0
+  ingest = layout.read_manifest(tmp_path / "out")["ingest"]
+  assert ingest["skipped_by_reason"] == {"missing label": 2, "missing qid": 1, "wrong column count": 1}
+  assert ingest["rows_read"] == 9 and ingest["rows_written"] == 5 and ingest["rows_skipped"] == 4
+  assert ingest["file_errors"] == [{"file": str(empty), "line": 0, "reason": "empty file"}]
+  expected = _expected(ROWS)
+  kept = [0, 3, 4, 6, 7]
+  written = np.concatenate([_split(tmp_path / "out", "train"), _split(tmp_path / "out", "eval")])
+  _assert_split(written, expected, kept)
+  assert "skipped 2 rows: missing label" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spec, key", [
+    ({"dense": ["price"], "categorical": [{"name": "user", "num_rows": 10}]}, "label"),
+    (dict(SPEC, categorical=[{"name": "user", "num_rows": 1}]), "categorical[0].num_rows"),
+    (dict(SPEC, sequence=[{"name": "history", "num_rows": 10}]), "sequence[0]"),
+    (dict(SPEC, extra=1), "extra"),
+    (dict(SPEC, dense=["price", "price"]), "price"),
+])
+def test_bad_spec_exits_2_naming_the_key(tmp_path, capsys, spec, key):
+  source = _write_parquet(tmp_path / "t.parquet", ROWS)
+  assert _cli("--input", source, "--output", tmp_path / "out", "--spec", _spec_file(tmp_path, spec)) == 2
+  err = capsys.readouterr().err.strip()
+  assert f"spec key '{key}'" in err and len(err.splitlines()) == 1
+
+
+def test_a_spec_column_missing_from_the_file_is_named(tmp_path, capsys):
+  source = _write_parquet(tmp_path / "t.parquet", {k: v for k, v in ROWS.items() if k != "age"})
+  assert _cli("--input", source, "--output", tmp_path / "out", "--spec", _spec_file(tmp_path)) == 2
+  assert "no column 'age'" in capsys.readouterr().err
+
+
+def test_feature_spec_record_dtype_follows_the_spec():
+  spec = table.FeatureSpec(labels=("a", "b"), dense=("x",), categorical=(table.CategoricalFeature("u", 10),),
+                           sequence=(table.SequenceFeature("s", 10, 4),))
+  assert spec.record_dtype() == np.dtype([("label", "<f4", (2,)), ("dense", "<f4", (1,)), ("cat", "<i4", (5,))])
+  assert spec.hotness == [1, 4] and spec.vocab_sizes == [10, 10]
+
+
+# ---------------------------------------------------------------- training on the output
+
+
+@pytest.mark.slow
+def test_rankjax_train_runs_on_a_converted_table(tmp_path):
+  rng = np.random.default_rng(0)
+  n = 3000
+  rows = {"click": rng.integers(0, 2, n).tolist(), "price": rng.random(n).tolist(),
+          "age": rng.integers(0, 90, n).tolist(), "user": [f"u{i}" for i in rng.integers(0, 500, n)], "item": rng.integers(0, 300, n).tolist(),
+          "history": [rng.integers(0, 300, int(k)).tolist() for k in rng.integers(0, 6, n)],
+          "query": (np.arange(n) // 10).tolist()}
+  assert _cli("--input", _write_parquet(tmp_path / "t.parquet", rows), "--output", tmp_path / "data",
+              "--spec", _spec_file(tmp_path), "--eval-fraction", 0.2) == 0
+  summary = train_five_steps_on("table_example.py", tmp_path / 'data', tmp_path)
+  assert summary["steps"] == 5 and 0 < summary["eval_auc"] < 1
