@@ -3,9 +3,9 @@ r"""The small DLRM of facebookresearch/dlrm's CPU reference, for a side-by-side 
 Same model as `dlrm_s_pytorch.py --data-generation=random` with the command in
 scripts/compare_pytorch_cpu.sh: 26 tables x 100000 rows x dim 16, bottom MLP 13-512-256-16, dot
 interaction (strict lower triangle, 27*26/2 = 351 pairs), top MLP 367-512-256-1, batch 2048,
-embeddings trained by SGD at the reference's default learning rate 0.01. Differences that do not
-change the step's work: the loss is BCE on the logit (the reference's default is MSE on the
-sigmoid), and the dense layers use Adam because rankjax has no dense SGD yet.
+dense layers and embeddings trained by SGD at the reference's default learning rate 0.01. One
+difference that does not change the step's work: the loss is BCE on the logit (the reference's
+default is MSE on the sigmoid).
 
 Run:   rankjax bench train --config configs/dlrm_small_cpu.py
        scripts/compare_pytorch_cpu.sh /tmp/dlrm_s_pytorch.py   (both frameworks, one run)
@@ -33,6 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 2048
   c.train.steps = 195  # One pass over the 400k training records.
   c.train.log_every = 50
+  c.train.dense_optimizer = "sgd"
+  c.train.dense_learning_rate = REFERENCE_LEARNING_RATE
   c.embedding.optimizer = "sgd"
   c.embedding.learning_rate = REFERENCE_LEARNING_RATE
   return c

@@ -63,7 +63,7 @@ def _diagnose_override(argv: list[str]) -> str | None:
 def _parse_train_flags(argv: list[str]):
   fv = flags.FlagValues()
   config_flag = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
-                                                flag_values=fv, lock_config=True)
+                                                flag_values=fv, lock_config=True, sys_argv=argv)
   workdir_flag = flags.DEFINE_string("workdir", None, "Output directory: checkpoints, metrics, data.",
                                      flag_values=fv)
   fv(argv)
@@ -125,7 +125,7 @@ def plan_command(argv: list[str]) -> int:
   from rankjax.planner import PlanError
   fv = flags.FlagValues()
   config_flag = config_flags.DEFINE_config_file("config", None, "Experiment config file.", flag_values=fv,
-                                                lock_config=True)
+                                                lock_config=True, sys_argv=argv)
   flags.DEFINE_integer("devices", None, "Devices to plan for (default: all visible).", flag_values=fv)
   flags.DEFINE_integer("device_memory", None, "Bytes of memory per device; the plan must fit.", flag_values=fv)
   argv = [a.replace("--device-memory", "--device_memory") for a in argv]

@@ -7,7 +7,6 @@ import json
 
 import jax
 import ml_collections
-import numpy as np
 
 from rankjax import planner
 from rankjax.config import model_module, validate
@@ -26,17 +25,8 @@ def _shape_of_data(config: ml_collections.ConfigDict) -> dict:
 
 def compiled_memory(config: ml_collections.ConfigDict, shape: dict) -> dict | None:
   """memory_analysis() of the compiled train step on the visible devices, from abstract inputs."""
-  from rankjax import train as train_lib
-  exp = train_lib.build(config, None, jax.devices(), manifest=shape)
-  with jax.set_mesh(exp.partitioner.mesh):
-    state = jax.eval_shape(exp.init_fn, config.seed)
-    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, exp.state_shardings)
-    b, t = config.train.batch_size, int(sum(shape["hotness"]))
-    sh = lambda *spec: exp.partitioner.sharding("batch", *spec)
-    batch = {"label": jax.ShapeDtypeStruct((b,), np.float32, sharding=sh()),
-             "dense": jax.ShapeDtypeStruct((b, shape["num_dense"]), np.float32, sharding=sh(None)),
-             "cat": jax.ShapeDtypeStruct((b, t), np.int32, sharding=sh(None))}
-    analysis = exp.train_fn.lower(state, batch).compile().memory_analysis()
+  from rankjax.profile import compile_abstract
+  analysis = compile_abstract(config, shape, jax.devices())[2].memory_analysis()
   if analysis is None:
     return None
   return {k: int(getattr(analysis, f"{k}_size_in_bytes")) for k in ("argument", "output", "temp", "generated_code")}
