@@ -22,7 +22,7 @@ commands:
           time the sparse embedding engine against tables-as-optax-params
   bench data --path DIR       samples/s of the shuffled Grain pipeline
   bench train --config CFG    steady-state samples/s of a config's train step
-  data criteo|table ...       ingest Criteo TSV or Parquet/CSV into rankjax's binary layout
+  data criteo|table|letor ... ingest Criteo TSV, Parquet/CSV or LETOR/SVMlight into the binary layout
   profile --config CFG --workdir DIR [--steps N]
           XProf trace, HLO dumps and a roofline report of the train step
 """

@@ -1,4 +1,5 @@
-"""`rankjax data criteo|table ...`: ingest Criteo TSV or Parquet/CSV tables into the binary layout.
+"""`rankjax data criteo|letor|table ...`: ingest Criteo TSV, LETOR/SVMlight ranking files or
+Parquet/CSV tables into the binary layout.
 
 A malformed row or file in strict mode (the default) exits 2 with one line `FILE:LINE: reason:
 excerpt`; with `--on-error skip` such rows are skipped, counted by reason, printed and recorded in
@@ -19,8 +20,9 @@ from rankjax.data.writer import DEFAULT_RECORDS_PER_SHARD, IngestError
 EXIT_INPUT_ERROR = 2
 
 USAGE = """usage: rankjax data criteo --input FILE_OR_GLOB --output DIR [options]
+       rankjax data letor --input FILE_OR_GLOB --output DIR [options]
        rankjax data table --input FILE_OR_GLOB --output DIR --spec SPEC.json [options]
-run `rankjax data criteo --help` or `rankjax data table --help` for the options"""
+run `rankjax data FORMAT --help` for the options"""
 
 
 class _ArgumentError(Exception):
@@ -78,6 +80,24 @@ def _table_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _letor_parser() -> argparse.ArgumentParser:
+  from rankjax.data import letor
+  parser = _Parser(prog="rankjax data letor", description=letor.__doc__.split("\n\n")[0])
+  parser.add_argument("--input", required=True, help="train file or glob (files are read in sorted order)")
+  parser.add_argument("--output", required=True, help="dataset directory to write (new, empty or a dataset)")
+  parser.add_argument("--eval-input", default=None, help="file or glob of an eval split (default: none)")
+  parser.add_argument("--num-features", type=int, default=None,
+                      help="features per document; a larger feature id is malformed (default: the largest id seen)")
+  parser.add_argument("--max-list-size", type=int, default=None,
+                      help="documents per list; the rest of a longer list is dropped and counted "
+                           "(default: the longest list)")
+  parser.add_argument("--on-error", choices=("strict", "skip"), default="strict",
+                      help="strict: stop at the first malformed line (exit 2, FILE:LINE); skip: skip and count it")
+  parser.add_argument("--max-records-per-shard", type=int, default=None,
+                      help=f"query lists per shard file (default: shards of about {letor.SHARD_BYTES >> 20} MiB)")
+  return parser
+
+
 def _split_options(args) -> dict:
   if args.eval_input is not None:
     return {"eval_fraction": None, "eval_inputs": tuple(expand_inputs(args.eval_input))}
@@ -102,6 +122,16 @@ def _run_table(argv: list[str]) -> tuple[str, dict]:
   return args.output, table.convert(expand_inputs(args.input), args.output, spec, options)
 
 
+def _run_letor(argv: list[str]) -> tuple[str, dict]:
+  from rankjax.data import letor
+  args = _letor_parser().parse_args(argv)
+  eval_inputs = tuple(expand_inputs(args.eval_input)) if args.eval_input is not None else ()
+  options = letor.LetorOptions(num_features=args.num_features, max_list_size=args.max_list_size,
+                               strict=args.on_error == "strict", eval_inputs=eval_inputs,
+                               max_records_per_shard=args.max_records_per_shard)
+  return args.output, letor.convert(expand_inputs(args.input), args.output, options)
+
+
 def _report(output: str, manifest: dict) -> None:
   splits = ", ".join(f"{name} {entry['num_records']} records in {len(layout.split_shards(manifest, name))} shard(s)"
                      for name, entry in manifest["splits"].items())
@@ -110,6 +140,9 @@ def _report(output: str, manifest: dict) -> None:
         f"written {ingest['rows_written']}, skipped {ingest['rows_skipped']}")
   for reason, count in ingest["skipped_by_reason"].items():
     print(f"rankjax data:   skipped {count} rows: {reason}")
+  if ingest.get("documents_truncated"):
+    print(f"rankjax data:   dropped {ingest['documents_truncated']} documents from "
+          f"{ingest['queries_truncated']} lists over --max-list-size {manifest['max_list_size']}")
   for error in ingest["file_errors"]:
     print(f"rankjax data:   {error['file']}:{error['line']}: {error['reason']}")
 
@@ -119,7 +152,7 @@ def main(argv: list[str]) -> int:
   if not argv or argv[0] in ("-h", "--help", "help"):
     print(USAGE)
     return 0 if argv else EXIT_INPUT_ERROR
-  commands = {"criteo": _run_criteo, "table": _run_table}
+  commands = {"criteo": _run_criteo, "letor": _run_letor, "table": _run_table}
   if argv[0] not in commands:
     print(f"rankjax data: error: unknown format {argv[0]!r}\n{USAGE}", file=sys.stderr)
     return EXIT_INPUT_ERROR
