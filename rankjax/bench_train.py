@@ -136,7 +136,7 @@ def run_command(argv: list[str], program: str, define: Callable[[flags.FlagValue
   except ConfigError as e:
     return _fail(str(e), EXIT_CONFIG_ERROR)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    return _fail(_diagnose_override(argv) or str(e).strip().splitlines()[0], EXIT_CONFIG_ERROR)
+    return _fail(_diagnose_override(argv) or " ".join(str(e).split()), EXIT_CONFIG_ERROR)
   try:
     body(config, fv)
   except (ConfigError, DataError, UsageError) as e:

@@ -90,7 +90,7 @@ def train_command(argv: list[str]) -> int:
   except ConfigError as e:
     return _fail(str(e), EXIT_CONFIG_ERROR)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    message = _diagnose_override(argv) or str(e).strip().splitlines()[0]
+    message = _diagnose_override(argv) or " ".join(str(e).split())
     return _fail(message, EXIT_CONFIG_ERROR)
 
   from rankjax import distributed
@@ -137,7 +137,7 @@ def plan_command(argv: list[str]) -> int:
   except (ConfigError, PlanError) as e:
     return _fail(str(e), EXIT_CONFIG_ERROR)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    return _fail(_diagnose_override(argv) or str(e).strip().splitlines()[0], EXIT_CONFIG_ERROR)
+    return _fail(_diagnose_override(argv) or " ".join(str(e).split()), EXIT_CONFIG_ERROR)
   return 0
 
 

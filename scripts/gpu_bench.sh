@@ -47,7 +47,8 @@ run() {
     "$PYTHON" -m pip install -q --no-index --no-deps --find-links wheels/ grain array-record portpicker ml-collections \
         tensorboardX
   fi
-  if ! "$PYTHON" -c "import rankjax.models" 2>/dev/null; then
+  # Checked from / : in the checkout, ./rankjax would shadow an installed rankjax (and has no models/).
+  if ! (cd / && "$PYTHON" -c "import rankjax.models") 2>/dev/null; then
     "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation -e .
   fi
   command -v nvidia-smi >/dev/null && nvidia-smi > "$OUT/nvidia_smi.txt" || true
