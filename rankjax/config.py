@@ -242,7 +242,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise ConfigError("embedding.overrides", f"{entry!r}: qr_buckets must be a non-negative int")
       continue
     allowed = {"sharding": SHARDINGS[:-1], "optimizer": SPARSE_OPTIMIZERS, "dtype": ("float32", "bfloat16"),
-               "combiner": ("sum", "mean"), "initializer": ("uniform", "zeros")}[key]
+               "combiner": ("sum", "mean", "none"), "initializer": ("uniform", "zeros")}[key]
     if value not in allowed:
       raise ConfigError("embedding.overrides", f"{entry!r}: {key} must be one of {allowed}")
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.random import threefry2x32_p
 
-COMBINERS = ("sum", "mean")
+COMBINERS = ("sum", "mean", "none")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 INITIALIZERS = ("uniform", "zeros")
 
@@ -32,7 +32,8 @@ def scale_rows(vocab_sizes: Sequence[int], row_scale: float) -> tuple[int, ...]:
 class EmbeddingTableConfig:
   """One table; several features may share it.
 
-  combiner: how a multi-hot feature's rows pool into one vector ("sum" | "mean").
+  combiner: how a multi-hot feature's rows pool: "sum" | "mean" into one vector, or "none": a
+    sequence feature keeps its positions (hotness vectors, padding zeroed) for the model.
   dtype: storage dtype ("float32" | "bfloat16"); updates are computed in float32.
   initializer: "uniform" = U(-1/sqrt(vocab), 1/sqrt(vocab)) (the DLRM reference), or "zeros".
   optimizer / sharding: None = the engine's default / the planner's choice.
@@ -82,10 +83,16 @@ class FeatureSlots:
     return np.repeat(np.arange(len(self.names), dtype=np.int32), self.hotness)
 
 
-def pool(rows_btd: jax.Array, valid_bt: jax.Array, slots: FeatureSlots, combiners: Sequence[str]) -> jax.Array:
-  """Pools slot rows into one vector per feature: [B, T, D] -> [B, F, D]; padding never counts.
+def num_output_vectors(slots: FeatureSlots, combiners: Sequence[str]) -> int:
+  """Vectors per example after pooling: one per pooled feature, hotness per "none" feature."""
+  return int(sum(h if c == "none" else 1 for h, c in zip(slots.hotness, combiners)))
 
-  Static slices per feature (no scatter), so XLA fuses the sums.
+
+def pool(rows_btd: jax.Array, valid_bt: jax.Array, slots: FeatureSlots, combiners: Sequence[str]) -> jax.Array:
+  """Pools slot rows per feature: [B, T, D] -> [B, num_output_vectors, D]; padding never counts.
+
+  Features keep their order; a "none" feature contributes its positions in order. Static slices
+  per feature (no scatter), so XLA fuses the sums.
   """
   with jax.named_scope("embedding_pool"):
     if all(h == 1 for h in slots.hotness):
@@ -93,11 +100,15 @@ def pool(rows_btd: jax.Array, valid_bt: jax.Array, slots: FeatureSlots, combiner
     out = []
     for start, h, combiner in zip(slots.start, slots.hotness, combiners):
       valid = valid_bt[:, start:start + h, None].astype(rows_btd.dtype)
-      pooled = jnp.sum(rows_btd[:, start:start + h] * valid, axis=1)
+      rows = rows_btd[:, start:start + h] * valid
+      if combiner == "none":
+        out.append(rows)
+        continue
+      pooled = jnp.sum(rows, axis=1)
       if combiner == "mean":
         pooled = pooled / jnp.maximum(jnp.sum(valid, axis=1), 1.0)
-      out.append(pooled)
-    return jnp.stack(out, axis=1)
+      out.append(pooled[:, None])
+    return jnp.concatenate(out, axis=1)
 
 
 def _uniform_from_counters(key_data: jax.Array, row: jax.Array, col: jax.Array) -> jax.Array:

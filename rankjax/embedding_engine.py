@@ -30,7 +30,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rankjax import sparse_optim
-from rankjax.embedding import DTYPES, EmbeddingTableConfig, FeatureSlots, init_stacked, pool
+from rankjax.embedding import DTYPES, EmbeddingTableConfig, FeatureSlots, init_stacked, num_output_vectors, pool
 
 
 ROW_PAD_MULTIPLE = 1024
@@ -138,6 +138,7 @@ class EmbeddingEngine:
       raise ValueError(f"features without a table: {missing}")
     slot_table = np.array([feature_table[slots.names[f]] for f in slots.slot_feature], np.int64)
     self.combiners = [self.tables[feature_table[f]].combiner for f in slots.names]
+    self.num_output_vectors = num_output_vectors(slots, self.combiners)  # What the model receives.
     user_table = {t.name: t for t in self.user_tables}
     slot_user = [user_table[self.tables[i].name.removesuffix("/quotient")] for i in slot_table]
     self._slot_vocab = np.array([t.vocab_size for t in slot_user], np.int32)  # Ids valid per slot.

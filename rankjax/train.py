@@ -93,8 +93,8 @@ def build(config: ml_collections.ConfigDict, workdir: pathlib.Path | None, devic
                                      tuple(manifest.get("hotness", [1] * len(vocab_sizes)))),
                         partitioner, fold_ids=fold_ids)
 
-  def create_model(rngs: nnx.Rngs):
-    return model.create(config, num_dense, len(vocab_sizes), rngs=rngs)
+  def create_model(rngs: nnx.Rngs):  # Sequence ("none" combiner) features add one vector per position.
+    return model.create(config, num_dense, engine.num_output_vectors, rngs=rngs)
 
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: create_model(nnx.Rngs(0))))
   steps = StepFunctions(graphdef, engine, dense_optimizer(config.train.dense_optimizer,

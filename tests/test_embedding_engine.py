@@ -175,3 +175,21 @@ def test_quotient_remainder_vector_is_quotient_row_plus_remainder_row():
     expect[ok] += tables["items/quotient"][ids[ok, s] // 7] + tables["items/remainder"][ids[ok, s] % 7]
     count += ok
   np.testing.assert_allclose(pooled[:, item], expect / np.maximum(count, 1)[:, None], rtol=1e-6, atol=1e-7)
+
+
+def test_sequence_features_keep_their_positions_with_combiner_none():
+  seq_tables = [t if t.name != "cats" else t.__class__(**{**t.__dict__, "combiner": "none"}) for t in TABLES]
+  engine = make_engine((2, 4), ("data", "model"), "row_wise", tables=seq_tables)
+  assert engine.num_output_vectors == len(SLOTS.names) - 1 + 2  # "cat" has hotness 2
+  batch_sharding = jax.sharding.NamedSharding(engine.mesh, jax.sharding.PartitionSpec(engine.batch_axes))
+  with jax.set_mesh(engine.mesh):
+    state = jax.jit(engine.init, out_shardings=engine.shardings())(jax.random.key(0))
+    ids = next(batches(1, seed=4))
+    out = np.asarray(jax.jit(lambda s, i: engine.pool(engine.lookup(s, i), i))(state, jax.device_put(ids, batch_sharding)))
+  assert out.shape == (BATCH, engine.num_output_vectors, 8)
+  cats = engine.table_values(state)["cats"]
+  start = SLOTS.start[SLOTS.names.index("cat")]
+  for position in range(2):
+    slot_ids = ids[:, start + position]
+    expect = np.where((slot_ids >= 0)[:, None], cats[np.maximum(slot_ids, 0)], 0.0)
+    np.testing.assert_allclose(out[:, 4 + position], expect, rtol=1e-6, atol=1e-7)

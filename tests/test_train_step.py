@@ -35,7 +35,7 @@ def multi_hot_config(sharding):
   config = tiny_config()
   config.data.synthetic.hotness = (2, 1, 3, 1, 1, 2)
   config.embedding.sharding = sharding
-  config.embedding.overrides = ("cat_2:combiner=mean",)
+  config.embedding.overrides = ("cat_2:combiner=mean", "cat_5:combiner=none")
   return config
 
 
