@@ -16,6 +16,22 @@ import jax.numpy as jnp
 RowSum = Callable[[jax.Array], jax.Array]
 
 
+def segment_sum_by_scan(values_nd: jax.Array, segment_n: jax.Array, is_start_n: jax.Array) -> jax.Array:
+  """Sums of sorted, contiguous segments without atomics: an inclusive segmented scan, then each
+  segment's last element written once to slot `segment`. Bitwise repeatable on any backend."""
+  n = values_nd.shape[0]
+
+  def combine(a, b):
+    start_a, sum_a = a
+    start_b, sum_b = b
+    return start_a | start_b, jnp.where(start_b[:, None], sum_b, sum_a + sum_b)
+
+  _, running = jax.lax.associative_scan(combine, (is_start_n.astype(bool), values_nd))
+  is_end = jnp.concatenate([is_start_n[1:].astype(bool), jnp.ones((1,), bool)])
+  target = jnp.where(is_end, segment_n, n)  # Non-final elements write nowhere.
+  return jnp.zeros_like(values_nd).at[target].set(running, mode="drop", unique_indices=True)
+
+
 def dedupe(rows_n: jax.Array, grads_nd: jax.Array, num_rows: int) -> tuple[jax.Array, jax.Array]:
   """Sums gradients of repeated rows.
 
@@ -28,14 +44,18 @@ def dedupe(rows_n: jax.Array, grads_nd: jax.Array, num_rows: int) -> tuple[jax.A
     n = rows_n.shape[0]
     rows_n = jnp.where((rows_n >= 0) & (rows_n < num_rows), rows_n, num_rows)
     # A stable sort keyed on the row alone keeps occurrences of a row in batch order, so every
-    # segment is summed in the same order on every run. segment_sum is a scatter-add: XLA:CPU
-    # applies it in order; XLA:GPU uses atomics unless --xla_gpu_deterministic_ops=true.
+    # segment is summed in the same order on every run.
     sorted_rows, order = jax.lax.sort((rows_n, jnp.arange(n, dtype=rows_n.dtype)), num_keys=1,
                                       is_stable=True)
     is_new = jnp.concatenate([jnp.ones((1,), jnp.int32),
                               (sorted_rows[1:] != sorted_rows[:-1]).astype(jnp.int32)])
     segment = jnp.cumsum(is_new) - 1
-    summed = jax.ops.segment_sum(grads_nd[order], segment, num_segments=n, indices_are_sorted=True)
+    # segment_sum is a scatter-add: XLA:CPU applies it in order (deterministic, and fastest
+    # there); XLA:GPU/TPU would use atomics, so they take a segmented scan with one write per row.
+    summed = jax.lax.platform_dependent(
+        grads_nd[order], segment, is_new,
+        cpu=lambda g, seg, _: jax.ops.segment_sum(g, seg, num_segments=n, indices_are_sorted=True),
+        default=segment_sum_by_scan)
     unique = jnp.full((n,), num_rows, rows_n.dtype).at[segment].set(sorted_rows)
     summed = jnp.where((unique < num_rows)[:, None], summed, 0)
     return unique, summed

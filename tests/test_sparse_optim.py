@@ -299,3 +299,14 @@ def test_row_wise_adagrad_matches_numpy_when_few_rows_repeat_many_times():
   np.testing.assert_allclose(a, ref_state["accumulator"], rtol=1e-5)
   np.testing.assert_array_equal(np.asarray(t)[~touched], table[~touched])
   np.testing.assert_array_equal(a[~touched], accum[~touched])
+
+
+def test_scan_segment_sum_used_off_cpu_equals_segment_sum():
+  rng = np.random.default_rng(3)
+  rows = np.sort(rng.integers(0, 40, 300)).astype(np.int32)
+  is_start = np.concatenate([[1], rows[1:] != rows[:-1]]).astype(np.int32)
+  segment = np.cumsum(is_start) - 1
+  values = rng.normal(size=(300, 4)).astype(np.float32)
+  got = jax.jit(sparse_optim.segment_sum_by_scan)(jnp.asarray(values), jnp.asarray(segment), jnp.asarray(is_start))
+  want = jax.ops.segment_sum(jnp.asarray(values), jnp.asarray(segment), num_segments=300)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
