@@ -128,8 +128,8 @@ class SGD(SparseOptimizer):
   On a float32 (or wider) table this is one scatter-add of every occurrence, without dedupe:
   the sum over repeats is exact up to float rounding order. A bfloat16 table takes the dedupe
   path instead, because a bf16 scatter-add rounds after each repeated occurrence.
-  Note: XLA:GPU implements scatter-add with atomics, so the scatter path's rounding order (and
-  its last bits) can vary between runs there.
+  Off CPU (XLA:GPU implements scatter-add with atomics, whose rounding order varies between
+  runs) the dedupe path is taken as well, so every backend is bitwise repeatable.
   """
 
   name: ClassVar[str] = "sgd"
@@ -147,12 +147,20 @@ class SGD(SparseOptimizer):
              full_dim: int | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     if jnp.finfo(table_rd.dtype).bits < 32:
       return super().update(table_rd, state, rows_n, grads_nd, step)
-    with jax.named_scope("sparse_update"):
-      num_rows = table_rd.shape[0]
-      # Negative ids would wrap around in .at[]; send every foreign id out of bounds instead.
-      rows_n = jnp.where((rows_n >= 0) & (rows_n < num_rows), rows_n, num_rows)
-      delta_nd = (-self.learning_rate * grads_nd.astype(jnp.float32)).astype(table_rd.dtype)
-      return table_rd.at[rows_n].add(delta_nd, mode="drop"), state
+
+    def scatter_add(table_rd, rows_n, grads_nd):
+      with jax.named_scope("sparse_update"):
+        num_rows = table_rd.shape[0]
+        # Negative ids would wrap around in .at[]; send every foreign id out of bounds instead.
+        rows_n = jnp.where((rows_n >= 0) & (rows_n < num_rows), rows_n, num_rows)
+        delta_nd = (-self.learning_rate * grads_nd.astype(jnp.float32)).astype(table_rd.dtype)
+        return table_rd.at[rows_n].add(delta_nd, mode="drop")
+
+    def deduped(table_rd, rows_n, grads_nd):
+      return SparseOptimizer.update(self, table_rd, {}, rows_n, grads_nd, step)[0]
+
+    # XLA:CPU scatters in order (exact, deterministic); elsewhere repeats would hit atomics.
+    return jax.lax.platform_dependent(table_rd, rows_n, grads_nd, cpu=scatter_add, default=deduped), state
 
   def _update_rows(self, w_nd, state_n, g_nd, step, row_sum, full_dim):
     return w_nd - self.learning_rate * g_nd, state_n
