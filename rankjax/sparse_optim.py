@@ -7,6 +7,7 @@ row gets its summed gradient once; untouched rows of the table and of the state 
 from __future__ import annotations
 
 import abc
+import functools
 import dataclasses
 from typing import Callable, ClassVar
 
@@ -41,24 +42,39 @@ def dedupe(rows_n: jax.Array, grads_nd: jax.Array, num_rows: int) -> tuple[jax.A
   (padding, or rows of another shard): they are mapped to `num_rows` with a zero gradient.
   """
   with jax.named_scope("dedupe"):
-    n = rows_n.shape[0]
     rows_n = jnp.where((rows_n >= 0) & (rows_n < num_rows), rows_n, num_rows)
-    # A stable sort keyed on the row alone keeps occurrences of a row in batch order, so every
-    # segment is summed in the same order on every run.
-    sorted_rows, order = jax.lax.sort((rows_n, jnp.arange(n, dtype=rows_n.dtype)), num_keys=1,
-                                      is_stable=True)
-    is_new = jnp.concatenate([jnp.ones((1,), jnp.int32),
-                              (sorted_rows[1:] != sorted_rows[:-1]).astype(jnp.int32)])
-    segment = jnp.cumsum(is_new) - 1
-    # segment_sum is a scatter-add: XLA:CPU applies it in order (deterministic, and fastest
-    # there); XLA:GPU/TPU would use atomics, so they take a segmented scan with one write per row.
-    summed = jax.lax.platform_dependent(
-        grads_nd[order], segment, is_new,
-        cpu=lambda g, seg, _: jax.ops.segment_sum(g, seg, num_segments=n, indices_are_sorted=True),
-        default=segment_sum_by_scan)
-    unique = jnp.full((n,), num_rows, rows_n.dtype).at[segment].set(sorted_rows)
-    summed = jnp.where((unique < num_rows)[:, None], summed, 0)
-    return unique, summed
+    return jax.lax.platform_dependent(rows_n, grads_nd, cpu=functools.partial(_dedupe_cpu, num_rows=num_rows),
+                                      default=functools.partial(_dedupe_sorted, num_rows=num_rows))
+
+
+def _dedupe_cpu(rows_n: jax.Array, grads_nd: jax.Array, num_rows: int) -> tuple[jax.Array, jax.Array]:
+  """XLA:CPU: sort the row ids alone (a keys-only sort is ~6x faster there than sorting a payload
+  with them), find each occurrence's segment by binary search, and scatter-add the gradients in
+  batch order (XLA:CPU applies a scatter in order: deterministic)."""
+  n = rows_n.shape[0]
+  sorted_rows = jnp.sort(rows_n)
+  is_new = jnp.concatenate([jnp.ones((1,), jnp.int32), (sorted_rows[1:] != sorted_rows[:-1]).astype(jnp.int32)])
+  segment_sorted = jnp.cumsum(is_new) - 1
+  segment = segment_sorted[jnp.searchsorted(sorted_rows, rows_n, side="left")]
+  summed = jax.ops.segment_sum(grads_nd, segment, num_segments=n)
+  return _unique_and_sums(sorted_rows, segment_sorted, summed, num_rows)
+
+
+def _dedupe_sorted(rows_n: jax.Array, grads_nd: jax.Array, num_rows: int) -> tuple[jax.Array, jax.Array]:
+  """Other backends: a stable sort keyed on the row keeps each row's occurrences in batch order;
+  a segmented scan sums them with one write per row (no atomics: bitwise repeatable)."""
+  n = rows_n.shape[0]
+  sorted_rows, order = jax.lax.sort((rows_n, jnp.arange(n, dtype=rows_n.dtype)), num_keys=1, is_stable=True)
+  is_new = jnp.concatenate([jnp.ones((1,), jnp.int32), (sorted_rows[1:] != sorted_rows[:-1]).astype(jnp.int32)])
+  segment = jnp.cumsum(is_new) - 1
+  return _unique_and_sums(sorted_rows, segment, segment_sum_by_scan(grads_nd[order], segment, is_new), num_rows)
+
+
+def _unique_and_sums(sorted_rows: jax.Array, segment: jax.Array, summed: jax.Array, num_rows: int):
+  """The distinct rows in ascending order (then `num_rows` padding) and their sums (0 for padding)."""
+  n = sorted_rows.shape[0]
+  unique = jnp.full((n,), num_rows, sorted_rows.dtype).at[segment].set(sorted_rows)
+  return unique, jnp.where((unique < num_rows)[:, None], summed, 0)
 
 
 class SparseOptimizer(abc.ABC):

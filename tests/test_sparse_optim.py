@@ -310,3 +310,14 @@ def test_scan_segment_sum_used_off_cpu_equals_segment_sum():
   got = jax.jit(sparse_optim.segment_sum_by_scan)(jnp.asarray(values), jnp.asarray(segment), jnp.asarray(is_start))
   want = jax.ops.segment_sum(jnp.asarray(values), jnp.asarray(segment), num_segments=300)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_and_sorted_dedupe_paths_agree():
+  rng = np.random.default_rng(5)
+  rows = jnp.asarray(rng.integers(-3, 60, 500).astype(np.int32))
+  grads = jnp.asarray(rng.normal(size=(500, 3)).astype(np.float32))
+  clean = jnp.where((rows >= 0) & (rows < 50), rows, 50)
+  u_cpu, s_cpu = jax.jit(sparse_optim._dedupe_cpu, static_argnums=2)(clean, grads, 50)
+  u_sorted, s_sorted = jax.jit(sparse_optim._dedupe_sorted, static_argnums=2)(clean, grads, 50)
+  np.testing.assert_array_equal(np.asarray(u_cpu), np.asarray(u_sorted))
+  np.testing.assert_allclose(np.asarray(s_cpu), np.asarray(s_sorted), rtol=1e-5, atol=1e-6)
