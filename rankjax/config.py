@@ -75,6 +75,9 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   c.train.eval_every = 0  # 0 = evaluate only at the end.
   c.train.dense_optimizer = "adam"  # adam | adagrad | sgd
   c.train.dense_learning_rate = 1e-3
+  # bce (CTR data: one label per example) | softmax | pairwise_logistic (LETOR data: query lists).
+  c.train.loss = "bce"
+  c.train.ndcg_k = 10  # Ranking eval: NDCG@k.
   c.train.progress_bar = True
   c.train.compute_dtype = "float32"  # float32 | bfloat16: forward/backward precision (params stay float32).
   # JAX persistent compilation cache: "" = ~/.cache/rankjax/jax_compilation_cache, "none" = off.
@@ -105,7 +108,8 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 500
   c.checkpoint.max_to_keep = 2  # The latest K checkpoints are kept ...
-  c.checkpoint.keep_best_metric = ""  # ... plus the best by this eval metric ("auc" | "logloss"; "" = none).
+  # ... plus the best by this eval metric ("auc" | "logloss"; ranking: "ndcg" at train.ndcg_k; "" = none).
+  c.checkpoint.keep_best_metric = ""
   c.checkpoint.async_save = True
 
   c.distributed = ml_collections.ConfigDict()
@@ -131,6 +135,7 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
 
 
 DENSE_OPTIMIZERS = ("adam", "adagrad", "sgd")
+RANKING_LOSSES = ("softmax", "pairwise_logistic")  # Train on LETOR query lists (rankjax.losses).
 SPARSE_OPTIMIZERS = ("sgd", "adagrad", "row_wise_adagrad", "adam", "ftrl")
 SHARDINGS = ("replicated", "table_wise", "row_wise", "column_wise", "gspmd_row_wise", "auto")
 OVERRIDE_KEYS = ("sharding", "optimizer", "dtype", "combiner", "initializer", "qr_buckets")
@@ -217,8 +222,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError("train.compute_dtype", "must be float32 or bfloat16")
   if config.train.on_non_finite not in ("stop", "skip"):
     raise ConfigError("train.on_non_finite", "must be 'stop' or 'skip'")
-  if config.checkpoint.keep_best_metric not in ("", "auc", "logloss"):
-    raise ConfigError("checkpoint.keep_best_metric", "must be '', 'auc' or 'logloss'")
+  if config.checkpoint.keep_best_metric not in ("", "auc", "logloss", "ndcg"):
+    raise ConfigError("checkpoint.keep_best_metric", "must be '', 'auc', 'logloss' or 'ndcg'")
+  if config.train.loss not in ("bce", *RANKING_LOSSES):
+    raise ConfigError("train.loss", f"must be one of {('bce', *RANKING_LOSSES)}")
+  if config.train.ndcg_k < 1:
+    raise ConfigError("train.ndcg_k", "must be >= 1")
+  ranking = config.train.loss in RANKING_LOSSES
+  if ranking and not config.data.path:
+    raise ConfigError("train.loss", f"{config.train.loss!r} ranks query lists, but data.path is empty (synthetic "
+                      "CTR data): give data.path a dataset from `rankjax data letor`, or use 'bce'")
   d = config.distributed
   if d.num_processes > 1 and not (0 <= d.process_id < d.num_processes):
     raise ConfigError("distributed.process_id", f"must be in [0, {d.num_processes}) with num_processes set")
@@ -278,4 +291,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if stray:
     raise ConfigError("mesh.rules", f"tables are sharded over {stray}, which the batch is not: "
                       "the embedding collectives need the batch split over every table shard axis")
-  model_module(name).validate_config(config)
+  model_module(name).validate_config(config)  # Before the metric check: a wrong loss is named first.
+  if config.checkpoint.keep_best_metric and (config.checkpoint.keep_best_metric == "ndcg") != ranking:
+    raise ConfigError("checkpoint.keep_best_metric", f"{config.checkpoint.keep_best_metric!r} is not an eval metric "
+                      f"of train.loss={config.train.loss!r} ('ndcg' for ranking losses, 'auc'/'logloss' for bce)")

@@ -25,12 +25,14 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from rankjax import checkpoint as checkpoint_lib
-from rankjax.config import model_module, validate
+from rankjax.config import RANKING_LOSSES, ConfigError, model_module, validate
 from rankjax.data import layout, pipeline, synthetic
 from rankjax.embedding import FeatureSlots, scale_rows
 from rankjax.embedding_builder import build_engine
+from rankjax.losses import RANKING_LOSSES as RANKING_LOSS_FNS
+from rankjax.ltr_step import RankingStepFunctions
 from rankjax.metric_writers import MetricWriter
-from rankjax.metrics import log_loss_from_logits, roc_auc
+from rankjax.metrics import log_loss_from_logits, ndcg_at_k, roc_auc
 from rankjax.optim import dense_optimizer
 from rankjax.partitioner import Partitioner
 from rankjax.train_step import StepFunctions, TrainState
@@ -52,6 +54,7 @@ class Experiment:
   init_fn: Any
   train_fn: Any
   eval_fn: Any
+  ranking: bool = False  # LETOR query lists ranked by a listwise/pairwise loss, evaluated by NDCG.
 
 
 def enable_compilation_cache(config: ml_collections.ConfigDict) -> None:
@@ -83,6 +86,12 @@ def build(config: ml_collections.ConfigDict, workdir: pathlib.Path | None, devic
   partitioner = Partitioner.from_config(config, devices)
   data_dir, manifest = (None, manifest) if manifest is not None else resolve_data(config, workdir)
   model = model_module(config.model.name)
+  kind = manifest.get("source", {}).get("kind")
+  if kind == "letor":
+    return _build_ranking(config, partitioner, data_dir, manifest, model)
+  if config.train.loss != "bce":
+    raise ConfigError("train.loss", f"{config.train.loss!r} ranks query lists, but {data_dir} holds {kind} "
+                      "examples with one label each: use 'bce', or a dataset from `rankjax data letor`")
   num_dense, vocab_sizes = manifest["num_dense"], manifest["vocab_sizes"]
   # Synthetic data is generated at the scaled size; real data's ids fold into the scaled tables.
   fold_ids = config.data.row_scale != 1 and manifest.get("source", {}).get("kind") != "synthetic"
@@ -111,25 +120,104 @@ def build(config: ml_collections.ConfigDict, workdir: pathlib.Path | None, devic
       embedding=engine.shardings())
   batch_shardings = {"label": partitioner.sharding("batch"), "dense": partitioner.sharding("batch", None),
                      "cat": partitioner.sharding("batch", None)}
-  eval_shardings = {**batch_shardings, "weight": partitioner.sharding("batch")}
   by_batch = partitioner.sharding("batch")
 
   def eval_outputs(state, batch):
     return steps.eval_step(state, batch), batch["label"], batch["weight"]
 
+  return _jit_experiment(config, partitioner, data_dir, manifest, steps, state_shardings, batch_shardings,
+                         eval_outputs, (by_batch, by_batch, by_batch))
+
+
+def _jit_experiment(config: ml_collections.ConfigDict, partitioner: Partitioner, data_dir: pathlib.Path | None,
+                    manifest: dict, steps, state_shardings: TrainState, batch_shardings: dict,
+                    eval_outputs, eval_output_shardings: tuple, ranking: bool = False) -> Experiment:
+  """The experiment with its init, train and eval functions jitted over the given shardings (an
+  eval batch is a train batch plus `weight`)."""
+  eval_shardings = {**batch_shardings, "weight": partitioner.sharding("batch")}
   return Experiment(
       config=config, partitioner=partitioner, data_dir=data_dir, manifest=manifest, steps=steps,
       state_shardings=state_shardings,
       init_fn=partitioner.jit(lambda seed: steps.init(jax.random.key(seed)), in_shardings=None,
                               out_shardings=state_shardings),
       train_fn=partitioner.jit(steps.train_step, in_shardings=(state_shardings, batch_shardings),
-                               out_shardings=(state_shardings, replicated), donate_argnums=(0,)),
+                               out_shardings=(state_shardings, partitioner.replicated), donate_argnums=(0,)),
       eval_fn=partitioner.jit(eval_outputs, in_shardings=(state_shardings, eval_shardings),
-                              out_shardings=(by_batch, by_batch, by_batch)))
+                              out_shardings=eval_output_shardings),
+      ranking=ranking)
+
+
+def _build_ranking(config: ml_collections.ConfigDict, partitioner: Partitioner, data_dir: pathlib.Path | None,
+                   manifest: dict, model) -> Experiment:
+  """The experiment for LETOR query lists: a per-document scorer, no embedding engine."""
+  if config.train.loss not in RANKING_LOSSES:
+    raise ConfigError("train.loss", f"{data_dir} holds LETOR query lists: must be one of {RANKING_LOSSES}, "
+                      f"got {config.train.loss!r}")
+  if getattr(model, "TASK", None) != "ranking":
+    raise ConfigError("model.name", f"{config.model.name!r} scores CTR examples; LETOR query lists need a "
+                      "ranking model (ltr_mlp)")
+  feature_mean_n, feature_std_n = model.feature_normalization(config, manifest)
+
+  def create_model(rngs: nnx.Rngs):
+    return model.create(config, manifest["num_features"], rngs=rngs)
+
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: create_model(nnx.Rngs(0))))
+  steps = RankingStepFunctions(graphdef, dense_optimizer(config.train.dense_optimizer,
+                                                         config.train.dense_learning_rate), create_model,
+                               RANKING_LOSS_FNS[config.train.loss], feature_mean_n, feature_std_n,
+                               skip_non_finite=config.train.on_non_finite == "skip",
+                               compute_dtype=jnp.dtype(config.train.compute_dtype))
+  replicated = partitioner.replicated
+  abstract = jax.eval_shape(steps.init, jax.random.key(0))
+  state_shardings = TrainState(
+      step=replicated, rng=replicated, params=jax.tree.map(lambda _: replicated, abstract.params),
+      opt_state=jax.tree.map(lambda _: replicated, abstract.opt_state), embedding={})
+  by_list = partitioner.sharding("batch", None)
+  batch_shardings = {"relevance": by_list, "features": partitioner.sharding("batch", None, None), "mask": by_list}
+
+  def eval_outputs(state, batch):
+    return steps.eval_step(state, batch), batch["relevance"], batch["mask"], batch["weight"]
+
+  return _jit_experiment(config, partitioner, data_dir, manifest, steps, state_shardings, batch_shardings,
+                         eval_outputs, (by_list, by_list, by_list, partitioner.sharding("batch")), ranking=True)
+
+
+def _evaluate_ranking(exp: Experiment, state: TrainState) -> dict[str, float]:
+  """NDCG@train.ndcg_k and the train.loss function over the eval split's query lists (padding lists carry
+  weight 0 and are dropped)."""
+  c = exp.config
+  it = pipeline.eval_iterator(exp.data_dir, exp.manifest, global_batch_size=c.train.eval_batch_size,
+                              read_threads=c.data.read_threads, prefetch=c.data.prefetch_batches,
+                              process_index=jax.process_index(), process_count=jax.process_count(),
+                              verify=c.data.verify_checksums)
+  outputs = [exp.eval_fn(state, exp.partitioner.place_batch(batch)) for batch in it]
+  scores, relevance, mask, weights = (
+      np.concatenate([np.asarray(multihost_utils.process_allgather(o[i], tiled=True)) for o in outputs])
+      for i in range(4))
+  lists = weights > 0
+  scores, relevance, mask = scores[lists], relevance[lists], mask[lists]
+  loss = RANKING_LOSS_FNS[c.train.loss](jnp.asarray(scores), jnp.asarray(relevance), jnp.asarray(mask))
+  return {f"ndcg@{c.train.ndcg_k}": ndcg_at_k(relevance, scores, mask, c.train.ndcg_k), "loss": float(loss),
+          "queries": int(lists.sum())}
+
+
+def _eval_event(evaluation: dict[str, float]) -> dict[str, float]:
+  """An eval event's fields: every metric, and `loss` (for CTR data, the log loss)."""
+  return {"loss": evaluation["logloss"], **evaluation} if "logloss" in evaluation else evaluation
+
+
+def _checkpoint_metrics(exp: Experiment, evaluation: dict[str, float]) -> dict[str, float]:
+  """The eval metrics a checkpoint records (what checkpoint.keep_best_metric ranks by)."""
+  if exp.ranking:
+    return {"ndcg": evaluation[f"ndcg@{exp.config.train.ndcg_k}"], "loss": evaluation["loss"]}
+  return {k: evaluation[k] for k in ("auc", "logloss")}
 
 
 def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
-  """AUC and log loss over the whole eval split (padding examples carry weight 0)."""
+  """AUC and log loss over the whole eval split (padding examples carry weight 0); for query
+  lists, NDCG and the loss (see _evaluate_ranking)."""
+  if exp.ranking:
+    return _evaluate_ranking(exp, state)
   c = exp.config
   it = pipeline.eval_iterator(exp.data_dir, exp.manifest, global_batch_size=c.train.eval_batch_size,
                               read_threads=c.data.read_threads, prefetch=c.data.prefetch_batches,
@@ -218,7 +306,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, device
   checkpointer = checkpoint_lib.Checkpointer(
       str(workdir / "checkpoints"), max_to_keep=config.checkpoint.max_to_keep,
       keep_best_metric=config.checkpoint.keep_best_metric, async_save=config.checkpoint.async_save)
-  layout = exp.steps.engine.layout_descriptor()
+  layout = exp.steps.engine.layout_descriptor() if exp.steps.engine else None
   with jax.set_mesh(exp.partitioner.mesh), _StopSignals() as stop:
     # ---- Initialise or resume.
     latest = checkpointer.latest_step()
@@ -244,7 +332,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, device
 
     def save(step: int, iterator_state: dict, metrics: dict | None = None):
       checkpointer.save(step, state, {"iterator": iterator_state, "embedding_layout": layout},
-                        metrics={k: metrics[k] for k in ("auc", "logloss")} if metrics else None)
+                        metrics=_checkpoint_metrics(exp, metrics) if metrics else None)
 
     # ---- Train: dispatch steps asynchronously; sync only to log, evaluate or checkpoint.
     batches = _DeviceBatches(train_iter, exp.partitioner)
@@ -292,7 +380,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, device
       evaluation = None
       if done == c.steps or (c.eval_every and done % c.eval_every == 0):
         evaluation = evaluate(exp, state)
-        writer.write(done, "eval", loss=evaluation["logloss"], **evaluation)
+        writer.write(done, "eval", **_eval_event(evaluation))
         final = evaluation
         window_time = time.perf_counter()
       if is_ckpt:
@@ -308,10 +396,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, device
     # ---- Final evaluation (if this run trained no step) and summary.
     if final is None:
       final = evaluate(exp, state)
-      writer.write(start, "eval", loss=final["logloss"], **final)
+      writer.write(start, "eval", **_eval_event(final))
     checkpointer.wait()
     checkpointer.close()
   writer.close()
+  if exp.ranking:
+    return _ranking_summary(exp, workdir, state, final, trained_examples / trained_time if trained_time else None,
+                            skipped_total, is_chief, log)
   summary = {"steps": int(_host(state.step)), "eval_auc": final["auc"], "eval_logloss": final["logloss"],
              "examples_per_sec": trained_examples / trained_time if trained_time else None,
              "skipped_steps": skipped_total,
@@ -322,4 +413,18 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, device
   bayes = summary["bayes_optimal_eval_auc"]
   log(f"rankjax: final eval auc={final['auc']:.6f} logloss={final['logloss']:.6f} steps={summary['steps']} "
       f"examples/s={rate}" + (f" (Bayes-optimal auc {bayes:.6f}, ratio {final['auc'] / bayes:.4f})" if bayes else ""))
+  return summary
+
+
+def _ranking_summary(exp: Experiment, workdir: pathlib.Path, state: TrainState, final: dict[str, float],
+                     lists_per_sec: float | None, skipped_steps: int, is_chief: bool, log) -> dict[str, Any]:
+  """The final summary of a ranking run (summary.json and the last log line)."""
+  ndcg_key = f"ndcg@{exp.config.train.ndcg_k}"
+  summary = {"steps": int(_host(state.step)), f"eval_{ndcg_key}": final[ndcg_key], "eval_loss": final["loss"],
+             "examples_per_sec": lists_per_sec, "skipped_steps": skipped_steps}
+  if is_chief:
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  rate = f"{lists_per_sec:,.0f}" if lists_per_sec else "n/a"
+  log(f"rankjax: final eval {ndcg_key}={final[ndcg_key]:.6f} loss={final['loss']:.6f} steps={summary['steps']} "
+      f"lists/s={rate}")
   return summary

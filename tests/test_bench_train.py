@@ -17,10 +17,25 @@ CONFIGS = sorted(str(p) for p in (REPO / "configs").glob("*.py") if not str(p).e
 MAX_TEST_ROWS = 1_000_000  # Configs with more embedding rows get a row_scale.
 
 
-def small_overrides(config_path: str) -> list[str]:
+def small_letor_dataset(directory) -> str:
+  """A tiny LETOR dataset (40 queries x 5 documents x 4 features) converted by `rankjax data letor`."""
+  from rankjax.data import data_cli
+  lines = [f"{(q + d) % 3} qid:{q} 1:{d} 2:{q % 7} 3:0.5 4:{d * q % 5}" for q in range(40) for d in range(5)]
+  source = directory / "letor.txt"
+  source.write_text("\n".join(lines) + "\n")
+  assert data_cli.main(["letor", "--input", str(source), "--eval-input", str(source),
+                        "--output", str(directory / "letor")]) == 0
+  return str(directory / "letor")
+
+
+def small_overrides(config_path: str, tmp_path) -> list[str]:
   """Overrides that make any config's step seconds-long: a small batch and data set, small tables;
-  configs of a dataset directory (data.path) run on synthetic data of the same model instead."""
+  configs of a dataset directory (data.path) run on synthetic data of the same model instead
+  (ranking configs on a tiny converted LETOR set)."""
   config = load_config_file(config_path)
+  if config.train.loss != "bce":
+    return ["--config.train.batch_size=8", "--config.train.eval_batch_size=8",
+            f"--config.data.path={small_letor_dataset(tmp_path)}"]
   rows = sum(config.data.synthetic.vocab_sizes)
   scale = [f"--config.data.row_scale={1e4 / rows}"] if rows > MAX_TEST_ROWS else []
   synthetic = ["--config.data.path="] if config.data.path else []
@@ -30,7 +45,8 @@ def small_overrides(config_path: str) -> list[str]:
 
 @pytest.mark.parametrize("config_path", CONFIGS, ids=lambda p: os.path.basename(p))
 def test_bench_train_prints_one_json_line_for_every_config(config_path, tmp_path, capsys):
-  overrides = small_overrides(config_path)
+  overrides = small_overrides(config_path, tmp_path)
+  capsys.readouterr()  # Drop what converting a dataset printed.
   devices = 8 if config_path == TINY_CONFIG else 1  # One config on the whole simulated mesh.
   code = bench_train.main(["--config", config_path, "--steps", "2", "--warmup", "1", "--devices", str(devices),
                            "--workdir", str(tmp_path), *overrides])
@@ -39,9 +55,10 @@ def test_bench_train_prints_one_json_line_for_every_config(config_path, tmp_path
   assert len(lines) == 1
   record = json.loads(lines[0])
   assert record["config"] == config_path and record["overrides"] == overrides
-  assert record["batch"] == 256 and record["devices"] == devices and record["backend"] == "cpu"
+  batch = int(next(o for o in overrides if o.startswith("--config.train.batch_size=")).split("=")[1])
+  assert record["batch"] == batch and record["devices"] == devices and record["backend"] == "cpu"
   assert record["step_ms_median"] > 0 and record["compile_s"] > 0
-  assert record["samples_per_sec"] == pytest.approx(256 / record["step_ms_median"] * 1e3)
+  assert record["samples_per_sec"] == pytest.approx(batch / record["step_ms_median"] * 1e3)
 
 
 def test_bench_train_unknown_override_exits_2_naming_the_key(tmp_path, capsys):

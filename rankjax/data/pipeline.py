@@ -8,7 +8,8 @@ Each of P processes reads its own contiguous 1/P of every global batch.
 
 A batch holds the fields the trainer consumes: label, dense, cat. Other record fields (a table's
 `qid`) are not read into batches. A record with several labels (a label field of shape (k,)) is
-trained on one of them, column `label_index` (0 by default).
+trained on one of them, column `label_index` (0 by default). LETOR records are query lists: a
+batch is then a batch of lists, relevance [b, L], features [b, L, N] and mask [b, L], all float32.
 """
 
 from __future__ import annotations
@@ -23,9 +24,17 @@ from rankjax.data import layout
 
 
 TRAINED_FIELDS = ("label", "dense", "cat")
+RANKING_FIELDS = ("relevance", "features", "mask")
+
+
+def holds_query_lists(dtype: np.dtype) -> bool:
+  """Whether records are LETOR query lists (rankjax.data.letor) rather than labelled examples."""
+  return "relevance" in dtype.names
 
 
 def _to_arrays(records: np.ndarray, label_index: int) -> dict[str, np.ndarray]:
+  if holds_query_lists(records.dtype):
+    return {name: np.ascontiguousarray(records[name], np.float32) for name in RANKING_FIELDS}
   arrays = {name: np.ascontiguousarray(records[name]) for name in TRAINED_FIELDS}
   if arrays["label"].ndim == 2:
     arrays["label"] = np.ascontiguousarray(arrays["label"][:, label_index])
@@ -33,6 +42,10 @@ def _to_arrays(records: np.ndarray, label_index: int) -> dict[str, np.ndarray]:
 
 
 def _check_label_index(records: layout.ShardedRecords, label_index: int) -> None:
+  if holds_query_lists(records.dtype):
+    if label_index:
+      raise layout.DataError(f"label_index {label_index} is out of range: query lists have one relevance label")
+    return
   label_shape = records.dtype["label"].shape
   num_labels = label_shape[0] if label_shape else 1
   if not 0 <= label_index < num_labels:

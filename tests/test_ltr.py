@@ -1,0 +1,198 @@
+"""Learning to rank on LETOR query lists: the losses and NDCG against rax (the oracle), the
+pipeline's list batches, and `rankjax data letor` -> `rankjax train` end to end with exact resume."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import REPO
+from rankjax import losses, metrics
+from rankjax.config import ConfigError, load_config_file, validate
+from rankjax.data import data_cli, layout, pipeline
+
+LTR_CONFIG = str(REPO / "configs" / "ltr_mslr.py")
+
+
+def _lists(seed=0, num_lists=8, list_size=12, relevant_everywhere=True):
+  """Random scores, graded relevance 0..4 and masks (every list keeps at least two documents)."""
+  rng = np.random.default_rng(seed)
+  scores = rng.normal(size=(num_lists, list_size)).astype(np.float32)
+  relevance = rng.integers(0, 5, (num_lists, list_size)).astype(np.float32)
+  mask = np.arange(list_size)[None] < rng.integers(2, list_size + 1, (num_lists, 1))
+  if relevant_everywhere:
+    relevance[:, 0] = np.maximum(relevance[:, 0], 1)
+  return scores, relevance, mask
+
+
+# ---------------------------------------------------------------- losses and NDCG vs rax
+
+
+def test_softmax_loss_equals_rax_with_normalized_labels_and_padding_masked():
+  rax = pytest.importorskip("rax")
+  scores, relevance, mask = _lists()
+  ours = losses.softmax_loss(jnp.asarray(scores), jnp.asarray(relevance), jnp.asarray(mask, jnp.float32))
+  oracle = rax.softmax_loss(jnp.asarray(scores), jnp.asarray(relevance), where=jnp.asarray(mask),
+                            label_fn=rax.utils.normalize_probabilities)
+  np.testing.assert_allclose(ours, oracle, rtol=1e-6)
+
+
+def test_softmax_loss_leaves_out_lists_without_a_relevant_document_and_ignores_padding_values():
+  scores, relevance, mask = _lists()
+  base = losses.softmax_loss(jnp.asarray(scores), jnp.asarray(relevance), jnp.asarray(mask, jnp.float32))
+  extra_scores = np.concatenate([scores, scores[:1]])
+  extra_relevance = np.concatenate([relevance, np.zeros_like(relevance[:1])])
+  extra_mask = np.concatenate([mask, mask[:1]]).astype(np.float32)
+  with_irrelevant = losses.softmax_loss(jnp.asarray(extra_scores), jnp.asarray(extra_relevance),
+                                        jnp.asarray(extra_mask))
+  np.testing.assert_allclose(with_irrelevant, base, rtol=1e-6)
+  noisy = np.where(mask, scores, 1e6).astype(np.float32)
+  np.testing.assert_allclose(losses.softmax_loss(jnp.asarray(noisy), jnp.asarray(relevance),
+                                                 jnp.asarray(mask, jnp.float32)), base, rtol=1e-6)
+
+
+def test_pairwise_logistic_loss_equals_rax_over_valid_pairs():
+  rax = pytest.importorskip("rax")
+  scores, relevance, mask = _lists(seed=1, relevant_everywhere=False)
+  ours = losses.pairwise_logistic_loss(jnp.asarray(scores), jnp.asarray(relevance), jnp.asarray(mask, jnp.float32))
+  oracle = rax.pairwise_logistic_loss(jnp.asarray(scores), jnp.asarray(relevance), where=jnp.asarray(mask))
+  np.testing.assert_allclose(ours, oracle, rtol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 5, 10, 30])
+def test_ndcg_at_k_equals_rax_including_lists_without_a_relevant_document(k):
+  rax = pytest.importorskip("rax")
+  scores, relevance, mask = _lists(seed=2, num_lists=20, list_size=16, relevant_everywhere=False)
+  relevance[3] = 0  # NDCG 0, counted in the mean (rax's convention).
+  oracle = rax.ndcg_metric(jnp.asarray(scores), jnp.asarray(relevance), where=jnp.asarray(mask), topn=k)
+  np.testing.assert_allclose(metrics.ndcg_at_k(relevance, scores, mask, k), oracle, rtol=1e-5)
+
+
+def test_ndcg_is_one_for_the_ideal_order_and_skips_lists_of_padding_only():
+  relevance = np.array([[3, 1, 0, 2], [0, 0, 0, 0]], np.float32)
+  mask = np.array([[1, 1, 1, 0], [0, 0, 0, 0]])
+  assert metrics.ndcg_at_k(relevance, -np.arange(4.0)[None].repeat(2, 0), mask, 3) == 1.0
+
+
+@pytest.mark.parametrize("config_file, overrides", [
+    ("tiny.py", {"loss": "softmax"}),  # A ranking loss on the synthetic CTR default.
+    ("ltr_mslr.py", {"loss": "bce"}),  # A CTR loss for the ranking model.
+    ("ltr_mslr.py", {"loss": "listnet"}),
+])
+def test_impossible_loss_choices_raise_config_error_naming_train_loss(config_file, overrides):
+  config = load_config_file(str(REPO / "configs" / config_file))
+  config.data.path = "" if config_file == "tiny.py" else "/some/letor/data"
+  config.train.update(overrides)
+  with pytest.raises(ConfigError) as error:
+    validate(config, 1)
+  assert error.value.key == "train.loss"
+
+
+# ---------------------------------------------------------------- LETOR data and the pipeline
+
+
+def _random_ndcg(relevance, mask, k, draws=200, seed=0):
+  """The expected NDCG@k of a random order of each list's documents."""
+  rng = np.random.default_rng(seed)
+  return float(np.mean([metrics.ndcg_at_k(relevance, rng.random(relevance.shape), mask, k) for _ in range(draws)]))
+
+
+def _write_letor(path, first_qid, num_queries, weights, rng):
+  """Queries of 3..20 documents; relevance 0..4 from a planted linear score plus a little noise."""
+  lines = []
+  for qid in range(first_qid, first_qid + num_queries):
+    features = rng.normal(size=(rng.integers(3, 21), len(weights)))
+    score = features @ weights + 0.3 * rng.normal(size=len(features))
+    relevance = np.digitize(score, [0.0, 1.0, 2.0, 3.0])
+    for rel, row in zip(relevance, features):
+      lines.append(f"{rel} qid:{qid} " + " ".join(f"{i + 1}:{v:.4f}" for i, v in enumerate(row)))
+  path.write_text("\n".join(lines) + "\n")
+  return path
+
+
+@pytest.fixture(scope="module")
+def letor_data(tmp_path_factory):
+  directory = tmp_path_factory.mktemp("letor")
+  rng = np.random.default_rng(0)
+  weights = rng.normal(size=8)
+  train = _write_letor(directory / "train.txt", 1, 160, weights, rng)
+  eval_ = _write_letor(directory / "eval.txt", 1000, 40, weights, rng)
+  assert data_cli.main(["letor", "--input", str(train), "--eval-input", str(eval_),
+                        "--output", str(directory / "data")]) == 0
+  return directory / "data"
+
+
+def test_list_batches_hold_relevance_features_and_mask_as_float32(letor_data):
+  manifest = layout.read_manifest(letor_data)
+  records = layout.open_split(letor_data, manifest, "train")
+  batch = pipeline.ShuffledBatches(records, global_batch_size=16, seed=0)[3]
+  lists, features = manifest["max_list_size"], manifest["num_features"]
+  assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
+      "relevance": ((16, lists), np.float32), "features": ((16, lists, features), np.float32),
+      "mask": ((16, lists), np.float32)}
+  eval_batch = pipeline.SequentialBatches(layout.open_split(letor_data, manifest, "eval"), 32)[1]
+  np.testing.assert_array_equal(eval_batch["weight"], np.arange(32, 64) < 40)
+
+
+# ---------------------------------------------------------------- `rankjax train` end to end
+
+TRAIN_ARGS = ("--config.train.batch_size=16", "--config.train.eval_batch_size=32", "--config.train.log_every=1",
+              "--config.train.eval_every=0", "--config.checkpoint.every_steps=10", "--config.model.hidden=(32,)",
+              "--config.train.dense_learning_rate=0.01", "--config.train.progress_bar=False")
+
+
+def _train(workdir, data, *args):
+  os.makedirs(workdir, exist_ok=True)
+  # cwd outside the checkout, as in tests/test_cli.py.
+  return subprocess.run([sys.executable, "-m", "rankjax.cli", "train", "--config", LTR_CONFIG, "--workdir",
+                         str(workdir), f"--config.data.path={data}", *TRAIN_ARGS, *args],
+                        capture_output=True, text=True, cwd=workdir, timeout=300)
+
+
+def _events(workdir, split):
+  return [e for e in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines()) if e["split"] == split]
+
+
+@pytest.fixture(scope="module")
+def straight_run(letor_data, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("straight")
+  p = _train(workdir, letor_data, "--config.train.steps=30")
+  assert p.returncode == 0, p.stderr
+  return workdir, p.stdout
+
+
+@pytest.mark.slow
+def test_training_on_letor_lists_beats_random_order_ndcg_and_writes_checkpoints(letor_data, straight_run):
+  workdir, out = straight_run
+  (evaluation,) = _events(workdir, "eval")
+  records = layout.open_split(letor_data, layout.read_manifest(letor_data), "eval")[:]
+  random_ndcg = _random_ndcg(records["relevance"], records["mask"], 10)
+  assert evaluation["step"] == 30 and evaluation["queries"] == 40 and evaluation["loss"] > 0
+  assert evaluation["ndcg@10"] > random_ndcg + 0.1, (evaluation, random_ndcg)
+  assert [e["step"] for e in _events(workdir, "train")] == list(range(1, 31))
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["20", "30"]
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["steps"] == 30 and summary["eval_ndcg@10"] == evaluation["ndcg@10"]
+  assert [l for l in out.splitlines() if l.startswith("rankjax: final eval ndcg@10=")]
+
+
+@pytest.mark.slow
+def test_raising_steps_continues_ranking_training_like_a_longer_run(letor_data, straight_run, tmp_path):
+  p = _train(tmp_path, letor_data, "--config.train.steps=20")
+  assert p.returncode == 0, p.stderr
+  p = _train(tmp_path, letor_data, "--config.train.steps=30")
+  assert p.returncode == 0, p.stderr
+  assert "resuming from checkpoint step 20" in p.stdout
+  losses_by_step = lambda w: {e["step"]: e["loss"] for e in _events(w, "train")}
+  assert losses_by_step(tmp_path) == losses_by_step(straight_run[0])
+  assert _events(tmp_path, "eval")[-1]["ndcg@10"] == _events(straight_run[0], "eval")[-1]["ndcg@10"]
+
+
+@pytest.mark.slow
+def test_a_ctr_loss_on_letor_lists_exits_2_naming_train_loss(letor_data, tmp_path):
+  p = _train(tmp_path, letor_data, "--config.train.loss=bce")
+  assert p.returncode == 2 and "train.loss" in p.stderr and "Traceback" not in p.stderr
