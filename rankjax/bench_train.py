@@ -130,17 +130,17 @@ def selected_devices(count: int | None) -> list[jax.Device]:
 def run_command(argv: list[str], program: str, define: Callable[[flags.FlagValues], None],
                 body: Callable[[ml_collections.ConfigDict, flags.FlagValues], None]) -> int:
   """Parses flags and runs `body`; config and data problems exit 2 with one line naming the key."""
-  from rankjax.cli import EXIT_CONFIG_ERROR, _diagnose_override, _fail
+  from rankjax.cli import EXIT_CONFIG_ERROR, diagnose_override, fail
   try:
     config, fv = parse_config_flags(argv, program, define)
   except ConfigError as e:
-    return _fail(str(e), EXIT_CONFIG_ERROR)
+    return fail(str(e), EXIT_CONFIG_ERROR)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    return _fail(_diagnose_override(argv) or " ".join(str(e).split()), EXIT_CONFIG_ERROR)
+    return fail(diagnose_override(argv) or " ".join(str(e).split()), EXIT_CONFIG_ERROR)
   try:
     body(config, fv)
   except (ConfigError, DataError, UsageError) as e:
-    return _fail(str(e), EXIT_CONFIG_ERROR)
+    return fail(str(e), EXIT_CONFIG_ERROR)
   return 0
 
 

@@ -32,12 +32,12 @@ EXIT_NON_FINITE = 3
 EXIT_PREEMPTED = 4  # A checkpoint was written on SIGTERM/SIGINT; rerun to resume.
 
 
-def _fail(message: str, code: int) -> int:
+def fail(message: str, code: int) -> int:
   print(f"rankjax: error: {message}", file=sys.stderr)
   return code
 
 
-def _diagnose_override(argv: list[str]) -> str | None:
+def diagnose_override(argv: list[str]) -> str | None:
   """Finds the first --config.KEY override that names no key of the loaded config file."""
   from rankjax.config import load_config_file
   path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
@@ -84,14 +84,14 @@ def train_command(argv: list[str]) -> int:
   if config_path is not None:
     import os
     if not os.path.isfile(config_path.partition(":")[0]):
-      return _fail(f"config file {config_path.partition(':')[0]} does not exist", EXIT_CONFIG_ERROR)
+      return fail(f"config file {config_path.partition(':')[0]} does not exist", EXIT_CONFIG_ERROR)
   try:
     config, workdir = _parse_train_flags(argv)
   except ConfigError as e:
-    return _fail(str(e), EXIT_CONFIG_ERROR)
+    return fail(str(e), EXIT_CONFIG_ERROR)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    message = _diagnose_override(argv) or " ".join(str(e).split())
-    return _fail(message, EXIT_CONFIG_ERROR)
+    message = diagnose_override(argv) or " ".join(str(e).split())
+    return fail(message, EXIT_CONFIG_ERROR)
 
   from rankjax import distributed
   from rankjax.train import NonFiniteLossError, Preempted, train
@@ -99,11 +99,11 @@ def train_command(argv: list[str]) -> int:
     distributed.initialize(config)
     train(config, workdir)
   except ConfigError as e:
-    return _fail(str(e), EXIT_CONFIG_ERROR)
+    return fail(str(e), EXIT_CONFIG_ERROR)
   except DataError as e:
-    return _fail(str(e), EXIT_CONFIG_ERROR)
+    return fail(str(e), EXIT_CONFIG_ERROR)
   except NonFiniteLossError as e:
-    return _fail(str(e), EXIT_NON_FINITE)
+    return fail(str(e), EXIT_NON_FINITE)
   except Preempted as e:
     print(f"rankjax: {e}", file=sys.stderr)
     return EXIT_PREEMPTED
@@ -135,9 +135,9 @@ def plan_command(argv: list[str]) -> int:
       raise ValueError("--config is required")
     plan_report.print_plan(config_flag.value, fv["devices"].value, fv["device_memory"].value)
   except (ConfigError, PlanError) as e:
-    return _fail(str(e), EXIT_CONFIG_ERROR)
+    return fail(str(e), EXIT_CONFIG_ERROR)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    return _fail(_diagnose_override(argv) or " ".join(str(e).split()), EXIT_CONFIG_ERROR)
+    return fail(diagnose_override(argv) or " ".join(str(e).split()), EXIT_CONFIG_ERROR)
   return 0
 
 
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
   if command == "profile":
     from rankjax import profile
     return profile.main(rest[1:])
-  return _fail(f"unknown command {command!r}\n{USAGE}", EXIT_CONFIG_ERROR)
+  return fail(f"unknown command {command!r}\n{USAGE}", EXIT_CONFIG_ERROR)
 
 
 if __name__ == "__main__":
