@@ -27,16 +27,19 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
+  """The DLRM family's checks (dlrm_dcnv2 reuses them): positive sizes, the bottom MLP ends at the
+  embedding dim, the top MLP at one logit."""
   m = config.model
-  if m.embed_dim <= 0:
+  if not m.embed_dim > 0:
     raise ConfigError("model.embed_dim", f"must be > 0, got {m.embed_dim}")
-  if not m.bottom_mlp or m.bottom_mlp[-1] != m.embed_dim:
-    raise ConfigError("model.bottom_mlp", f"last size must equal model.embed_dim={m.embed_dim}, got {tuple(m.bottom_mlp)}")
-  if not m.top_mlp or m.top_mlp[-1] != 1:
+  for key in ("bottom_mlp", "top_mlp"):
+    if not m[key] or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in m[key]):
+      raise ConfigError(f"model.{key}", f"must be a non-empty tuple of positive ints, got {tuple(m[key])}")
+  if m.bottom_mlp[-1] != m.embed_dim:
+    raise ConfigError("model.bottom_mlp",
+                      f"last size must equal model.embed_dim={m.embed_dim}, got {tuple(m.bottom_mlp)}")
+  if m.top_mlp[-1] != 1:
     raise ConfigError("model.top_mlp", f"last size must be 1 (the logit), got {tuple(m.top_mlp)}")
-  if any(d <= 0 for d in (*m.bottom_mlp, *m.top_mlp)):
-    raise ConfigError("model.top_mlp" if any(d <= 0 for d in m.top_mlp) else "model.bottom_mlp",
-                      "layer sizes must be > 0")
 
 
 def embedding_tables(config: ml_collections.ConfigDict, vocab_sizes: Sequence[int]) -> list[EmbeddingTableConfig]:

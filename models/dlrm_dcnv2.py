@@ -6,7 +6,6 @@ cross network, then the top MLP to one logit. Embedding rows arrive already gath
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +13,8 @@ import ml_collections
 from flax import nnx
 
 from rankjax.config import ConfigError
-from rankjax.embedding import EmbeddingTableConfig
 from rankjax.layers import MLP, LowRankCrossNet
+from rankjax.models import dlrm
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -30,29 +29,14 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
+  dlrm.validate_config(config)
   m = config.model
-  if not m.embed_dim > 0:
-    raise ConfigError("model.embed_dim", f"must be > 0, got {m.embed_dim}")
-  for key in ("bottom_mlp", "top_mlp"):
-    if not m[key] or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in m[key]):
-      raise ConfigError(f"model.{key}",
-                        f"must be a non-empty tuple of positive ints, got {tuple(m[key])}")
-  if m.bottom_mlp[-1] != m.embed_dim:
-    raise ConfigError("model.bottom_mlp",
-                      f"last size must equal model.embed_dim={m.embed_dim}, got {tuple(m.bottom_mlp)}")
-  if m.top_mlp[-1] != 1:
-    raise ConfigError("model.top_mlp", f"last size must be 1 (the logit), got {tuple(m.top_mlp)}")
   for key in ("cross_layers", "cross_rank"):
     if not m[key] > 0:
       raise ConfigError(f"model.{key}", f"must be > 0, got {m[key]}")
 
 
-def embedding_tables(config: ml_collections.ConfigDict,
-                     vocab_sizes: Sequence[int]) -> list[EmbeddingTableConfig]:
-  """One table per categorical feature, named after it."""
-  return [EmbeddingTableConfig(name=f"cat_{i}", vocab_size=int(v), dim=config.model.embed_dim,
-                               feature_names=(f"cat_{i}",))
-          for i, v in enumerate(vocab_sizes)]
+embedding_tables = dlrm.embedding_tables  # One table per categorical feature, as in DLRM.
 
 
 class DLRMDCNv2(nnx.Module):

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rankjax import sparse_optim
+from rankjax import hashing, sparse_optim
 from rankjax.embedding import DTYPES, EmbeddingTableConfig, FeatureSlots, init_stacked, num_output_vectors, pool
 
 
@@ -111,11 +111,11 @@ class EmbeddingEngine:
     internal, remainder_of = [], {}
     for t in tables:
       if t.qr_buckets:
-        internal.append(dataclasses.replace(t, name=f"{t.name}/quotient", qr_buckets=0,
-                                            vocab_size=-(-t.vocab_size // t.qr_buckets)))
+        quotient_rows, remainder_rows = hashing.qr_table_sizes(t.vocab_size, t.qr_buckets)
+        internal.append(dataclasses.replace(t, name=f"{t.name}/quotient", qr_buckets=0, vocab_size=quotient_rows))
         remainder_of[t.name] = len(internal)
         internal.append(dataclasses.replace(t, name=f"{t.name}/remainder", qr_buckets=0,
-                                            vocab_size=t.qr_buckets, feature_names=()))
+                                            vocab_size=remainder_rows, feature_names=()))
       else:
         internal.append(t)
     self.tables = tuple(internal)
@@ -244,9 +244,9 @@ class EmbeddingEngine:
     ids_bt = jnp.where(self.valid(ids_bt), ids_bt, -1)
     if not self._qr_slots.size:
       return ids_bt
-    qr_ids, buckets = ids_bt[:, self._qr_slots], jnp.asarray(self._qr_buckets)
-    quotient = jnp.where(qr_ids >= 0, qr_ids // buckets, -1)
-    remainder = jnp.where(qr_ids >= 0, qr_ids % buckets, -1)
+    qr_ids = ids_bt[:, self._qr_slots]
+    quotient, remainder = hashing.qr_split(qr_ids, self._qr_buckets)
+    quotient, remainder = jnp.where(qr_ids >= 0, quotient, -1), jnp.where(qr_ids >= 0, remainder, -1)
     return jnp.concatenate([ids_bt.at[:, self._qr_slots].set(quotient), remainder], axis=1)
 
   def _group_rows(self, group: TableGroup, ids_bt: jax.Array) -> jax.Array:

@@ -153,13 +153,14 @@ def qr_table_sizes(vocab_size: int, num_buckets: int) -> tuple[int, int]:
   return -(-vocab_size // num_buckets), min(num_buckets, vocab_size)
 
 
-def qr_split(rows: ArrayLike, num_buckets: int):
-  """row -> (row // num_buckets, row % num_buckets); NumPy or jax arrays, dtype kept.
+def qr_split(rows: ArrayLike, num_buckets: int | np.ndarray):
+  """row -> (row // num_buckets, row % num_buckets); NumPy or jax arrays, dtype kept;
+  `num_buckets` may be an array broadcasting against `rows` (one bucket count per column).
 
   The two parts index the quotient and remainder tables of `qr_table_sizes`; their embeddings are
   combined (Shi et al. use the elementwise product) into the row's embedding.
   """
-  if num_buckets < 1:
+  if np.any(np.asarray(num_buckets) < 1):
     raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
   if not isinstance(rows, jax.Array):
     rows = np.asarray(rows)

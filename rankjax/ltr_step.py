@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from rankjax.train_step import TrainState
+from rankjax.train_step import TrainState, cast_floating, dense_update, init_dense, non_finite_skip
 
 
 class RankingStepFunctions:
@@ -37,13 +37,10 @@ class RankingStepFunctions:
     self.compute_dtype = compute_dtype  # Forward/backward precision; params and the loss stay float32.
 
   def init(self, seed_key: jax.Array) -> TrainState:
-    model_key, state_key = jax.random.split(seed_key)
-    params = nnx.state(self.create_model(nnx.Rngs(params=model_key)))
-    return TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(state_key), params=params,
-                      opt_state=self.dense_tx.init(params), embedding={})
+    return init_dense(self.create_model, self.dense_tx, seed_key)
 
   def _scores(self, params, features_bln: jax.Array) -> jax.Array:
-    cast = lambda x: x.astype(self.compute_dtype)
+    cast = cast_floating(self.compute_dtype)
     model = nnx.merge(self.graphdef, jax.tree.map(cast, params))
     normalized_bln = (features_bln - self.feature_mean_n) / self.feature_std_n
     return model(cast(normalized_bln)).astype(jnp.float32)
@@ -55,14 +52,8 @@ class RankingStepFunctions:
         return self.loss_fn(scores_bl, batch["relevance"], batch["mask"])
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    skip = (~(jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))) if self.skip_non_finite
-            else jnp.zeros((), bool))
-    with jax.named_scope("dense_update"):
-      updates, opt_state = self.dense_tx.update(grads, state.opt_state, state.params)
-      if self.skip_non_finite:
-        updates = jax.tree.map(lambda u: jnp.where(skip, jnp.zeros_like(u), u), updates)
-        opt_state = jax.tree.map(lambda new, old: jnp.where(skip, old, new), opt_state, state.opt_state)
-      params = optax.apply_updates(state.params, updates)
+    skip = non_finite_skip(loss, grads, self.skip_non_finite)
+    params, opt_state = dense_update(self.dense_tx, state, grads, skip, self.skip_non_finite)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), {"loss": loss, "skipped": skip}
 
   def eval_step(self, state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:

@@ -38,11 +38,6 @@ class Partitioner:
   def from_config(cls, config, devices: Sequence[jax.Device] | None = None) -> "Partitioner":
     return cls(make_mesh(config.mesh.axes, config.mesh.shape, devices), config.mesh.rules)
 
-  @property
-  def data_size(self) -> int:
-    """How many shards the batch is split into."""
-    return int(np.prod([self.mesh.shape[a] for a in self.rules.get("batch", ())]))
-
   def axis_size(self, logical: str) -> int:
     return int(np.prod([self.mesh.shape[a] for a in self.rules.get(logical, ())]))
 

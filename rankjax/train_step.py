@@ -8,6 +8,7 @@ the Partitioner does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.struct
@@ -28,6 +29,38 @@ class TrainState:
   embedding: dict  # group name -> {"table": [rows, dim], optimizer state arrays}.
 
 
+def cast_floating(dtype) -> Callable[[jax.Array], jax.Array]:
+  """x -> x in `dtype` if x is floating point (ids stay ints): the mixed-precision cast."""
+  return lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+
+def init_dense(create_model, dense_tx: optax.GradientTransformation, seed_key: jax.Array,
+               embedding: Callable[[jax.Array], dict] = lambda key: {}) -> TrainState:
+  """A fresh TrainState: model params from `create_model(rngs)`, their optax state, `embedding(key)`."""
+  model_key, table_key, state_key = jax.random.split(seed_key, 3)
+  params = nnx.state(create_model(nnx.Rngs(params=model_key)))
+  return TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(state_key), params=params,
+                    opt_state=dense_tx.init(params), embedding=embedding(table_key))
+
+
+def non_finite_skip(loss: jax.Array, grads: Any, enabled: bool) -> jax.Array:
+  """True when the step must be dropped: skipping is on and the loss or gradient norm is NaN/inf."""
+  if not enabled:
+    return jnp.zeros((), bool)
+  return ~(jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads)))
+
+
+def dense_update(dense_tx: optax.GradientTransformation, state: TrainState, grads: Any, skip: jax.Array,
+                 skip_enabled: bool) -> tuple[Any, Any]:
+  """(params, opt_state) after one optax step; on a skipped step the old values (dense state is small)."""
+  with jax.named_scope("dense_update"):
+    updates, opt_state = dense_tx.update(grads, state.opt_state, state.params)
+    if skip_enabled:
+      updates = jax.tree.map(lambda u: jnp.where(skip, jnp.zeros_like(u), u), updates)
+      opt_state = jax.tree.map(lambda new, old: jnp.where(skip, old, new), opt_state, state.opt_state)
+    return optax.apply_updates(state.params, updates), opt_state
+
+
 class StepFunctions:
   """Builds the pure init/train/eval functions for a model, its embedding engine and optimizer."""
 
@@ -43,13 +76,10 @@ class StepFunctions:
     self.compute_dtype = compute_dtype
 
   def init(self, seed_key: jax.Array) -> TrainState:
-    model_key, table_key, state_key = jax.random.split(seed_key, 3)
-    params = nnx.state(self.create_model(nnx.Rngs(params=model_key)))
-    return TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(state_key), params=params,
-                      opt_state=self.dense_tx.init(params), embedding=self.engine.init(table_key))
+    return init_dense(self.create_model, self.dense_tx, seed_key, embedding=self.engine.init)
 
   def _logits(self, params, batch: dict[str, jax.Array], rows_btd: jax.Array) -> jax.Array:
-    cast = lambda x: x.astype(self.compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    cast = cast_floating(self.compute_dtype)
     emb_bfd = self.engine.pool(cast(rows_btd), batch["cat"])
     model = nnx.merge(self.graphdef, jax.tree.map(cast, params))
     return model(cast(batch["dense"]), emb_bfd).astype(jnp.float32)
@@ -63,14 +93,8 @@ class StepFunctions:
         return jnp.mean(optax.sigmoid_binary_cross_entropy(logits_b, batch["label"]))
 
     loss, (grad_params, grad_rows_btd) = jax.value_and_grad(loss_fn, argnums=(0, 1))(state.params, rows_btd)
-    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm((grad_params, grad_rows_btd)))
-    skip = ~finite if self.skip_non_finite else jnp.zeros((), bool)
-    with jax.named_scope("dense_update"):
-      updates, opt_state = self.dense_tx.update(grad_params, state.opt_state, state.params)
-      if self.skip_non_finite:  # Dense state is small: select the old values on a bad step.
-        updates = jax.tree.map(lambda u: jnp.where(skip, jnp.zeros_like(u), u), updates)
-        opt_state = jax.tree.map(lambda new, old: jnp.where(skip, old, new), opt_state, state.opt_state)
-      params = optax.apply_updates(state.params, updates)
+    skip = non_finite_skip(loss, (grad_params, grad_rows_btd), self.skip_non_finite)
+    params, opt_state = dense_update(self.dense_tx, state, grad_params, skip, self.skip_non_finite)
     step = state.step + 1
     # A skipped step touches no table row: every id becomes padding (tables are never copied).
     ids_bt = jnp.where(skip, -1, batch["cat"]) if self.skip_non_finite else batch["cat"]

@@ -8,7 +8,6 @@ import collections
 import gzip
 import json
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -250,7 +249,7 @@ def test_skip_mode_counts_every_kind_and_writes_the_good_lines(tmp_path, capsys)
   good = _lines(40, seed=8)
   bad = [MALFORMED[r] for r in sorted(MALFORMED)]
   mixed = good[:10] + bad + good[10:20] + bad[:3] + ["", "just text"] + good[20:]
-  first = _write(tmp_path / "a.tsv", mixed)
+  _write(tmp_path / "a.tsv", mixed)
   truncated = tmp_path / "b.tsv.gz"
   data = gzip.compress(("\n".join(_lines(500, seed=9)) + "\n").encode())
   truncated.write_bytes(data[:len(data) // 2])

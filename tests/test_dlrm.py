@@ -1,6 +1,5 @@
 """DLRM (models/dlrm.py, installed as rankjax.models.dlrm): shapes and the interaction layout."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx

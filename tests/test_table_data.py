@@ -4,7 +4,6 @@ labels, and malformed rows in strict and skip mode."""
 
 import hashlib
 import json
-import sys
 
 import numpy as np
 import pyarrow as pa
