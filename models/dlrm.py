@@ -14,7 +14,7 @@ import ml_collections
 from flax import nnx
 
 from rankjax.config import ConfigError
-from rankjax.embedding import EmbeddingTableConfig
+from rankjax.embedding.tables import EmbeddingTableConfig
 from rankjax.layers import MLP, dot_interaction
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from rankjax.embedding_engine import EmbeddingEngine
+from rankjax.embedding.engine import EmbeddingEngine
 
 
 @flax.struct.dataclass

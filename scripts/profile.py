@@ -2,7 +2,7 @@
 
 import sys
 
-from rankjax.cli import main
+from rankjax.cli.main import main
 
 if __name__ == "__main__":
   sys.exit(main([sys.argv[0], "profile", *sys.argv[1:]]))

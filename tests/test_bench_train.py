@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from helpers import REPO, TINY_CONFIG
-from rankjax import bench_train
+from rankjax.cli import bench_train
 from rankjax.config import load_config_file
 
 GPU_BENCH_CONFIG = "configs/dlrm_dcnv2_mlperf.py"  # Benched by the gpu_bench.sh dry run below.
@@ -19,7 +19,7 @@ MAX_TEST_ROWS = 1_000_000  # Configs with more embedding rows get a row_scale.
 
 def small_letor_dataset(directory) -> str:
   """A tiny LETOR dataset (40 queries x 5 documents x 4 features) converted by `rankjax data letor`."""
-  from rankjax.data import data_cli
+  from rankjax.cli import data as data_cli
   lines = [f"{(q + d) % 3} qid:{q} 1:{d} 2:{q % 7} 3:0.5 4:{d * q % 5}" for q in range(40) for d in range(5)]
   source = directory / "letor.txt"
   source.write_text("\n".join(lines) + "\n")

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from helpers import train_five_steps_on
-from rankjax.data import bench_data, criteo, data_cli, layout
-from rankjax.hashing import hash_to_rows
+from rankjax.cli import bench_data
+from rankjax.cli import data as data_cli
+from rankjax.data import criteo, layout
+from rankjax.embedding.hashing import hash_to_rows
 
 HASH_ROWS = 1000
 

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rankjax.embedding import EmbeddingTableConfig, FeatureSlots
-from rankjax.embedding_engine import EmbeddingEngine
+from rankjax.embedding.tables import EmbeddingTableConfig, FeatureSlots
+from rankjax.embedding.engine import EmbeddingEngine
 from rankjax.partitioner import make_mesh
 
 SHARDINGS = ["replicated", "table_wise", "row_wise", "column_wise", "gspmd_row_wise"]

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rankjax import sparse_optim
+from rankjax.embedding import optimizers
 
 pytestmark = pytest.mark.gpu
 
@@ -17,7 +17,7 @@ def test_sparse_update_on_gpu_is_bitwise_repeatable_and_matches_cpu(name):
   rows = rng.zipf(1.3, 200_000).astype(np.int32) % 5000  # many repeats: atomics would reorder sums
   grads = rng.normal(size=(200_000, 16)).astype(np.float32)
   table = rng.normal(size=(5000, 16)).astype(np.float32)
-  opt = sparse_optim.make(name, learning_rate=0.1)
+  opt = optimizers.make(name, learning_rate=0.1)
 
   def run(device):
     t = jax.device_put(table, device)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from rankjax import hashing
+from rankjax.embedding import hashing
 
 M64 = (1 << 64) - 1
 

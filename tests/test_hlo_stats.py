@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from rankjax import hlo_stats
+from rankjax.perf import hlo_stats
 from rankjax.partitioner import make_mesh
 
 

@@ -13,7 +13,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from rankjax.data import data_cli, layout, letor
+from rankjax.cli import data as data_cli
+from rankjax.data import layout, letor
 
 MSLR_SAMPLE = "rankeval-0.8.2/rankeval/test/data/msn1.fold1.train.5k.txt"
 

@@ -13,7 +13,8 @@ import pytest
 from helpers import REPO
 from rankjax import losses, metrics
 from rankjax.config import ConfigError, load_config_file, validate
-from rankjax.data import data_cli, layout, pipeline
+from rankjax.cli import data as data_cli
+from rankjax.data import layout, pipeline
 
 LTR_CONFIG = str(REPO / "configs" / "ltr_mslr.py")
 

@@ -209,7 +209,7 @@ def test_batches_hold_the_trained_fields_and_the_chosen_label_column(tmp_path):
 
 
 def test_bench_data_prints_one_json_line_per_thread_count(dataset, capsys):
-  from rankjax.data import bench_data
+  from rankjax.cli import bench_data
   assert bench_data.main(["--path", str(dataset[0]), "--batch", str(BATCH), "--batches", "3", "--threads", "1,2"]) == 0
   lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
   assert [(l["batch"], l["threads"], l["batches"]) for l in lines] == [(BATCH, 1, 3), (BATCH, 2, 3)]

@@ -3,8 +3,8 @@ overrides win; a plan that cannot fit names the table and the shortfall."""
 
 import pytest
 
-from rankjax.embedding import EmbeddingTableConfig
-from rankjax.planner import PlanError, plan, table_bytes
+from rankjax.embedding.tables import EmbeddingTableConfig
+from rankjax.embedding.planner import PlanError, plan, table_bytes
 
 
 def tables():

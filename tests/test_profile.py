@@ -8,7 +8,9 @@ import jax
 import pytest
 
 from helpers import REPO, TINY_CONFIG
-from rankjax import profile, roofline
+from rankjax.cli import profile as profile_cli
+from rankjax.experiment import compile_abstract
+from rankjax.perf import profiling, roofline
 from rankjax.config import load_config_file
 
 SMALL_DLRM = str(REPO / "configs" / "dlrm_small_cpu.py")
@@ -44,8 +46,8 @@ def test_cost_analysis_flops_agree_with_the_analytic_dlrm_count(num_devices):
   config = load_config_file(SMALL_DLRM)
   m = config.model
   manifest = {"num_dense": 13, "vocab_sizes": list(config.data.synthetic.vocab_sizes), "hotness": [1] * 26}
-  lowered, compiled = profile.compile_abstract(config, manifest, jax.devices()[:num_devices])[1:]
-  costs = profile.step_costs(lowered, compiled, num_devices)
+  lowered, compiled = compile_abstract(config, manifest, jax.devices()[:num_devices])[1:]
+  costs = profiling.step_costs(lowered, compiled, num_devices)
   analytic = dlrm_train_step_flops(13, 26, m.embed_dim, m.bottom_mlp, m.top_mlp, config.train.batch_size)
   assert analytic == pytest.approx(5.78e9, rel=1e-3)  # The "~5.8 GFLOP" step.
   assert costs["matmul_flops_by_dtype"] == {"f32": pytest.approx(analytic, rel=1e-9)}
@@ -55,7 +57,7 @@ def test_cost_analysis_flops_agree_with_the_analytic_dlrm_count(num_devices):
 
 
 def test_profile_writes_trace_hlo_and_report_on_a_sharded_mesh(tmp_path, capsys):
-  code = profile.main(["--config", TINY_CONFIG, "--workdir", str(tmp_path), "--steps", "2", "--warmup", "1"])
+  code = profile_cli.main(["--config", TINY_CONFIG, "--workdir", str(tmp_path), "--steps", "2", "--warmup", "1"])
   assert code == 0
   report = json.loads((tmp_path / "profile_report.json").read_text())
   assert report["devices"] == 8 and report["backend"] == "cpu"
@@ -86,7 +88,7 @@ def test_profile_writes_trace_hlo_and_report_on_a_sharded_mesh(tmp_path, capsys)
 
 
 def test_profile_without_workdir_exits_2(capsys):
-  assert profile.main(["--config", TINY_CONFIG]) == 2
+  assert profile_cli.main(["--config", TINY_CONFIG]) == 2
   assert "workdir" in capsys.readouterr().err
 
 
@@ -96,7 +98,7 @@ def test_profile_without_workdir_exits_2(capsys):
     ("jit(train_step)/sparse_update/dedupe/sort", "sparse_update"),
     ("jit(train_step)/reduce_sum", "(unscoped)"), ("jit(train_step)/transpose(jvp())/add", "(unscoped)")])
 def test_scope_of_names_the_outermost_named_scope_and_the_backward_pass(op_name, scope):
-  assert profile.scope_of(op_name) == scope
+  assert profiling.scope_of(op_name) == scope
 
 
 @pytest.mark.parametrize("device_kind, name", [

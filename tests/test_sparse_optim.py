@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rankjax import sparse_optim
+from rankjax.embedding import optimizers
 
 NUM_ROWS, DIM, IDS_PER_STEP, NUM_STEPS = 64, 8, 48, 20
 TOUCHABLE_ROWS = 40  # rows 40..63 are never looked up
@@ -107,14 +107,14 @@ def initial_table():
 @functools.cache
 def jitted_update(case):
   name, hparams = CASES[case]
-  return jax.jit(sparse_optim.make(name, **hparams).update)
+  return jax.jit(optimizers.make(name, **hparams).update)
 
 
 def run(case, table_dtype=jnp.float32, num_steps=NUM_STEPS):
   """Runs the jitted optimizer over the batches; returns (table f32, state) as NumPy arrays."""
   name, hparams = CASES[case]
   table = jnp.asarray(initial_table(), table_dtype)
-  state = sparse_optim.make(name, **hparams).init(NUM_ROWS, DIM)
+  state = optimizers.make(name, **hparams).init(NUM_ROWS, DIM)
   for step, (rows, grads) in enumerate(make_batches()[:num_steps], start=1):
     table, state = jitted_update(case)(table, state, jnp.asarray(rows), jnp.asarray(grads),
                                        jnp.int32(step))
@@ -139,7 +139,7 @@ def touched_rows():
 def test_dedupe_sums_repeated_rows_in_ascending_order():
   rows = np.array([5, 1, 5, 3, 1, 5], np.int32)
   grads = np.arange(12, dtype=np.float32).reshape(6, 2)
-  unique, summed = sparse_optim.dedupe(jnp.asarray(rows), jnp.asarray(grads), num_rows=8)
+  unique, summed = optimizers.dedupe(jnp.asarray(rows), jnp.asarray(grads), num_rows=8)
   expect_rows = np.unique(rows)
   np.testing.assert_array_equal(np.asarray(unique[:3]), expect_rows)
   np.testing.assert_array_equal(np.asarray(unique[3:]), 8)  # padding: out of bounds
@@ -150,15 +150,15 @@ def test_dedupe_sums_repeated_rows_in_ascending_order():
 def test_dedupe_maps_foreign_ids_to_num_rows_with_zero_gradient():
   rows = np.array([2, -1, 8, 2, 100, -8], np.int32)
   grads = np.arange(12, dtype=np.float32).reshape(6, 2) + 1
-  unique, summed = sparse_optim.dedupe(jnp.asarray(rows), jnp.asarray(grads), num_rows=8)
+  unique, summed = optimizers.dedupe(jnp.asarray(rows), jnp.asarray(grads), num_rows=8)
   np.testing.assert_array_equal(np.asarray(unique), [2, 8, 8, 8, 8, 8])
   np.testing.assert_array_equal(np.asarray(summed[0]), grads[0] + grads[3])
   np.testing.assert_array_equal(np.asarray(summed[1:]), 0)
 
 
 def test_make_builds_every_name_with_float32_state_of_declared_shapes():
-  for name in sparse_optim.NAMES:
-    optimizer = sparse_optim.make(name, **HPARAMS[name])
+  for name in optimizers.NAMES:
+    optimizer = optimizers.make(name, **HPARAMS[name])
     assert optimizer.name == name
     assert optimizer.needs_dedupe == (name != "sgd")
     state = optimizer.init(NUM_ROWS, DIM)
@@ -171,7 +171,7 @@ def test_make_builds_every_name_with_float32_state_of_declared_shapes():
 
 def test_make_rejects_unknown_name():
   with pytest.raises(ValueError, match="unknown sparse optimizer"):
-    sparse_optim.make("rmsprop", learning_rate=0.1)
+    optimizers.make("rmsprop", learning_rate=0.1)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -179,7 +179,7 @@ def test_matches_numpy_reference_over_steps_with_repeated_and_foreign_ids(case):
   name, hparams = CASES[case]
   ref_table = initial_table().astype(np.float64)
   ref_state = {key: np.asarray(value, np.float64)
-               for key, value in sparse_optim.make(name, **hparams).init(NUM_ROWS, DIM).items()}
+               for key, value in optimizers.make(name, **hparams).init(NUM_ROWS, DIM).items()}
   for step, (rows, grads) in enumerate(make_batches(), start=1):
     ref_table, ref_state = numpy_step(name, hparams, ref_table, ref_state, rows, grads, step)
   table, state = run_float32(case)
@@ -195,7 +195,7 @@ def test_untouched_rows_of_table_and_state_stay_bit_identical(case):
   assert untouched[TOUCHABLE_ROWS:].all() and untouched.sum() == NUM_ROWS - TOUCHABLE_ROWS
   table, state = run_float32(case)
   np.testing.assert_array_equal(table[untouched], initial_table()[untouched])
-  initial_state = sparse_optim.make(name, **hparams).init(NUM_ROWS, DIM)
+  initial_state = optimizers.make(name, **hparams).init(NUM_ROWS, DIM)
   for key, value in state.items():
     np.testing.assert_array_equal(value[untouched], np.asarray(initial_state[key])[untouched],
                                   err_msg=key)
@@ -219,7 +219,7 @@ def test_bfloat16_table_tracks_float32_table_within_bf16_rounding(case):
   bf16_table, bf16_state = run(case, jnp.bfloat16, num_steps)
   name, hparams = CASES[case]
   table = jnp.asarray(initial_table(), jnp.bfloat16).astype(jnp.float32)
-  state = sparse_optim.make(name, **hparams).init(NUM_ROWS, DIM)
+  state = optimizers.make(name, **hparams).init(NUM_ROWS, DIM)
   for step, (rows, grads) in enumerate(make_batches()[:num_steps], start=1):
     table, state = jitted_update(case)(table, state, jnp.asarray(rows), jnp.asarray(grads),
                                        jnp.int32(step))
@@ -239,21 +239,21 @@ def test_sgd_on_bfloat16_table_sums_repeats_before_rounding():
   table = jnp.ones((4, 2), jnp.bfloat16)
   rows = jnp.zeros((256,), jnp.int32)
   grads = jnp.full((256, 2), 2.0**-10, jnp.float32)
-  table, _ = jax.jit(sparse_optim.make("sgd", learning_rate=1.0).update)(table, {}, rows, grads, 1)
+  table, _ = jax.jit(optimizers.make("sgd", learning_rate=1.0).update)(table, {}, rows, grads, 1)
   np.testing.assert_array_equal(np.asarray(table.astype(jnp.float32)),
                                 [[0.75, 0.75]] + [[1, 1]] * 3)
 
 
 def test_row_wise_adagrad_on_two_column_shards_equals_unsharded_table():
-  optimizer = sparse_optim.make("row_wise_adagrad", **HPARAMS["row_wise_adagrad"])
+  optimizer = optimizers.make("row_wise_adagrad", **HPARAMS["row_wise_adagrad"])
   half = DIM // 2
 
   @jax.jit
   def sharded_step(left_table, left_accum, right_table, right_accum, rows, grads, step):
     left_grads, right_grads = grads[:, :half], grads[:, half:]
     # What a psum across column shards returns: each shard's sum(g**2), in dedupe's row order.
-    left_sum = jnp.sum(sparse_optim.dedupe(rows, left_grads, NUM_ROWS)[1] ** 2, axis=-1)
-    right_sum = jnp.sum(sparse_optim.dedupe(rows, right_grads, NUM_ROWS)[1] ** 2, axis=-1)
+    left_sum = jnp.sum(optimizers.dedupe(rows, left_grads, NUM_ROWS)[1] ** 2, axis=-1)
+    right_sum = jnp.sum(optimizers.dedupe(rows, right_grads, NUM_ROWS)[1] ** 2, axis=-1)
     left_table, left_state = optimizer.update(
         left_table, {"accumulator": left_accum}, rows, left_grads, step,
         row_sum=lambda s: s + right_sum, full_dim=DIM)
@@ -280,7 +280,7 @@ def test_row_wise_adagrad_matches_numpy_when_few_rows_repeat_many_times():
   rng = np.random.default_rng(0)
   num_rows, dim, lr, eps = 50, 4, 0.1, 1e-8
   hparams = {"learning_rate": lr, "epsilon": eps, "initial_accumulator": 0.1}
-  optimizer = sparse_optim.make("row_wise_adagrad", **hparams)
+  optimizer = optimizers.make("row_wise_adagrad", **hparams)
   table = rng.normal(size=(num_rows, dim)).astype(np.float32)
   accum = np.asarray(optimizer.init(num_rows, dim)["accumulator"])
   ref_table, ref_state = table.astype(np.float64), {"accumulator": accum.astype(np.float64)}
@@ -307,7 +307,7 @@ def test_scan_segment_sum_used_off_cpu_equals_segment_sum():
   is_start = np.concatenate([[1], rows[1:] != rows[:-1]]).astype(np.int32)
   segment = np.cumsum(is_start) - 1
   values = rng.normal(size=(300, 4)).astype(np.float32)
-  got = jax.jit(sparse_optim.segment_sum_by_scan)(jnp.asarray(values), jnp.asarray(segment), jnp.asarray(is_start))
+  got = jax.jit(optimizers.segment_sum_by_scan)(jnp.asarray(values), jnp.asarray(segment), jnp.asarray(is_start))
   want = jax.ops.segment_sum(jnp.asarray(values), jnp.asarray(segment), num_segments=300)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
 
@@ -317,7 +317,7 @@ def test_cpu_and_sorted_dedupe_paths_agree():
   rows = jnp.asarray(rng.integers(-3, 60, 500).astype(np.int32))
   grads = jnp.asarray(rng.normal(size=(500, 3)).astype(np.float32))
   clean = jnp.where((rows >= 0) & (rows < 50), rows, 50)
-  u_cpu, s_cpu = jax.jit(sparse_optim._dedupe_cpu, static_argnums=2)(clean, grads, 50)
-  u_sorted, s_sorted = jax.jit(sparse_optim._dedupe_sorted, static_argnums=2)(clean, grads, 50)
+  u_cpu, s_cpu = jax.jit(optimizers._dedupe_cpu, static_argnums=2)(clean, grads, 50)
+  u_sorted, s_sorted = jax.jit(optimizers._dedupe_sorted, static_argnums=2)(clean, grads, 50)
   np.testing.assert_array_equal(np.asarray(u_cpu), np.asarray(u_sorted))
   np.testing.assert_allclose(np.asarray(s_cpu), np.asarray(s_sorted), rtol=1e-5, atol=1e-6)

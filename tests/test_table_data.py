@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import train_five_steps_on
-from rankjax.data import data_cli, layout, pipeline, table
-from rankjax.hashing import hash_to_rows
+from rankjax.cli import data as data_cli
+from rankjax.data import layout, pipeline, table
+from rankjax.embedding.hashing import hash_to_rows
 
 SPEC = {"label": "click", "dense": ["price", "age"],
         "categorical": [{"name": "user", "num_rows": 100}, {"name": "item", "num_rows": 50}],

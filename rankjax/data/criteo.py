@@ -31,7 +31,7 @@ import numpy as np
 
 from rankjax.data import layout
 from rankjax.data.writer import DEFAULT_RECORDS_PER_SHARD, DatasetWriter, IngestStats, excerpt
-from rankjax.hashing import MAX_ROWS, hash_to_rows, splitmix64
+from rankjax.embedding.hashing import MAX_ROWS, hash_to_rows, splitmix64
 
 NUM_DENSE, NUM_CATEGORICAL = 13, 26
 NUM_COLUMNS = 1 + NUM_DENSE + NUM_CATEGORICAL

@@ -15,7 +15,7 @@ import shutil
 import numpy as np
 
 from rankjax.data import layout
-from rankjax.embedding import scale_rows
+from rankjax.embedding.tables import scale_rows
 from rankjax.metrics import log_loss_from_logits, roc_auc
 
 

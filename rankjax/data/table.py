@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 
 from rankjax.data import criteo, layout
 from rankjax.data.writer import DEFAULT_RECORDS_PER_SHARD, DatasetWriter, IngestStats, excerpt
-from rankjax.hashing import MAX_ROWS, hash_to_rows
+from rankjax.embedding.hashing import MAX_ROWS, hash_to_rows
 
 BATCH_ROWS = 1 << 16
 MISSING_LABEL, NON_NUMERIC_LABEL = "missing label", "non-numeric label"

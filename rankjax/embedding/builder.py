@@ -7,10 +7,10 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from rankjax import planner, sparse_optim
+from rankjax.embedding import optimizers, planner
 from rankjax.config import ConfigError
-from rankjax.embedding import EmbeddingTableConfig, FeatureSlots
-from rankjax.embedding_engine import EmbeddingEngine
+from rankjax.embedding.tables import EmbeddingTableConfig, FeatureSlots
+from rankjax.embedding.engine import EmbeddingEngine
 from rankjax.partitioner import Partitioner
 
 
@@ -41,8 +41,8 @@ def configured_tables(config: ml_collections.ConfigDict, tables: Sequence[Embedd
 def optimizer_args(config: ml_collections.ConfigDict) -> dict[str, dict]:
   """Hyperparameters from `config.embedding` for every sparse optimizer, by the names it accepts."""
   e = config.embedding
-  return {name: {f.name: e[f.name] for f in dataclasses.fields(sparse_optim.optimizer_class(name)) if f.name in e}
-          for name in sparse_optim.NAMES}
+  return {name: {f.name: e[f.name] for f in dataclasses.fields(optimizers.optimizer_class(name)) if f.name in e}
+          for name in optimizers.NAMES}
 
 
 def build_engine(config: ml_collections.ConfigDict, tables: Sequence[EmbeddingTableConfig], slots: FeatureSlots,

@@ -1,4 +1,4 @@
-"""Dense-parameter optimizers (optax) chosen by config; embedding tables use rankjax.sparse_optim."""
+"""Dense-parameter optimizers (optax) chosen by config; embedding tables use rankjax.optimizers."""
 
 from __future__ import annotations
 

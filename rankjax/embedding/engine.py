@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rankjax import hashing, sparse_optim
-from rankjax.embedding import DTYPES, EmbeddingTableConfig, FeatureSlots, init_stacked, num_output_vectors, pool
+from rankjax.embedding import hashing, optimizers
+from rankjax.embedding.tables import DTYPES, EmbeddingTableConfig, FeatureSlots, init_stacked, num_output_vectors, pool
 
 
 ROW_PAD_MULTIPLE = 1024
@@ -49,7 +49,7 @@ class TableGroup:
   """Tables stacked into one array, with the static maps from batch slots to its rows."""
   name: str
   sharding: ShardingType
-  optimizer: sparse_optim.SparseOptimizer
+  optimizer: optimizers.SparseOptimizer
   dim: int
   dtype: Any
   tables: tuple[EmbeddingTableConfig, ...]
@@ -161,7 +161,7 @@ class EmbeddingEngine:
       offsets, rows, per_shard, owned, position = _layout(group_tables, sharding, self.num_shards, local_table)
       self.groups.append(TableGroup(
           name=f"{sharding.value}_{opt_name}_d{dim}_{dtype}", sharding=sharding,
-          optimizer=sparse_optim.make(opt_name, **optimizer_args.get(opt_name, {})), dim=dim,
+          optimizer=optimizers.make(opt_name, **optimizer_args.get(opt_name, {})), dim=dim,
           dtype=DTYPES[dtype], tables=tuple(group_tables), table_ids=np.array(ids, np.int32),
           table_offsets=np.asarray(offsets, np.int64), num_rows=rows, rows_per_shard=per_shard,
           slots=group_slots, slot_offset=np.asarray(offsets, np.int64)[local_table].astype(np.int32),

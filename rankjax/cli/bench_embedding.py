@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rankjax import hlo_stats
-from rankjax.embedding import EmbeddingTableConfig, FeatureSlots
-from rankjax.embedding_engine import EmbeddingEngine, ShardingType
+from rankjax.perf import hlo_stats
+from rankjax.embedding.tables import EmbeddingTableConfig, FeatureSlots
+from rankjax.embedding.engine import EmbeddingEngine, ShardingType
 from rankjax.partitioner import make_mesh
 
 NUM_TABLES, DIM = 26, 16

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rankjax.embedding import EmbeddingTableConfig
+from rankjax.embedding.tables import EmbeddingTableConfig
 
 BYTES = {"float32": 4, "bfloat16": 2}
 # Optimizer state per row, in float32 words: (per-row scalars, per-coordinate vectors).

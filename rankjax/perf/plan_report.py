@@ -1,4 +1,4 @@
-"""`rankjax plan`: the embedding plan of a config, per table and per device, with the compiled
+"""The report of `rankjax plan`: the embedding plan of a config, per table and per device, with the compiled
 train step's memory analysis when the step compiles for the target devices."""
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ import json
 import jax
 import ml_collections
 
-from rankjax import planner
 from rankjax.config import model_module, validate
 from rankjax.data import layout
-from rankjax.embedding_builder import configured_tables
+from rankjax.embedding import planner
+from rankjax.embedding.builder import configured_tables
+from rankjax.experiment import compile_abstract
 
 
 def _shape_of_data(config: ml_collections.ConfigDict) -> dict:
@@ -25,7 +26,6 @@ def _shape_of_data(config: ml_collections.ConfigDict) -> dict:
 
 def compiled_memory(config: ml_collections.ConfigDict, shape: dict) -> dict | None:
   """memory_analysis() of the compiled train step on the visible devices, from abstract inputs."""
-  from rankjax.profile import compile_abstract
   analysis = compile_abstract(config, shape, jax.devices())[2].memory_analysis()
   if analysis is None:
     return None

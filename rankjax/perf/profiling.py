@@ -39,18 +39,14 @@ import os
 import pathlib
 import re
 import statistics
-import sys
 
 import jax
 import ml_collections
 import numpy as np
-from absl import flags
 
-from rankjax import hlo_stats, roofline
-from rankjax import train as train_lib
-from rankjax.bench_train import CompiledStep, prepare, run_command, selected_devices
-from rankjax.config import validate
-from rankjax.embedding_engine import ROW_PAD_MULTIPLE
+from rankjax.embedding.engine import ROW_PAD_MULTIPLE
+from rankjax.experiment import CompiledStep, abstract_state, compile_abstract, prepare
+from rankjax.perf import hlo_stats, roofline
 
 XLA_DUMP_FLAGS = "--xla_dump_to=/tmp/xla_dump --xla_dump_hlo_as_text --xla_dump_hlo_pass_re=.*"
 MEMORY_KINDS = ("argument", "output", "alias", "temp", "generated_code")
@@ -87,29 +83,6 @@ def step_costs(lowered: jax.stages.Lowered, compiled: jax.stages.Compiled, num_d
   }
 
 
-def _abstract_state(exp: train_lib.Experiment, seed: int):
-  """The train state's shapes, dtypes and shardings, without allocating it."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      jax.eval_shape(exp.init_fn, seed), exp.state_shardings)
-
-
-def compile_abstract(config: ml_collections.ConfigDict, manifest: dict, devices: list[jax.Device]
-                     ) -> tuple[train_lib.Experiment, jax.stages.Lowered, jax.stages.Compiled]:
-  """The train step compiled from abstract inputs for data of `manifest`'s shape (num_dense,
-  vocab_sizes, hotness, source): no data is read and no step runs."""
-  exp = train_lib.build(config, None, devices, manifest=manifest)
-  hotness = manifest.get("hotness", [1] * len(manifest["vocab_sizes"]))
-  with jax.set_mesh(exp.partitioner.mesh):
-    state = _abstract_state(exp, config.seed)
-    b = config.train.batch_size
-    by_batch = lambda *spec: exp.partitioner.sharding("batch", *spec)
-    batch = {"label": jax.ShapeDtypeStruct((b,), np.float32, sharding=by_batch()),
-             "dense": jax.ShapeDtypeStruct((b, manifest["num_dense"]), np.float32, sharding=by_batch(None)),
-             "cat": jax.ShapeDtypeStruct((b, int(sum(hotness))), np.int32, sharding=by_batch(None))}
-    lowered = exp.train_fn.lower(state, batch)
-    return exp, lowered, lowered.compile()
-
-
 def _bytes_per_device(tree) -> int:
   """Bytes of one device's shard of every array (or ShapeDtypeStruct with a sharding) in `tree`."""
   return sum(int(np.prod(x.sharding.shard_shape(x.shape))) * np.dtype(x.dtype).itemsize
@@ -129,7 +102,7 @@ def table_passes(config: ml_collections.ConfigDict, manifest: dict, devices: lis
   """
   grown = dict(manifest, vocab_sizes=[2 * int(v) + ROW_PAD_MULTIPLE * len(devices) for v in manifest["vocab_sizes"]])
   exp, _, compiled = compile_abstract(config, grown, devices)
-  grown_table_bytes = _bytes_per_device(_abstract_state(exp, config.seed).embedding)
+  grown_table_bytes = _bytes_per_device(abstract_state(exp, config.seed).embedding)
   passes = ((float(_cost_analysis(compiled).get("bytes accessed", 0.0)) - bytes_accessed_per_device)
             / (grown_table_bytes - table_bytes_per_device))
   return {"whole_table_passes": passes,
@@ -292,28 +265,3 @@ def format_report(report: dict) -> str:
            ("XLA dumps", f'rerun with XLA_FLAGS="{XLA_DUMP_FLAGS}"')]
   width = max(len(k) for k, _ in rows) + 2
   return "\n".join(f"{k:<{width}}{v}" for k, v in rows)
-
-
-def _define(fv: flags.FlagValues) -> None:
-  flags.DEFINE_string("workdir", None, "Output directory: trace, HLO, report (and synthetic data).", flag_values=fv)
-  flags.mark_flag_as_required("workdir", flag_values=fv)
-  flags.DEFINE_integer("steps", 10, "Steps timed, and steps traced.", lower_bound=1, flag_values=fv)
-  flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.", lower_bound=0, flag_values=fv)
-  flags.DEFINE_integer("devices", None, "Use the first N devices (default: all).", flag_values=fv)
-
-
-def main(argv: list[str]) -> int:
-  """`rankjax profile --config CFG --workdir DIR [--steps N] [--warmup N] [--devices N]`."""
-
-  def body(config: ml_collections.ConfigDict, fv: flags.FlagValues) -> None:
-    devices = selected_devices(fv["devices"].value)
-    validate(config, len(devices))
-    report = profile(config, pathlib.Path(fv["workdir"].value), fv["steps"].value, fv["warmup"].value, devices)
-    if jax.process_index() == 0:
-      print(format_report(report), flush=True)
-
-  return run_command(argv, "rankjax profile", _define, body)
-
-
-if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))

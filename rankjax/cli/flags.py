@@ -1,0 +1,87 @@
+"""The flag plumbing every config-driven command shares: `--config CFG [--config.KEY=V ...]`
+plus command flags, exit codes, and errors as one line naming the key."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable
+
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+EXIT_CONFIG_ERROR = 2
+EXIT_NON_FINITE = 3
+EXIT_PREEMPTED = 4  # A checkpoint was written on SIGTERM/SIGINT; rerun to resume.
+
+
+def fail(message: str, code: int) -> int:
+  print(f"rankjax: error: {message}", file=sys.stderr)
+  return code
+
+
+def config_path(argv: list[str]) -> str | None:
+  """The value of --config (CFG or CFG:ARG) in `argv`, if given."""
+  value = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if value is None and "--config" in argv[:-1]:
+    value = argv[argv.index("--config") + 1]
+  return value
+
+
+def diagnose_override(argv: list[str]) -> str | None:
+  """Finds the first --config.KEY override that names no key of the loaded config file."""
+  from rankjax.config import load_config_file
+  config_file, _, arg = (config_path(argv) or "").partition(":")
+  try:
+    config = load_config_file(config_file, arg or None)
+  except Exception:  # The flag parser's own message is shown instead.
+    return None
+  for a in argv:
+    m = re.match(r"--config\.([^=]+)", a)
+    if not m:
+      continue
+    node, parts = config, m.group(1).split(".")
+    for i, part in enumerate(parts):
+      if not hasattr(node, "keys") or part not in node.keys():
+        return f"config key '{'.'.join(parts[:i + 1])}': unknown key (from {a.split('=')[0]})"
+      node = node[part]
+  return None
+
+
+def parse_config_flags(argv: list[str], program: str, define: Callable[[flags.FlagValues], None]
+                       ) -> tuple[ml_collections.ConfigDict, flags.FlagValues]:
+  """--config CFG [--config.KEY=V ...] plus the flags `define` adds; argv excludes the program name."""
+  path = config_path(argv)
+  if path is not None and not os.path.isfile(path.partition(":")[0]):
+    from rankjax.config import ConfigError
+    raise ConfigError("config", f"config file {path.partition(':')[0]} does not exist")
+  fv = flags.FlagValues()
+  # config_flags finds the --config.KEY overrides in sys.argv unless given the argument list.
+  config_flag = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
+                                                flag_values=fv, lock_config=True, sys_argv=[program, *argv])
+  define(fv)
+  fv([program, *argv])
+  if config_flag.value is None or not fv["config"].present:
+    raise ValueError("--config is required (for example --config configs/default.py)")
+  return config_flag.value, fv
+
+
+def run_command(argv: list[str], program: str, define: Callable[[flags.FlagValues], None],
+                body: Callable[[ml_collections.ConfigDict, flags.FlagValues], int | None],
+                errors: tuple[type[Exception], ...] = ()) -> int:
+  """Parses flags and runs `body`; config and data problems (and `errors`) exit 2 with one line."""
+  from rankjax.config import ConfigError
+  from rankjax.data.layout import DataError
+  from rankjax.experiment import UsageError
+  try:
+    config, fv = parse_config_flags(argv, program, define)
+  except ConfigError as e:
+    return fail(str(e), EXIT_CONFIG_ERROR)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    return fail(diagnose_override(argv) or " ".join(str(e).split()), EXIT_CONFIG_ERROR)
+  try:
+    return body(config, fv) or 0
+  except (ConfigError, DataError, UsageError, *errors) as e:
+    return fail(str(e), EXIT_CONFIG_ERROR)

@@ -1,0 +1,44 @@
+"""The `rankjax` command: dispatches `rankjax COMMAND ...` to the command's module."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from rankjax.cli.flags import EXIT_CONFIG_ERROR, fail
+
+USAGE = """usage: rankjax COMMAND ...
+
+commands:
+  train --config CFG --workdir DIR [--config.KEY=VALUE ...]
+          train (or resume) the experiment of a config file in a workdir
+  plan --config CFG [--devices N] [--device-memory BYTES] [--config.KEY=VALUE ...]
+          print the embedding sharding plan: per table sharding and bytes per device
+  bench embedding [--rows 100000,1000000,4000000] [--steps N] [--sharding S] [--collectives]
+          time the sparse embedding engine against tables-as-optax-params
+  bench data --path DIR       samples/s of the shuffled Grain pipeline
+  bench train --config CFG    steady-state samples/s of a config's train step
+  data criteo|table|letor ... ingest Criteo TSV, Parquet/CSV or LETOR/SVMlight into the binary layout
+  profile --config CFG --workdir DIR [--steps N]
+          XProf trace, HLO dumps and a roofline report of the train step
+"""
+
+# Command words -> the module (under rankjax.cli) whose main(argv) runs it.
+COMMANDS = {("train",): "train", ("plan",): "plan", ("profile",): "profile", ("data",): "data",
+            ("bench", "embedding"): "bench_embedding", ("bench", "data"): "bench_data",
+            ("bench", "train"): "bench_train"}
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+    print(USAGE)
+    return 0 if len(argv) >= 2 else EXIT_CONFIG_ERROR
+  for words, module in sorted(COMMANDS.items(), key=lambda kv: -len(kv[0])):
+    if tuple(argv[1:1 + len(words)]) == words:
+      return importlib.import_module(f"rankjax.cli.{module}").main(argv[1 + len(words):])
+  return fail(f"unknown command {' '.join(argv[1:3])!r}\n{USAGE}", EXIT_CONFIG_ERROR)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,40 @@
+"""`rankjax plan --config CFG [--devices N] [--device-memory BYTES]`: the embedding sharding plan
+per table and bytes per device (rankjax.perf.plan_report); jax is imported only after the
+simulated device count is set."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import ml_collections
+from absl import flags
+
+from rankjax.cli.flags import run_command
+
+
+def _define(fv: flags.FlagValues) -> None:
+  flags.DEFINE_integer("devices", None, "Devices to plan for (default: all visible).", flag_values=fv)
+  flags.DEFINE_integer("device_memory", None, "Bytes of memory per device; the plan must fit.", flag_values=fv)
+
+
+def main(argv: list[str]) -> int:
+  """`rankjax plan --config CFG [--devices N] [--device-memory BYTES]`. It needs the device count
+  before jax starts, so on a CPU it sets up that many simulated devices first."""
+  devices = next((a.split("=", 1)[1] for a in argv if a.startswith("--devices=")), None)
+  if "--devices" in argv[:-1]:
+    devices = argv[argv.index("--devices") + 1]
+  if (devices and devices.isdigit() and int(devices) > 0 and "jax" not in sys.modules
+      and os.environ.get("JAX_PLATFORMS", "cpu") == "cpu"):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={devices}").strip()
+    os.environ["JAX_PLATFORMS"] = "cpu"
+  argv = [a.replace("--device-memory", "--device_memory") for a in argv]
+
+  from rankjax.embedding.planner import PlanError
+  from rankjax.perf.plan_report import print_plan
+
+  def body(config: ml_collections.ConfigDict, fv: flags.FlagValues) -> None:
+    print_plan(config, fv["devices"].value, fv["device_memory"].value)
+
+  return run_command(argv, "rankjax plan", _define, body, errors=(PlanError,))
