@@ -1,7 +1,8 @@
 """DLRM (Naumov et al. 2019): bottom MLP on dense features, embeddings, dot interaction, top MLP.
 
-Embedding rows arrive already gathered ([batch, feature, dim]); the tables live in the sparse
-engine, so the gradient w.r.t. the rows is what the sparse optimizer consumes.
+Embedding vectors arrive already looked up and pooled (rankjax.model_inputs.KeyedEmbeddings);
+the tables live in the sparse engine. One logit per head: the top MLP's last layer has one unit
+per head (a shared-bottom multi-task model when the task has several).
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ from flax import nnx
 from rankjax.config import ConfigError
 from rankjax.embedding.tables import EmbeddingTableConfig
 from rankjax.layers import MLP, dot_interaction
+from rankjax.model_inputs import InputSpec, ModelInputs
+
+TASKS = ("ctr", "multitask")  # The tasks it serves; the first is its default.
 
 
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.embed_dim = 16
   c.bottom_mlp = (64, 16)  # Last size must equal embed_dim (it joins the interaction).
-  c.top_mlp = (128, 64, 1)  # Last size must be 1 (one logit).
+  c.top_mlp = (128, 64, 1)  # Last size must be 1 (one logit per head).
   return c
 
 
@@ -49,22 +53,33 @@ def embedding_tables(config: ml_collections.ConfigDict, vocab_sizes: Sequence[in
           for i, v in enumerate(vocab_sizes)]
 
 
+def check_embedding_dims(config: ml_collections.ConfigDict, inputs: InputSpec) -> None:
+  """Every embedded feature must have model.embed_dim (they join one interaction)."""
+  if inputs.embedding_dims not in ((), (config.model.embed_dim,)):
+    raise ConfigError("model.embed_dim", f"{config.model.name} interacts features of one dim, "
+                      f"model.embed_dim={config.model.embed_dim}; the tables have dims {inputs.embedding_dims}")
+
+
 class DLRM(nnx.Module):
-  """Bottom MLP -> dot interaction with the embedded features -> top MLP -> logit."""
+  """Bottom MLP -> dot interaction with the embedded features -> top MLP -> one logit per head."""
 
-  def __init__(self, config: ml_collections.ConfigDict, num_dense: int, num_sparse: int, *, rngs: nnx.Rngs):
+  def __init__(self, config: ml_collections.ConfigDict, inputs: InputSpec, *, rngs: nnx.Rngs):
     m = config.model
-    self.bottom_mlp = MLP(num_dense, m.bottom_mlp, rngs=rngs, final_activation=True)
-    num_vectors = num_sparse + 1
-    self.top_mlp = MLP(m.embed_dim + num_vectors * (num_vectors - 1) // 2, m.top_mlp, rngs=rngs)
+    check_embedding_dims(config, inputs)
+    self.heads = inputs.heads
+    self.bottom_mlp = MLP(inputs.num_dense, m.bottom_mlp, rngs=rngs, final_activation=True)
+    num_vectors = inputs.num_embedded_vectors + 1
+    self.top_mlp = MLP(m.embed_dim + num_vectors * (num_vectors - 1) // 2, (*m.top_mlp[:-1], len(self.heads)),
+                       rngs=rngs)
 
-  def __call__(self, dense_bd: jax.Array, emb_bfd: jax.Array) -> jax.Array:
+  def __call__(self, inputs: ModelInputs) -> dict[str, jax.Array]:
     with jax.named_scope("bottom_mlp"):
-      x_bd = self.bottom_mlp(dense_bd)
-    pairs = dot_interaction(jnp.concatenate([x_bd[:, None, :], emb_bfd], axis=1))
+      x_bd = self.bottom_mlp(inputs.dense)
+    pairs = dot_interaction(jnp.concatenate([x_bd[:, None, :], inputs.embedded.stacked()], axis=1))
     with jax.named_scope("top_mlp"):
-      return self.top_mlp(jnp.concatenate([x_bd, pairs], axis=1))[:, 0]
+      logits_bh = self.top_mlp(jnp.concatenate([x_bd, pairs], axis=1))
+    return {head: logits_bh[:, i] for i, head in enumerate(self.heads)}
 
 
-def create(config: ml_collections.ConfigDict, num_dense: int, num_sparse: int, *, rngs: nnx.Rngs) -> DLRM:
-  return DLRM(config, num_dense, num_sparse, rngs=rngs)
+def create(config: ml_collections.ConfigDict, inputs: InputSpec, *, rngs: nnx.Rngs) -> DLRM:
+  return DLRM(config, inputs, rngs=rngs)

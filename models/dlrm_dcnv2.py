@@ -1,7 +1,7 @@
 """DLRM-DCNv2, the MLPerf Training recommendation model (torchrec's DLRM_DCN).
 
 Bottom MLP on dense features, concatenated with the embedded features into x0, a low-rank DCNv2
-cross network, then the top MLP to one logit. Embedding rows arrive already gathered.
+cross network, then the top MLP to one logit per head. Embeddings arrive looked up and pooled.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ from flax import nnx
 
 from rankjax.config import ConfigError
 from rankjax.layers import MLP, LowRankCrossNet
+from rankjax.model_inputs import InputSpec, ModelInputs
 from rankjax.models import dlrm
+
+TASKS = dlrm.TASKS
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -40,27 +43,28 @@ embedding_tables = dlrm.embedding_tables  # One table per categorical feature, a
 
 
 class DLRMDCNv2(nnx.Module):
-  """Bottom MLP -> [bottom output, embeddings] flattened -> low-rank cross net -> top MLP -> logit."""
+  """Bottom MLP -> [bottom output, embeddings] flattened -> low-rank cross net -> top MLP -> logits."""
 
-  def __init__(self, config: ml_collections.ConfigDict, num_dense: int, num_sparse: int, *,
-               rngs: nnx.Rngs):
+  def __init__(self, config: ml_collections.ConfigDict, inputs: InputSpec, *, rngs: nnx.Rngs):
     m = config.model
-    cross_dim = (num_sparse + 1) * m.embed_dim
-    self.bottom_mlp = MLP(num_dense, m.bottom_mlp, rngs=rngs, final_activation=True)
+    dlrm.check_embedding_dims(config, inputs)
+    self.heads = inputs.heads
+    cross_dim = (inputs.num_embedded_vectors + 1) * m.embed_dim
+    self.bottom_mlp = MLP(inputs.num_dense, m.bottom_mlp, rngs=rngs, final_activation=True)
     self.cross_net = LowRankCrossNet(cross_dim, m.cross_layers, m.cross_rank, rngs=rngs)
-    self.top_mlp = MLP(cross_dim, m.top_mlp, rngs=rngs)
+    self.top_mlp = MLP(cross_dim, (*m.top_mlp[:-1], len(self.heads)), rngs=rngs)
 
-  def __call__(self, dense_bd: jax.Array, emb_bfd: jax.Array) -> jax.Array:
+  def __call__(self, inputs: ModelInputs) -> dict[str, jax.Array]:
     with jax.named_scope("bottom_mlp"):
-      x_bd = self.bottom_mlp(dense_bd)
+      x_bd = self.bottom_mlp(inputs.dense)
     # Dense vector first, then the features in order (torchrec's InteractionDCNArch layout).
-    x0_bi = jnp.concatenate([x_bd[:, None, :], emb_bfd], axis=1).reshape(x_bd.shape[0], -1)
+    x0_bi = jnp.concatenate([x_bd[:, None, :], inputs.embedded.stacked()], axis=1).reshape(x_bd.shape[0], -1)
     with jax.named_scope("cross_net"):
       x_bi = self.cross_net(x0_bi)
     with jax.named_scope("top_mlp"):
-      return self.top_mlp(x_bi)[:, 0]
+      logits_bh = self.top_mlp(x_bi)
+    return {head: logits_bh[:, i] for i, head in enumerate(self.heads)}
 
 
-def create(config: ml_collections.ConfigDict, num_dense: int, num_sparse: int, *,
-           rngs: nnx.Rngs) -> DLRMDCNv2:
-  return DLRMDCNv2(config, num_dense, num_sparse, rngs=rngs)
+def create(config: ml_collections.ConfigDict, inputs: InputSpec, *, rngs: nnx.Rngs) -> DLRMDCNv2:
+  return DLRMDCNv2(config, inputs, rngs=rngs)

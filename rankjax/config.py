@@ -6,33 +6,56 @@ unknown keys, wrong types and impossible combinations with an error naming the k
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import pathlib
+import pkgutil
 from typing import Any
 
 import ml_collections
 
+from rankjax.dense_optim import DENSE_OPTIMIZERS as _DENSE_OPTIMIZERS
+from rankjax.embedding import optimizers as _sparse_optimizers
+from rankjax.embedding.sharding import SHARDINGS as _SHARDINGS
+from rankjax.embedding.tables import COMBINERS, DTYPES, INITIALIZERS, EmbeddingTableConfig
+from rankjax.errors import ConfigError
 
-class ConfigError(ValueError):
-  """A config problem, always naming the offending key."""
-
-  def __init__(self, key: str, message: str | None = None):
-    if message is None:  # Re-raised by ml_collections with the formatted text only.
-      self.key, text = None, key
-    else:
-      self.key, text = key, f"config key '{key}': {message}"
-    super().__init__(text)
+__all__ = ["ConfigError", "base_config", "load_config_file", "model_module", "task_class", "validate"]
 
 
 def model_module(name: str):
-  """The model zoo module `rankjax.models.<name>`; its `default_config()` is the model schema."""
-  try:
-    return importlib.import_module(f"rankjax.models.{name}")
-  except ModuleNotFoundError as e:
-    if e.name and e.name.startswith("rankjax.models"):
-      raise ConfigError("model.name", f"no model named {name!r} in rankjax.models") from None
-    raise
+  """The model module `name`: a zoo model `rankjax.models.<name>` (models/<name>.py), else any
+  importable module of that name or dotted path (`my_models.logreg`, on PYTHONPATH). Its
+  `default_config()` is the model schema; README "Adding a model" lists what it defines."""
+  candidates = ([] if "." in name else [f"rankjax.models.{name}"]) + [name]
+  for module_name in candidates:
+    try:
+      return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+      if not (e.name and module_name.startswith(e.name)):
+        raise  # The model module exists but imports something missing.
+  raise ConfigError("model.name", f"no model named {name!r}: not in rankjax.models ({', '.join(zoo_models())}) "
+                    "and not an importable module")
+
+
+def zoo_models() -> tuple[str, ...]:
+  """The models shipped in rankjax.models (models/)."""
+  package = importlib.import_module("rankjax.models")
+  return tuple(sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_")))
+
+
+def task_class(name: str):
+  """The Task class registered as `name` in rankjax.tasks.TASKS."""
+  tasks = importlib.import_module("rankjax.tasks").TASKS
+  if name not in tasks:
+    raise ConfigError("task.name", f"must be one of {tuple(tasks)}, got {name!r}")
+  return tasks[name]
+
+
+def model_tasks(model) -> tuple[str, ...]:
+  """The tasks a model module serves (its TASKS; the first is its default)."""
+  return tuple(getattr(model, "TASKS", ("ctr",)))
 
 
 def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
@@ -40,8 +63,18 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0  # Parameter initialisation and the RNG carried in the train state.
 
-  c.model = model_module(model).default_config()
+  module = model_module(model)
+  c.model = module.default_config()
   c.model.name = model
+
+  c.task = ml_collections.ConfigDict()
+  # What is learned: ctr (one binary label) | multitask (one binary head per label column) |
+  # ranking (query lists); the registry is rankjax.tasks.TASKS. Default: the model's first task.
+  c.task.name = model_tasks(module)[0]
+  c.task.heads = ("click", "conversion")  # multitask: head names, one per label column.
+  c.task.label_columns = ()  # multitask: each head's label column; () = 0, 1, ... in head order.
+  c.task.loss_weights = ()  # multitask: each head's weight in the loss; () = 1 each.
+  c.task.normalize = True  # ranking: standardise document features with the train split's mean/std.
 
   c.data = ml_collections.ConfigDict()
   c.data.path = ""  # A dataset directory (manifest.json + binary splits); "" = synthetic under workdir.
@@ -75,8 +108,8 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   c.train.eval_every = 0  # 0 = evaluate only at the end.
   c.train.dense_optimizer = "adam"  # adam | adagrad | sgd
   c.train.dense_learning_rate = 1e-3
-  # bce (CTR data: one label per example) | softmax | pairwise_logistic (LETOR data: query lists).
-  c.train.loss = "bce"
+  # The task's loss (its LOSSES): bce for ctr/multitask; softmax | pairwise_logistic for ranking.
+  c.train.loss = next(iter(task_class(c.task.name).LOSSES))
   c.train.ndcg_k = 10  # Ranking eval: NDCG@k.
   c.train.progress_bar = True
   c.train.compute_dtype = "float32"  # float32 | bfloat16: forward/backward precision (params stay float32).
@@ -108,7 +141,8 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 500
   c.checkpoint.max_to_keep = 2  # The latest K checkpoints are kept ...
-  # ... plus the best by this eval metric ("auc" | "logloss"; ranking: "ndcg" at train.ndcg_k; "" = none).
+  # ... plus the best by this eval metric (the task's EVAL_METRICS: "auc" | "logloss"; ranking:
+  # "ndcg" at train.ndcg_k; "" = none).
   c.checkpoint.keep_best_metric = ""
   c.checkpoint.async_save = True
 
@@ -134,11 +168,14 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   return c
 
 
-DENSE_OPTIMIZERS = ("adam", "adagrad", "sgd")
-RANKING_LOSSES = ("softmax", "pairwise_logistic")  # Train on LETOR query lists (rankjax.losses).
-SPARSE_OPTIMIZERS = ("sgd", "adagrad", "row_wise_adagrad", "adam", "ftrl")
-SHARDINGS = ("replicated", "table_wise", "row_wise", "column_wise", "gspmd_row_wise", "auto")
-OVERRIDE_KEYS = ("sharding", "optimizer", "dtype", "combiner", "initializer", "qr_buckets")
+# Every list of choices is the implementation's registry.
+DENSE_OPTIMIZERS = tuple(_DENSE_OPTIMIZERS)
+SPARSE_OPTIMIZERS = _sparse_optimizers.NAMES
+SHARDINGS = (*(t.value for t in _SHARDINGS), "auto")
+FLOAT_DTYPES = tuple(DTYPES)
+# Per-table settings `embedding.overrides` may change: the table fields beyond its identity.
+OVERRIDE_KEYS = tuple(f.name for f in dataclasses.fields(EmbeddingTableConfig)
+                      if f.name not in ("name", "vocab_size", "dim", "feature_names"))
 
 
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -218,20 +255,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                       f"batch (train.batch_size={config.train.batch_size})")
   if config.train.eval_every < 0:
     raise ConfigError("train.eval_every", "must be >= 0 (0 = only at the end)")
-  if config.train.compute_dtype not in ("float32", "bfloat16"):
-    raise ConfigError("train.compute_dtype", "must be float32 or bfloat16")
+  if config.train.compute_dtype not in FLOAT_DTYPES:
+    raise ConfigError("train.compute_dtype", f"must be one of {FLOAT_DTYPES}")
   if config.train.on_non_finite not in ("stop", "skip"):
     raise ConfigError("train.on_non_finite", "must be 'stop' or 'skip'")
-  if config.checkpoint.keep_best_metric not in ("", "auc", "logloss", "ndcg"):
-    raise ConfigError("checkpoint.keep_best_metric", "must be '', 'auc', 'logloss' or 'ndcg'")
-  if config.train.loss not in ("bce", *RANKING_LOSSES):
-    raise ConfigError("train.loss", f"must be one of {('bce', *RANKING_LOSSES)}")
-  if config.train.ndcg_k < 1:
-    raise ConfigError("train.ndcg_k", "must be >= 1")
-  ranking = config.train.loss in RANKING_LOSSES
-  if ranking and not config.data.path:
-    raise ConfigError("train.loss", f"{config.train.loss!r} ranks query lists, but data.path is empty (synthetic "
-                      "CTR data): give data.path a dataset from `rankjax data letor`, or use 'bce'")
   d = config.distributed
   if d.num_processes > 1 and not (0 <= d.process_id < d.num_processes):
     raise ConfigError("distributed.process_id", f"must be in [0, {d.num_processes}) with num_processes set")
@@ -243,8 +270,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError("embedding.optimizer", f"must be one of {SPARSE_OPTIMIZERS}")
   if config.embedding.sharding not in SHARDINGS:
     raise ConfigError("embedding.sharding", f"must be one of {SHARDINGS}")
-  if config.embedding.dtype not in ("float32", "bfloat16"):
-    raise ConfigError("embedding.dtype", "must be float32 or bfloat16")
+  if config.embedding.dtype not in FLOAT_DTYPES:
+    raise ConfigError("embedding.dtype", f"must be one of {FLOAT_DTYPES}")
   for entry in config.embedding.overrides:
     table, sep, rest = entry.partition(":")
     key, eq, value = rest.partition("=")
@@ -254,8 +281,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
       if not value.isdigit():
         raise ConfigError("embedding.overrides", f"{entry!r}: qr_buckets must be a non-negative int")
       continue
-    allowed = {"sharding": SHARDINGS[:-1], "optimizer": SPARSE_OPTIMIZERS, "dtype": ("float32", "bfloat16"),
-               "combiner": ("sum", "mean", "none"), "initializer": ("uniform", "zeros")}[key]
+    allowed = {"sharding": SHARDINGS[:-1], "optimizer": SPARSE_OPTIMIZERS, "dtype": FLOAT_DTYPES,
+               "combiner": COMBINERS, "initializer": INITIALIZERS}[key]
     if value not in allowed:
       raise ConfigError("embedding.overrides", f"{entry!r}: {key} must be one of {allowed}")
 
@@ -291,7 +318,21 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if stray:
     raise ConfigError("mesh.rules", f"tables are sharded over {stray}, which the batch is not: "
                       "the embedding collectives need the batch split over every table shard axis")
-  model_module(name).validate_config(config)  # Before the metric check: a wrong loss is named first.
-  if config.checkpoint.keep_best_metric and (config.checkpoint.keep_best_metric == "ndcg") != ranking:
-    raise ConfigError("checkpoint.keep_best_metric", f"{config.checkpoint.keep_best_metric!r} is not an eval metric "
-                      f"of train.loss={config.train.loss!r} ('ndcg' for ranking losses, 'auc'/'logloss' for bce)")
+  _validate_task(config)
+
+
+def _validate_task(config: ml_collections.ConfigDict) -> None:
+  """The task, the model and the loss fit together; then the model's and the task's own checks."""
+  task = task_class(config.task.name)
+  model = model_module(config.model.name)
+  if config.task.name not in model_tasks(model):
+    raise ConfigError("task.name", f"model {config.model.name!r} serves tasks {model_tasks(model)}, "
+                      f"got {config.task.name!r}")
+  if config.train.loss not in task.LOSSES:
+    raise ConfigError("train.loss", f"task {config.task.name!r} trains with one of {tuple(task.LOSSES)}, "
+                      f"got {config.train.loss!r}")
+  model.validate_config(config)
+  task.validate_config(config)
+  if config.checkpoint.keep_best_metric not in ("", *task.EVAL_METRICS):
+    raise ConfigError("checkpoint.keep_best_metric", f"must be '' or an eval metric of task {config.task.name!r}: "
+                      f"one of {task.EVAL_METRICS}, got {config.checkpoint.keep_best_metric!r}")

@@ -1,5 +1,6 @@
-"""Learning-to-rank losses over batches of query lists: listwise softmax cross-entropy and
-pairwise logistic. Scores, relevance and mask are [batch, list]; mask 0 marks padding."""
+"""Training losses by name: binary cross-entropy for click heads, and learning-to-rank losses over
+batches of query lists (listwise softmax cross-entropy, pairwise logistic), whose scores,
+relevance and mask are [batch, list] with mask 0 marking padding."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import optax
+
+
+def binary_cross_entropy(logits_b: jax.Array, labels_b: jax.Array) -> jax.Array:
+  """Mean sigmoid cross-entropy of logits against 0/1 labels."""
+  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits_b, labels_b))
 
 
 def softmax_loss(scores_bl: jax.Array, relevance_bl: jax.Array, mask_bl: jax.Array) -> jax.Array:
@@ -37,4 +44,8 @@ def pairwise_logistic_loss(scores_bl: jax.Array, relevance_bl: jax.Array, mask_b
 RANKING_LOSSES: dict[str, Callable[[jax.Array, jax.Array, jax.Array], jax.Array]] = {
     "softmax": softmax_loss,
     "pairwise_logistic": pairwise_logistic_loss,
+}
+
+BINARY_LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "bce": binary_cross_entropy,
 }

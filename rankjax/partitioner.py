@@ -27,6 +27,12 @@ def make_mesh(axes: Sequence[str], shape: Sequence[int], devices: Sequence[jax.D
                        axis_types=(AxisType.Auto,) * len(axes))
 
 
+def jit(fn: Callable, **options: Any) -> Callable:
+  """jax.jit, called from here only: every compiled function in rankjax passes through this module
+  (options: in_shardings, out_shardings, donate_argnums)."""
+  return jax.jit(fn, **options)
+
+
 class Partitioner:
   """Owns the mesh, the logical sharding rules and every jax.jit in rankjax."""
 
@@ -57,14 +63,15 @@ class Partitioner:
     return NamedSharding(self.mesh, P())
 
   def jit(self, fn: Callable, *, in_shardings: Any, out_shardings: Any,
-          donate_argnums: Sequence[int] = (), static_argnums: Sequence[int] = ()) -> Callable:
-    return jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
-                   donate_argnums=tuple(donate_argnums), static_argnums=tuple(static_argnums))
+          donate_argnums: Sequence[int] = ()) -> Callable:
+    return jit(fn, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=tuple(donate_argnums))
 
-  def place_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """This process's share of a batch -> global arrays with dim 0 sharded over `batch`."""
+  def place_batch(self, local_batch: dict[str, np.ndarray],
+                  shardings: dict[str, NamedSharding] | None = None) -> dict[str, jax.Array]:
+    """This process's share of a batch -> global arrays, sharded by `shardings` (a BatchSpec's;
+    default: dim 0 over `batch`)."""
     out = {}
     for name, value in local_batch.items():
-      sharding = self.sharding("batch", *([None] * (value.ndim - 1)))
+      sharding = (shardings or {}).get(name) or self.sharding("batch", *([None] * (value.ndim - 1)))
       out[name] = jax.make_array_from_process_local_data(sharding, value)
     return out

@@ -32,3 +32,54 @@ def train_five_steps_on(config_name: str, data_dir, tmp_path) -> dict:
       capture_output=True, text=True, cwd=tmp_path, timeout=600)
   assert p.returncode == 0, p.stderr
   return json.loads((workdir / "summary.json").read_text())
+
+
+def ctr_model_inputs(num_dense: int, num_sparse: int, dim: int, heads=("click",)):
+  """(InputSpec, make_inputs) for a click model over `num_sparse` pooled features of `dim`;
+  make_inputs(dense_bd, emb_bfd) -> ModelInputs, features in order."""
+  from rankjax.model_inputs import EmbeddedFeature, InputSpec, KeyedEmbeddings, ModelInputs
+  spec = InputSpec(heads=heads, num_dense=num_dense,
+                   embedded=tuple(EmbeddedFeature(f"cat_{i}", dim) for i in range(num_sparse)))
+
+  def make_inputs(dense_bd, emb_bfd):
+    return ModelInputs(dense=dense_bd, embedded=KeyedEmbeddings(spec.embedded, {dim: emb_bfd}, {}))
+
+  return spec, make_inputs
+
+
+def task_batch_spec(config, manifest):
+  """The BatchSpec the config's task reads from data of `manifest` (one device, nothing trained)."""
+  import jax
+  from rankjax.experiment import build
+  config.mesh.shape = (1, 1)
+  return build(config, None, jax.devices()[:1], manifest=manifest).task.batch_spec
+
+
+MAX_TEST_ROWS = 1_000_000  # Configs with more embedding rows get a row_scale in small_overrides.
+CONFIGS = sorted(str(p) for p in (REPO / "configs").glob("*.py"))
+
+
+def small_letor_dataset(directory) -> str:
+  """A tiny LETOR dataset (40 queries x 5 documents x 4 features) converted by `rankjax data letor`."""
+  from rankjax.cli import data as data_cli
+  lines = [f"{(q + d) % 3} qid:{q} 1:{d} 2:{q % 7} 3:0.5 4:{d * q % 5}" for q in range(40) for d in range(5)]
+  source = directory / "letor.txt"
+  source.write_text("\n".join(lines) + "\n")
+  assert data_cli.main(["letor", "--input", str(source), "--eval-input", str(source),
+                        "--output", str(directory / "letor")]) == 0
+  return str(directory / "letor")
+
+
+def small_overrides(config_path: str, tmp_path) -> list[str]:
+  """Overrides that make any config's step seconds-long: a small batch and data set, small tables;
+  configs of a dataset directory (data.path) run on synthetic data of the same model instead
+  (ranking configs on a tiny converted LETOR set)."""
+  config = load_config_file(config_path)
+  if config.task.name == "ranking":
+    return ["--config.train.batch_size=8", "--config.train.eval_batch_size=8",
+            f"--config.data.path={small_letor_dataset(tmp_path)}"]
+  rows = sum(config.data.synthetic.vocab_sizes)
+  scale = [f"--config.data.row_scale={1e4 / rows}"] if rows > MAX_TEST_ROWS else []
+  synthetic = ["--config.data.path="] if config.data.path else []
+  return ["--config.train.batch_size=256", "--config.train.eval_batch_size=256",
+          "--config.data.synthetic.num_train=2048", "--config.data.synthetic.num_eval=256", *scale, *synthetic]

@@ -8,39 +8,11 @@ import sys
 
 import pytest
 
-from helpers import REPO, TINY_CONFIG
+from helpers import REPO, TINY_CONFIG, small_overrides
 from rankjax.cli import bench_train
-from rankjax.config import load_config_file
 
 GPU_BENCH_CONFIG = "configs/dlrm_dcnv2_mlperf.py"  # Benched by the gpu_bench.sh dry run below.
 CONFIGS = sorted(str(p) for p in (REPO / "configs").glob("*.py") if not str(p).endswith(GPU_BENCH_CONFIG))
-MAX_TEST_ROWS = 1_000_000  # Configs with more embedding rows get a row_scale.
-
-
-def small_letor_dataset(directory) -> str:
-  """A tiny LETOR dataset (40 queries x 5 documents x 4 features) converted by `rankjax data letor`."""
-  from rankjax.cli import data as data_cli
-  lines = [f"{(q + d) % 3} qid:{q} 1:{d} 2:{q % 7} 3:0.5 4:{d * q % 5}" for q in range(40) for d in range(5)]
-  source = directory / "letor.txt"
-  source.write_text("\n".join(lines) + "\n")
-  assert data_cli.main(["letor", "--input", str(source), "--eval-input", str(source),
-                        "--output", str(directory / "letor")]) == 0
-  return str(directory / "letor")
-
-
-def small_overrides(config_path: str, tmp_path) -> list[str]:
-  """Overrides that make any config's step seconds-long: a small batch and data set, small tables;
-  configs of a dataset directory (data.path) run on synthetic data of the same model instead
-  (ranking configs on a tiny converted LETOR set)."""
-  config = load_config_file(config_path)
-  if config.train.loss != "bce":
-    return ["--config.train.batch_size=8", "--config.train.eval_batch_size=8",
-            f"--config.data.path={small_letor_dataset(tmp_path)}"]
-  rows = sum(config.data.synthetic.vocab_sizes)
-  scale = [f"--config.data.row_scale={1e4 / rows}"] if rows > MAX_TEST_ROWS else []
-  synthetic = ["--config.data.path="] if config.data.path else []
-  return ["--config.train.batch_size=256", "--config.train.eval_batch_size=256",
-          "--config.data.synthetic.num_train=2048", "--config.data.synthetic.num_eval=256", *scale, *synthetic]
 
 
 @pytest.mark.parametrize("config_path", CONFIGS, ids=lambda p: os.path.basename(p))

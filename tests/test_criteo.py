@@ -16,7 +16,7 @@ from helpers import train_five_steps_on
 from rankjax.cli import bench_data
 from rankjax.cli import data as data_cli
 from rankjax.data import criteo, layout
-from rankjax.embedding.hashing import hash_to_rows
+from rankjax.data.hashing import hash_to_rows
 
 HASH_ROWS = 1000
 

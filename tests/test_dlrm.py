@@ -8,13 +8,16 @@ from rankjax.config import base_config
 from rankjax.layers import dot_interaction
 from rankjax.models import dlrm
 
+from helpers import ctr_model_inputs
+
 
 def test_dlrm_maps_dense_and_embeddings_to_one_logit_per_example():
   config = base_config("dlrm")
-  model = dlrm.create(config, num_dense=13, num_sparse=26, rngs=nnx.Rngs(0))
+  spec, inputs = ctr_model_inputs(13, 26, config.model.embed_dim)
+  model = dlrm.create(config, spec, rngs=nnx.Rngs(0))
   dense = jnp.ones((8, 13))
   emb = jnp.ones((8, 26, config.model.embed_dim))
-  assert model(dense, emb).shape == (8,)
+  assert model(inputs(dense, emb))["click"].shape == (8,)
   first_top = model.top_mlp.layers[0].kernel[...]
   assert first_top.shape[0] == config.model.embed_dim + 27 * 26 // 2
 
@@ -32,3 +35,12 @@ def test_embedding_tables_one_per_feature_with_model_dim():
   assert [t.vocab_size for t in tables] == [10, 20, 30]
   assert {t.dim for t in tables} == {config.model.embed_dim}
   assert [t.feature_names for t in tables] == [("cat_0",), ("cat_1",), ("cat_2",)]
+
+
+def test_dlrm_gives_one_logit_per_head_of_a_multitask_model():
+  config = base_config("dlrm")
+  spec, inputs = ctr_model_inputs(13, 4, config.model.embed_dim, heads=("click", "conversion"))
+  model = dlrm.create(config, spec, rngs=nnx.Rngs(0))
+  outputs = model(inputs(jnp.ones((8, 13)), jnp.ones((8, 4, config.model.embed_dim))))
+  assert set(outputs) == {"click", "conversion"} and outputs["conversion"].shape == (8,)
+  assert not np.allclose(outputs["click"], outputs["conversion"])

@@ -11,6 +11,8 @@ from rankjax.config import ConfigError, base_config, load_config_file, validate
 from rankjax.layers import LowRankCrossNet
 from rankjax.models import dlrm_dcnv2
 
+from helpers import ctr_model_inputs
+
 MLPERF_CONFIG = str(pathlib.Path(__file__).parent.parent / "configs" / "dlrm_dcnv2_mlperf.py")
 
 
@@ -26,10 +28,11 @@ def small_config():
 
 def test_dlrm_dcnv2_maps_dense_and_embeddings_to_one_logit_per_example():
   config = small_config()
-  model = dlrm_dcnv2.create(config, num_dense=13, num_sparse=5, rngs=nnx.Rngs(0))
+  spec, inputs = ctr_model_inputs(13, 5, 8)
+  model = dlrm_dcnv2.create(config, spec, rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)
-  logits = model(jnp.asarray(rng.normal(size=(4, 13)), jnp.float32),
-                 jnp.asarray(rng.normal(size=(4, 5, 8)), jnp.float32))
+  logits = model(inputs(jnp.asarray(rng.normal(size=(4, 13)), jnp.float32),
+                        jnp.asarray(rng.normal(size=(4, 5, 8)), jnp.float32)))["click"]
   assert logits.shape == (4,)
   assert np.isfinite(np.asarray(logits)).all()
   assert model.top_mlp.layers[0].kernel[...].shape == (6 * 8, 32)
@@ -39,7 +42,7 @@ def test_dlrm_dcnv2_maps_dense_and_embeddings_to_one_logit_per_example():
 def test_dlrm_dcnv2_with_mlperf_sizes_builds_the_mlperf_layer_shapes():
   config = base_config("dlrm_dcnv2")
   model = nnx.eval_shape(
-      lambda: dlrm_dcnv2.create(config, num_dense=13, num_sparse=26, rngs=nnx.Rngs(0)))
+      lambda: dlrm_dcnv2.create(config, ctr_model_inputs(13, 26, 128)[0], rngs=nnx.Rngs(0)))
   assert [layer.kernel.shape for layer in model.bottom_mlp.layers] == [(13, 512), (512, 256), (256, 128)]
   assert len(model.cross_net.v_layers) == 3
   assert model.cross_net.v_layers[0].kernel.shape == (27 * 128, 512)

@@ -1,4 +1,5 @@
-"""rankjax/hashing.py: the fixed id -> row hash (NumPy and jax) and quotient-remainder splitting."""
+"""rankjax/data/hashing.py, the fixed id -> row hash of ingestion, and
+rankjax/embedding/quotient_remainder.py, quotient-remainder splitting."""
 
 import os
 import subprocess
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from rankjax.embedding import hashing
+from rankjax.data import hashing
+from rankjax.embedding import quotient_remainder
 
 M64 = (1 << 64) - 1
 
@@ -61,29 +63,10 @@ def test_hash_to_rows_rejects_non_integer_ids_and_bad_row_counts():
       hashing.hash_to_rows(np.array([1]), num_rows)
 
 
-@pytest.mark.parametrize("num_rows", [1, 3, 1000, 40_000_000, 2**31])
-@pytest.mark.parametrize("salt", [0, 99])
-def test_jax_uint32_pair_version_equals_numpy(num_rows, salt):
-  rng = np.random.default_rng(0)
-  ids = np.concatenate([np.array(EDGE_IDS, np.int64),
-                        rng.integers(-2**63, 2**63 - 1, 20_000, dtype=np.int64)])
-  hi, lo = hashing.split_uint64(ids)
-  rows = jax.jit(lambda h, l: hashing.hash_to_rows_jax(h, l, num_rows, salt))(hi, lo)
-  assert rows.dtype == np.int32
-  np.testing.assert_array_equal(np.asarray(rows), hashing.hash_to_rows(ids, num_rows, salt))
-
-
-def test_jax_int32_ids_as_sign_extended_halves_match_numpy_int64():
-  ids32 = np.array([-5, -1, 0, 1, 2**31 - 1, -2**31], np.int32)
-  hi = np.where(ids32 < 0, np.uint32(0xFFFFFFFF), np.uint32(0))
-  rows = hashing.hash_to_rows_jax(hi, ids32.view(np.uint32), 1000)
-  np.testing.assert_array_equal(np.asarray(rows), hashing.hash_to_rows(ids32.astype(np.int64), 1000))
-
-
 def test_hash_is_the_same_in_another_process_with_another_pythonhashseed():
   ids = np.arange(-50, 50, dtype=np.int64) * 7919
   here = hashing.hash_to_rows(ids, 10_007, salt=3).tolist()
-  code = ("import numpy as np; from rankjax import hashing; "
+  code = ("import numpy as np; from rankjax.data import hashing; "
           "ids = np.arange(-50, 50, dtype=np.int64) * 7919; "
           "print(hashing.hash_to_rows(ids, 10_007, salt=3).tolist())")
   for seed in ("1", "4242"):
@@ -118,18 +101,18 @@ def test_salt_changes_the_mapping():
 
 
 def test_qr_table_sizes_cover_the_vocab():
-  assert hashing.qr_table_sizes(10, 3) == (4, 3)
-  assert hashing.qr_table_sizes(12, 3) == (4, 3)
-  assert hashing.qr_table_sizes(2, 5) == (1, 2)
+  assert quotient_remainder.qr_table_sizes(10, 3) == (4, 3)
+  assert quotient_remainder.qr_table_sizes(12, 3) == (4, 3)
+  assert quotient_remainder.qr_table_sizes(2, 5) == (1, 2)
   with pytest.raises(ValueError):
-    hashing.qr_table_sizes(10, 0)
+    quotient_remainder.qr_table_sizes(10, 0)
 
 
 @pytest.mark.parametrize("vocab, buckets", [(1000, 7), (40_000, 200), (5, 8)])
 def test_qr_split_gives_distinct_in_range_pairs_for_distinct_rows(vocab, buckets):
-  q_rows, r_rows = hashing.qr_table_sizes(vocab, buckets)
+  q_rows, r_rows = quotient_remainder.qr_table_sizes(vocab, buckets)
   rows = np.arange(vocab, dtype=np.int32)
-  q, r = hashing.qr_split(rows, buckets)
+  q, r = quotient_remainder.qr_split(rows, buckets)
   assert q.dtype == np.int32 and r.dtype == np.int32
   assert q.min() >= 0 and q.max() < q_rows and r.min() >= 0 and r.max() < r_rows
   assert len(set(zip(q.tolist(), r.tolist()))) == vocab
@@ -138,6 +121,6 @@ def test_qr_split_gives_distinct_in_range_pairs_for_distinct_rows(vocab, buckets
 
 def test_qr_split_works_on_jax_arrays_inside_jit():
   rows = np.arange(50, dtype=np.int32)
-  q, r = jax.jit(lambda x: hashing.qr_split(x, 6))(rows)
+  q, r = jax.jit(lambda x: quotient_remainder.qr_split(x, 6))(rows)
   np.testing.assert_array_equal(np.asarray(q), rows // 6)
   np.testing.assert_array_equal(np.asarray(r), rows % 6)

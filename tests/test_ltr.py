@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import REPO
+from helpers import REPO, task_batch_spec
 from rankjax import losses, metrics
 from rankjax.config import ConfigError, load_config_file, validate
 from rankjax.cli import data as data_cli
@@ -130,12 +130,15 @@ def letor_data(tmp_path_factory):
 def test_list_batches_hold_relevance_features_and_mask_as_float32(letor_data):
   manifest = layout.read_manifest(letor_data)
   records = layout.open_split(letor_data, manifest, "train")
-  batch = pipeline.ShuffledBatches(records, global_batch_size=16, seed=0)[3]
+  config = load_config_file(LTR_CONFIG)
+  config.data.path = str(letor_data)
+  spec = task_batch_spec(config, manifest)
+  batch = pipeline.ShuffledBatches(records, global_batch_size=16, seed=0, spec=spec)[3]
   lists, features = manifest["max_list_size"], manifest["num_features"]
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
       "relevance": ((16, lists), np.float32), "features": ((16, lists, features), np.float32),
       "mask": ((16, lists), np.float32)}
-  eval_batch = pipeline.SequentialBatches(layout.open_split(letor_data, manifest, "eval"), 32)[1]
+  eval_batch = pipeline.SequentialBatches(layout.open_split(letor_data, manifest, "eval"), 32, spec=spec)[1]
   np.testing.assert_array_equal(eval_batch["weight"], np.arange(32, 64) < 40)
 
 

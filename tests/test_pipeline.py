@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rankjax.data import layout, pipeline
+from rankjax.data.batch import BatchSpec, Field
 
 NUM_TRAIN, NUM_EVAL = 1000, 300
 BATCH = 64  # 1000 % 64 = 40 records left out of each epoch; 300 % 64 = 44 eval rows in the last batch.
@@ -201,9 +202,11 @@ def test_batches_hold_the_trained_fields_and_the_chosen_label_column(tmp_path):
   records["qid"] = np.arange(NUM_TRAIN) // 10
   manifest = layout.write_manifest(tmp_path, dtype, {"train": layout.write_split(tmp_path, "train", records)})
   for label_index in (0, 1):
+    spec = BatchSpec((Field("label", "float32", (), column=label_index), Field("dense", "float32", (NUM_DENSE,)),
+                      Field("cat", "int32", (NUM_SPARSE,))))
     (batch,) = _take(pipeline.train_iterator(tmp_path, manifest, global_batch_size=BATCH, num_batches=1, seed=0,
-                                             label_index=label_index), 1)
-    assert set(batch) == set(pipeline.TRAINED_FIELDS)
+                                             spec=spec), 1)
+    assert set(batch) == {"label", "dense", "cat"}
     assert batch["label"].shape == (BATCH,)
     np.testing.assert_array_equal(batch["label"], records["label"][_ids(batch), label_index])
 

@@ -160,7 +160,6 @@ def test_make_builds_every_name_with_float32_state_of_declared_shapes():
   for name in optimizers.NAMES:
     optimizer = optimizers.make(name, **HPARAMS[name])
     assert optimizer.name == name
-    assert optimizer.needs_dedupe == (name != "sgd")
     state = optimizer.init(NUM_ROWS, DIM)
     per_row = optimizer.state_is_per_row()
     assert set(state) == set(per_row)

@@ -11,10 +11,10 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import train_five_steps_on
+from helpers import task_batch_spec, tiny_config, train_five_steps_on
 from rankjax.cli import data as data_cli
 from rankjax.data import layout, pipeline, table
-from rankjax.embedding.hashing import hash_to_rows
+from rankjax.data.hashing import hash_to_rows
 
 SPEC = {"label": "click", "dense": ["price", "age"],
         "categorical": [{"name": "user", "num_rows": 100}, {"name": "item", "num_rows": 50}],
@@ -118,11 +118,19 @@ def test_several_labels_are_one_field_and_the_pipeline_trains_on_the_chosen_one(
   manifest = layout.read_manifest(tmp_path / "out")
   assert manifest["labels"] == ["click", "buy"]
   for label_index, column in ((0, "click"), (1, "buy")):
-    (batch,) = pipeline.eval_iterator(tmp_path / "out", manifest, global_batch_size=8, label_index=label_index)
+    (batch,) = pipeline.eval_iterator(tmp_path / "out", manifest, global_batch_size=8,
+                                      spec=_click_spec(manifest, label_index))
     assert set(batch) == {"label", "dense", "cat", "weight"}  # qid is not a training input.
     np.testing.assert_array_equal(batch["label"], np.array(rows[column], np.float32))
   with pytest.raises(layout.DataError, match="label_index 2"):
-    pipeline.eval_iterator(tmp_path / "out", manifest, global_batch_size=8, label_index=2)
+    pipeline.eval_iterator(tmp_path / "out", manifest, global_batch_size=8, spec=_click_spec(manifest, 2))
+
+
+def _click_spec(manifest, label_index):
+  """The batch the ctr task trains on with data.label_index=label_index."""
+  config = tiny_config()
+  config.data.label_index = label_index
+  return task_batch_spec(config, manifest)
 
 
 # ---------------------------------------------------------------- malformed rows

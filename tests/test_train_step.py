@@ -49,7 +49,7 @@ def test_multi_hot_sharded_train_steps_equal_the_single_device_steps(sharding, t
   exp, state, losses = run_steps(config, tmp_path / "mesh", jax.devices(), 3)
   assert exp.manifest["hotness"] == [2, 1, 3, 1, 1, 2]
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-  tables, ref_tables = exp.steps.engine.table_values(state.embedding), ref_exp.steps.engine.table_values(ref_state.embedding)
+  tables, ref_tables = exp.task.engine.table_values(state.embedding), ref_exp.task.engine.table_values(ref_state.embedding)
   for name in ref_tables:
     np.testing.assert_allclose(tables[name], ref_tables[name], rtol=1e-5, atol=1e-7)
 
@@ -62,7 +62,7 @@ def test_sharded_train_steps_equal_the_single_device_steps(single_device, shape,
   exp, state, losses = run_steps(config, tmp_path, jax.devices(), 3)
   assert exp.partitioner.mesh.devices.shape == shape
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-  tables, ref_tables = exp.steps.engine.table_values(state.embedding), ref_exp.steps.engine.table_values(ref_state.embedding)
+  tables, ref_tables = exp.task.engine.table_values(state.embedding), ref_exp.task.engine.table_values(ref_state.embedding)
   for name in ref_tables:
     np.testing.assert_allclose(tables[name], ref_tables[name], rtol=1e-5, atol=1e-7)
   for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
@@ -74,7 +74,7 @@ def test_tables_are_row_sharded_over_all_devices_and_batch_is_sharded(tmp_path):
   config = tiny_config()
   config.mesh.shape = (4, 2)
   exp = train_lib.build(config, tmp_path, jax.devices())
-  (group,) = exp.steps.engine.groups
+  (group,) = exp.task.engine.groups
   assert exp.state_shardings.embedding[group.name]["table"].spec[0] == ("data", "model")
   assert exp.partitioner.sharding("batch", None).spec[0] == ("data", "model")
   with jax.set_mesh(exp.partitioner.mesh):

@@ -24,6 +24,7 @@ import optax
 from rankjax.perf import hlo_stats
 from rankjax.embedding.tables import EmbeddingTableConfig, FeatureSlots
 from rankjax.embedding.engine import EmbeddingEngine, ShardingType
+from rankjax import partitioner
 from rankjax.partitioner import make_mesh
 
 NUM_TABLES, DIM = 26, 16
@@ -81,9 +82,9 @@ def sparse_engine(rows: int, sharding: str, optimizer: str, devices):
     return engine.apply_gradients(tables, ids, g_rows, step), w - 0.01 * g_w
 
   batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(engine.batch_axes or None))
-  jitted = jax.jit(step, in_shardings=((shardings, rep), batch, batch, rep), out_shardings=(shardings, rep),
-                   donate_argnums=0)
-  state = jax.jit(init, out_shardings=(shardings, rep))(jax.random.key(0))
+  jitted = partitioner.jit(step, in_shardings=((shardings, rep), batch, batch, rep), out_shardings=(shardings, rep),
+                           donate_argnums=0)
+  state = partitioner.jit(init, out_shardings=(shardings, rep))(jax.random.key(0))
   return engine, jitted, state, batch
 
 
@@ -108,7 +109,7 @@ def naive(rows: int):
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
-  return jax.jit(step, donate_argnums=0), jax.jit(init)(jax.random.key(0))
+  return partitioner.jit(step, donate_argnums=0), partitioner.jit(init)(jax.random.key(0))
 
 
 def run(rows_list: list[int], steps: int, warmup: int, batch: int, sharding: str, optimizer: str,

@@ -9,7 +9,7 @@ characters (up to 16) take a second word.
 Features: dense x -> log(1 + max(x, 0)) in float64, stored float32; an empty dense field is 0.
 Categorical hex -> its 64-bit value -> a row; row 0 is reserved for a missing (empty) field in
 both vocabularies:
-  hash       row = 1 + rankjax.hashing.hash_to_rows(id, N - 1, salt=0), N = rows per table
+  hash       row = 1 + rankjax.data.hashing.hash_to_rows(id, N - 1, salt=0), N = rows per table
              (MLPerf style: a fixed cap, one pass, unseen ids still get rows);
   frequency  a count pass over the train lines, then a map: ids seen >= min_count times get
              rows 1.. in order of decreasing count (ties by id), at most N - 1 of them when a
@@ -31,7 +31,7 @@ import numpy as np
 
 from rankjax.data import layout
 from rankjax.data.writer import DEFAULT_RECORDS_PER_SHARD, DatasetWriter, IngestStats, excerpt
-from rankjax.embedding.hashing import MAX_ROWS, hash_to_rows, splitmix64
+from rankjax.data.hashing import MAX_ROWS, hash_to_rows, splitmix64
 
 NUM_DENSE, NUM_CATEGORICAL = 13, 26
 NUM_COLUMNS = 1 + NUM_DENSE + NUM_CATEGORICAL

@@ -15,7 +15,7 @@ categorical and max_hotness per sequence feature.
 
 Ids: a value that is an integer (an integer column, or text of an optional '-' and digits) is
 that 64-bit integer; any other text is the first 8 bytes (little-endian) of its BLAKE2b digest.
-row = 1 + rankjax.hashing.hash_to_rows(id, num_rows - 1); row 0 is a missing (null) value.
+row = 1 + rankjax.data.hashing.hash_to_rows(id, num_rows - 1); row 0 is a missing (null) value.
 A sequence is a list column, or (CSV) text split on `separator`; null and empty elements are
 dropped, the first max_hotness ids kept (rows cut short are counted in the manifest), and the
 rest padded with -1.
@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 
 from rankjax.data import criteo, layout
 from rankjax.data.writer import DEFAULT_RECORDS_PER_SHARD, DatasetWriter, IngestStats, excerpt
-from rankjax.embedding.hashing import MAX_ROWS, hash_to_rows
+from rankjax.data.hashing import MAX_ROWS, hash_to_rows
 
 BATCH_ROWS = 1 << 16
 MISSING_LABEL, NON_NUMERIC_LABEL = "missing label", "non-numeric label"

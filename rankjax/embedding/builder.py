@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import ml_collections
 
 from rankjax.embedding import optimizers, planner
-from rankjax.config import ConfigError
+from rankjax.errors import ConfigError
 from rankjax.embedding.tables import EmbeddingTableConfig, FeatureSlots
 from rankjax.embedding.engine import EmbeddingEngine
 from rankjax.partitioner import Partitioner

@@ -1,103 +1,50 @@
-"""The sharded embedding engine: lookups and fused sparse updates for every sharding type.
+"""The sharded embedding engine: table init, id routing, lookups, pooling and fused sparse updates.
 
 Tables with the same sharding type, optimizer, dim and dtype are stacked into one array (a
-"group"). Lookups and updates run in `shard_map` over the mesh; tables are split over the
-`table_rows` mesh axes (S) and replicated over the other batch axes (R):
+"group"). Each group's lookup and update run the collectives of its sharding type, one module per
+type in rankjax/embedding/sharding/ (replicated, row_wise, table_wise, column_wise, and the GSPMD
+baseline gspmd_row_wise); tables are split over the `table_rows` mesh axes and replicated over
+the other batch axes.
 
-  replicated   whole table everywhere; lookup is local; the update all-gathers (ids, grads).
-  row_wise     contiguous row blocks; lookup: all-gather ids over S, masked local gather,
-               reduce-scatter the rows back; update: all-gather (ids, grads), owner rows only.
-  table_wise   whole tables per shard; lookup: all-gather ids over S, gather owned slots,
-               all-to-all back; update: the reverse all-to-all, then all-gather over R.
-  column_wise  dim/S columns of every table per shard; lookup: all-gather ids over S, local
-               gather, all-to-all of column blocks; update: reverse all-to-all.
-  gspmd_row_wise  the baseline for comparison only: a row-sharded `take` and scatter left to
-               GSPMD (all-gather ids + masked gather + all-reduce).
-
-Gradients arrive w.r.t. the looked-up rows; the sparse optimizer updates only the touched rows.
+A step routes the batch's ids once (`route`: folding, quotient-remainder split, per-group global
+rows) and reuses that routing for the lookup, the pooling and the update. Gradients arrive w.r.t.
+the looked-up rows of each group; the sparse optimizer updates only the touched rows. Groups may
+have different dims: pooled outputs come per dim.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 from collections.abc import Sequence
-from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rankjax.embedding import hashing, optimizers
+from rankjax.embedding import optimizers, quotient_remainder
+from rankjax.embedding.sharding import SHARDINGS
+from rankjax.embedding.sharding.base import ROW_PAD_MULTIPLE, MeshAxes, ShardingType, TableGroup
 from rankjax.embedding.tables import DTYPES, EmbeddingTableConfig, FeatureSlots, init_stacked, num_output_vectors, pool
 
-
-ROW_PAD_MULTIPLE = 1024
-
-
-class ShardingType(enum.StrEnum):
-  REPLICATED = "replicated"
-  TABLE_WISE = "table_wise"
-  ROW_WISE = "row_wise"
-  COLUMN_WISE = "column_wise"
-  GSPMD_ROW_WISE = "gspmd_row_wise"
+__all__ = ["ROW_PAD_MULTIPLE", "EmbeddingEngine", "Routing", "ShardingType", "TableGroup"]
 
 
-@dataclasses.dataclass
-class TableGroup:
-  """Tables stacked into one array, with the static maps from batch slots to its rows."""
-  name: str
-  sharding: ShardingType
-  optimizer: optimizers.SparseOptimizer
-  dim: int
-  dtype: Any
-  tables: tuple[EmbeddingTableConfig, ...]
-  table_ids: np.ndarray  # [tables] index in the engine's table list (the init key).
-  table_offsets: np.ndarray  # [tables] first row of each table in the group's global array.
-  num_rows: int  # Rows of the global array, padding included.
-  rows_per_shard: int
-  slots: np.ndarray  # [T_g] engine slots served by this group.
-  slot_offset: np.ndarray  # [T_g] row offset of each slot's table.
-  slot_vocab: np.ndarray  # [T_g]
-  owned_slots: np.ndarray | None = None  # table_wise: [S, K] group slot positions, -1 = padding.
-  slot_position: np.ndarray | None = None  # table_wise: [T_g] owner * K + position.
+@flax.struct.dataclass
+class Routing:
+  """Where a batch's ids go, computed once per step: for each group the global rows [B, T_g]
+  (-1 = padding), and which of the batch's slots hold an id (`valid_bt`, for pooling)."""
+  rows: dict[str, jax.Array]
+  valid_bt: jax.Array
 
-
-def _layout(tables: Sequence[EmbeddingTableConfig], sharding: ShardingType, num_shards: int, slot_table: np.ndarray):
-  """Row offsets of each table, global rows and rows per shard for a group."""
-  vocab = np.array([t.vocab_size for t in tables], np.int64)
-  if sharding != ShardingType.TABLE_WISE:
-    offsets = np.concatenate([[0], np.cumsum(vocab)[:-1]])
-    total = int(vocab.sum())
-    shards = num_shards if sharding in (ShardingType.ROW_WISE, ShardingType.GSPMD_ROW_WISE) else 1
-    # Rows padded to a multiple of lcm(shards, 1024): the same global shape on 1, 2, 4, ... 1024
-    # shards, so checkpoints restore across such meshes without a re-layout.
-    multiple = np.lcm(shards, ROW_PAD_MULTIPLE) if shards > 1 else 1
-    rows = -(-total // multiple) * multiple
-    return offsets, rows, rows // shards, None, None
-  # Greedy placement: largest table first onto the least-loaded shard.
-  load, owner, local = np.zeros(num_shards, np.int64), np.zeros(len(tables), np.int64), np.zeros(len(tables), np.int64)
-  for i in sorted(range(len(tables)), key=lambda i: (-vocab[i], i)):
-    s = int(np.argmin(load))
-    owner[i], local[i] = s, load[s]
-    load[s] += vocab[i]
-  per_shard = int(max(load.max(), 1))
-  offsets = owner * per_shard + local
-  slot_owner = owner[slot_table]
-  k = max(int(np.bincount(slot_owner, minlength=num_shards).max()), 1)
-  owned = -np.ones((num_shards, k), np.int32)
-  position = np.zeros(len(slot_table), np.int32)
-  fill = np.zeros(num_shards, np.int64)
-  for t, s in enumerate(slot_owner):
-    owned[s, fill[s]] = t
-    position[t] = s * k + fill[s]
-    fill[s] += 1
-  return offsets, per_shard * num_shards, per_shard, owned, position
+  def dropped(self, drop: jax.Array) -> "Routing":
+    """Every id padding when `drop` (a skipped step touches no row); otherwise unchanged."""
+    return self.replace(rows={k: jnp.where(drop, -1, v) for k, v in self.rows.items()})
 
 
 class EmbeddingEngine:
-  """Owns the embedding tables of a model: init, shardings, lookup, pooling and sparse updates."""
+  """Owns the embedding tables of a model: init, shardings, routing, lookup, pooling, sparse updates."""
 
   def __init__(self, tables: Sequence[EmbeddingTableConfig], slots: FeatureSlots, mesh: jax.sharding.Mesh, *,
                batch_axes: Sequence[str], shard_axes: Sequence[str], default_sharding: str = "row_wise",
@@ -111,7 +58,7 @@ class EmbeddingEngine:
     internal, remainder_of = [], {}
     for t in tables:
       if t.qr_buckets:
-        quotient_rows, remainder_rows = hashing.qr_table_sizes(t.vocab_size, t.qr_buckets)
+        quotient_rows, remainder_rows = quotient_remainder.qr_table_sizes(t.vocab_size, t.qr_buckets)
         internal.append(dataclasses.replace(t, name=f"{t.name}/quotient", qr_buckets=0, vocab_size=quotient_rows))
         remainder_of[t.name] = len(internal)
         internal.append(dataclasses.replace(t, name=f"{t.name}/remainder", qr_buckets=0,
@@ -125,20 +72,33 @@ class EmbeddingEngine:
       raise ValueError(f"table shard axes {self.shard_axes} must be batch axes too ({self.batch_axes})")
     self.replica_axes = tuple(a for a in self.batch_axes if a not in self.shard_axes)
     self.num_shards = int(np.prod([mesh.shape[a] for a in self.shard_axes]))
+    self.axes = MeshAxes(mesh, self.batch_axes, self.shard_axes, self.replica_axes, self.num_shards)
     optimizer_args = optimizer_args or {}
 
-    feature_table = {}
+    # A feature served by several tables (first- and second-order embeddings of one feature, one
+    # per tower, ...) is looked up once per table: its key is "FEATURE@TABLE" instead of FEATURE.
+    serving: dict[str, list[int]] = {}
     for i, t in enumerate(self.tables):
       for f in t.feature_names:
-        if f in feature_table:
-          raise ValueError(f"feature {f} is served by tables {self.tables[feature_table[f]].name} and {t.name}")
-        feature_table[f] = i
-    missing = [f for f in slots.names if f not in feature_table]
+        serving.setdefault(f, []).append(i)
+    missing = [f for f in slots.names if f not in serving]
     if missing:
       raise ValueError(f"features without a table: {missing}")
-    slot_table = np.array([feature_table[slots.names[f]] for f in slots.slot_feature], np.int64)
-    self.combiners = [self.tables[feature_table[f]].combiner for f in slots.names]
-    self.num_output_vectors = num_output_vectors(slots, self.combiners)  # What the model receives.
+    names, hotness, source, key_table = [], [], [], []
+    for name, h, start in zip(slots.names, slots.hotness, slots.start):
+      for i in serving[name]:
+        names.append(name if len(serving[name]) == 1 else f"{name}@{self.tables[i].name}")
+        hotness.append(h)
+        source.extend(range(int(start), int(start) + h))
+        key_table.append(i)
+    self.batch_slots = slots  # The batch's id columns.
+    self.slots = FeatureSlots(tuple(names), tuple(hotness))  # One per (feature, table): the output keys.
+    # Batch id column of each slot; None when every feature has one table (slots = columns).
+    self._slot_source = None if len(names) == len(slots.names) else np.array(source, np.int32)
+    slot_table = np.repeat(np.array(key_table, np.int64), hotness)
+    self.combiners = [self.tables[i].combiner for i in key_table]
+    self.num_output_vectors = num_output_vectors(self.slots, self.combiners)  # What the model receives.
+    self._feature_dim = {n: self.tables[i].dim for n, i in zip(names, key_table)}
     user_table = {t.name: t for t in self.user_tables}
     slot_user = [user_table[self.tables[i].name.removesuffix("/quotient")] for i in slot_table]
     self._slot_vocab = np.array([t.vocab_size for t in slot_user], np.int32)  # Ids valid per slot.
@@ -149,55 +109,47 @@ class EmbeddingEngine:
     keyed: dict[tuple, list[int]] = {}
     for i, t in enumerate(self.tables):
       sharding = ShardingType(t.sharding or default_sharding)
-      if sharding == ShardingType.COLUMN_WISE and t.dim % self.num_shards:
-        raise ValueError(f"table {t.name}: dim {t.dim} is not divisible by {self.num_shards} column shards")
+      SHARDINGS[sharding].check_table(t, self.num_shards)
       keyed.setdefault((sharding, t.optimizer or default_optimizer, t.dim, t.dtype), []).append(i)
     self.groups: list[TableGroup] = []
     for (sharding, opt_name, dim, dtype), ids in keyed.items():
       group_tables = [self.tables[i] for i in ids]
-      slot_mask = np.isin(slot_table, ids)
-      group_slots = np.flatnonzero(slot_mask).astype(np.int32)
+      group_slots = np.flatnonzero(np.isin(slot_table, ids)).astype(np.int32)
       local_table = np.searchsorted(ids, slot_table[group_slots])
-      offsets, rows, per_shard, owned, position = _layout(group_tables, sharding, self.num_shards, local_table)
+      layout = SHARDINGS[sharding].layout(group_tables, self.num_shards, local_table)
       self.groups.append(TableGroup(
           name=f"{sharding.value}_{opt_name}_d{dim}_{dtype}", sharding=sharding,
           optimizer=optimizers.make(opt_name, **optimizer_args.get(opt_name, {})), dim=dim,
-          dtype=DTYPES[dtype], tables=tuple(group_tables), table_ids=np.array(ids, np.int32),
-          table_offsets=np.asarray(offsets, np.int64), num_rows=rows, rows_per_shard=per_shard,
-          slots=group_slots, slot_offset=np.asarray(offsets, np.int64)[local_table].astype(np.int32),
-          slot_vocab=np.array([group_tables[j].vocab_size for j in local_table], np.int32),
-          owned_slots=owned, slot_position=position))
-    dims = {g.dim for g in self.groups}
-    if len(dims) != 1:
-      raise ValueError(f"pooled features need one embedding dim, got {sorted(dims)}")
-    self.dim = dims.pop()
-    # Engine slot order -> position in the concatenation of the groups' outputs.
-    self._slot_order = np.argsort(np.concatenate([g.slots for g in self.groups]), kind="stable")
+          dtype=DTYPES[dtype], tables=tuple(group_tables), table_ids=np.array(ids, np.int32), layout=layout,
+          slots=group_slots, slot_offset=np.asarray(layout.table_offsets, np.int64)[local_table].astype(np.int32),
+          slot_vocab=np.array([group_tables[j].vocab_size for j in local_table], np.int32)))
+    # Per dim: its groups, and the order that puts their concatenated slots in engine slot order.
+    self.dims = tuple(sorted({g.dim for g in self.groups}))
+    self._groups_of_dim = {d: [g for g in self.groups if g.dim == d] for d in self.dims}
+    self._slot_order = {d: np.argsort(np.concatenate([g.slots for g in gs]), kind="stable")
+                        for d, gs in self._groups_of_dim.items()}
+
+  def _sharding(self, group: TableGroup):
+    """The module that runs a group's collectives: without shard axes every type is local."""
+    sharding = SHARDINGS[group.sharding]
+    return SHARDINGS[ShardingType.REPLICATED] if not self.shard_axes and sharding.local_without_shards else sharding
+
+  @property
+  def dim(self) -> int:
+    """The embedding dim, when every table has the same."""
+    if len(self.dims) != 1:
+      raise ValueError(f"the tables have several dims {self.dims}: use the per-dim views")
+    return self.dims[0]
+
+  def feature_dim(self, feature: str) -> int:
+    """The embedding dim of a feature's vectors."""
+    return self._feature_dim[feature]
 
   # ---- Shardings and init.
 
-  def _table_spec(self, group: TableGroup) -> P:
-    s = self.shard_axes or None
-    if group.sharding == ShardingType.REPLICATED or not s:
-      return P()
-    if group.sharding == ShardingType.COLUMN_WISE:
-      return P(None, s)
-    return P(s, None)
-
-  def _state_specs(self, group: TableGroup) -> dict[str, P]:
-    table_spec = self._table_spec(group)
-    specs = {"table": table_spec}
-    for key, per_row in group.optimizer.state_is_per_row().items():
-      if not per_row:
-        specs[key] = table_spec
-      elif group.sharding == ShardingType.COLUMN_WISE or table_spec == P():
-        specs[key] = P()
-      else:
-        specs[key] = P(table_spec[0])
-    return specs
-
   def shardings(self) -> dict[str, dict[str, NamedSharding]]:
-    return {g.name: {k: NamedSharding(self.mesh, spec) for k, spec in self._state_specs(g).items()}
+    return {g.name: {k: NamedSharding(self.mesh, spec)
+                     for k, spec in SHARDINGS[g.sharding].state_specs(g, self.axes).items()}
             for g in self.groups}
 
   def init(self, key: jax.Array) -> dict[str, dict[str, jax.Array]]:
@@ -212,7 +164,7 @@ class EmbeddingEngine:
 
   def _init_table(self, g: TableGroup, key: jax.Array) -> jax.Array:
     scales = np.array([1.0 / np.sqrt(t.vocab_size) if t.initializer == "uniform" else 0.0 for t in g.tables])
-    spec = self._table_spec(g)
+    spec = SHARDINGS[g.sharding].table_spec(self.axes)
     sharded_rows, sharded_cols = spec != P() and spec[0] is not None, spec != P() and spec[0] is None
     S = self.shard_axes
 
@@ -226,163 +178,105 @@ class EmbeddingEngine:
           table_offsets=g.table_offsets, table_ids=g.table_ids,
           vocab_sizes=np.array([t.vocab_size for t in g.tables]), scales=scales, dtype=g.dtype)
 
-    return self._shard_map(local_init, (P(),), spec)(key)
+    return self.axes.shard_map(local_init, (P(),), spec)(key)
 
   # ---- Ids -> rows.
 
   def valid(self, ids_bt: jax.Array) -> jax.Array:
-    """Slots holding an id of the table (padding is -1; unless folding, ids >= vocab count as padding)."""
+    """Slots holding an id of the table (padding is -1; unless folding, ids >= vocab count as
+    padding); `ids_bt` in slot order (see `route`)."""
     if self.fold_ids:
       return ids_bt >= 0
     return (ids_bt >= 0) & (ids_bt < jnp.asarray(self._slot_vocab))
 
-  def _internal_ids(self, ids_bt: jax.Array) -> jax.Array:
-    """[B, T] user ids -> [B, T_internal] ids of the internal tables (-1 = padding): folded when
-    data.row_scale shrank the tables, split into quotient and remainder for QR tables."""
-    if self.fold_ids:
-      ids_bt = jnp.where(ids_bt >= 0, ids_bt % jnp.asarray(self._slot_vocab), -1)
-    ids_bt = jnp.where(self.valid(ids_bt), ids_bt, -1)
-    if not self._qr_slots.size:
-      return ids_bt
-    qr_ids = ids_bt[:, self._qr_slots]
-    quotient, remainder = hashing.qr_split(qr_ids, self._qr_buckets)
-    quotient, remainder = jnp.where(qr_ids >= 0, quotient, -1), jnp.where(qr_ids >= 0, remainder, -1)
-    return jnp.concatenate([ids_bt.at[:, self._qr_slots].set(quotient), remainder], axis=1)
+  def route(self, ids_bt: jax.Array) -> Routing:
+    """[B, T] batch ids -> the routing of the step: ids copied to one slot per table of a feature,
+    folded when data.row_scale shrank the tables,
+    split into quotient and remainder for QR tables (the remainder gets an extra slot), then global
+    rows of each group's stacked array (-1 = padding)."""
+    with jax.named_scope("embedding_route"):
+      if self._slot_source is not None:
+        ids_bt = ids_bt[:, self._slot_source]
+      valid_bt = self.valid(ids_bt)
+      if self.fold_ids:
+        ids_bt = jnp.where(ids_bt >= 0, ids_bt % jnp.asarray(self._slot_vocab), -1)
+      ids_bt = jnp.where(self.valid(ids_bt), ids_bt, -1)
+      if self._qr_slots.size:
+        qr_ids = ids_bt[:, self._qr_slots]
+        quotient, remainder = quotient_remainder.qr_split(qr_ids, self._qr_buckets)
+        quotient, remainder = jnp.where(qr_ids >= 0, quotient, -1), jnp.where(qr_ids >= 0, remainder, -1)
+        ids_bt = jnp.concatenate([ids_bt.at[:, self._qr_slots].set(quotient), remainder], axis=1)
+      rows = {}
+      for g in self.groups:
+        ids = ids_bt[:, g.slots]
+        ok = (ids >= 0) & (ids < jnp.asarray(g.slot_vocab))
+        rows[g.name] = jnp.where(ok, ids + jnp.asarray(g.slot_offset), -1)
+      return Routing(rows=rows, valid_bt=valid_bt)
 
-  def _group_rows(self, group: TableGroup, ids_bt: jax.Array) -> jax.Array:
-    """Internal ids -> global rows of the group's stacked array (-1 = padding)."""
-    ids = ids_bt[:, group.slots]
-    ok = (ids >= 0) & (ids < jnp.asarray(group.slot_vocab))
-    return jnp.where(ok, ids + jnp.asarray(group.slot_offset), -1)
+  def _routing(self, ids_or_routing: jax.Array | Routing) -> Routing:
+    return ids_or_routing if isinstance(ids_or_routing, Routing) else self.route(ids_or_routing)
 
-  def _shard_map(self, fn, in_specs, out_specs):
-    return jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
-
-  def lookup(self, state: dict, ids_bt: jax.Array) -> jax.Array:
-    """[B, T] ids -> [B, T_internal, D] float32 rows (zeros for padding), batch-sharded.
-
-    T_internal = T plus one slot per QR slot (its remainder row); `pool` combines them. The
-    gradient w.r.t. these rows is what `apply_gradients` takes.
-    """
+  def lookup_groups(self, state: dict, routing: Routing) -> dict[str, jax.Array]:
+    """Group name -> [B, T_g, D_g] float32 rows (zeros for padding), batch-sharded: what the
+    gradient is taken w.r.t. and `apply_gradients` takes back."""
     with jax.named_scope("embedding_lookup"):
-      ids_bt = self._internal_ids(ids_bt)
-      outs = [self._lookup_group(g, state[g.name]["table"], self._group_rows(g, ids_bt)) for g in self.groups]
-      rows = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
-      return rows if len(outs) == 1 else rows[:, self._slot_order]
+      return {g.name: self._sharding(g).lookup(g, self.axes, state[g.name]["table"], routing.rows[g.name])
+              for g in self.groups}
 
-  def pool(self, rows_btd: jax.Array, ids_bt: jax.Array) -> jax.Array:
-    """Looked-up rows -> [B, F, D] per-feature vectors (QR: quotient + remainder, then the combiner)."""
-    num_slots = self.slots.num_slots
-    if self._qr_slots.size:
-      rows_btd = rows_btd[:, :num_slots].at[:, self._qr_slots].add(rows_btd[:, num_slots:])
-    return pool(rows_btd, self.valid(ids_bt), self.slots, self.combiners)
+  def _rows_of_dim(self, rows: dict[str, jax.Array], dim: int) -> jax.Array:
+    """The dim's groups' rows in engine slot order: [B, T_dim, dim] (QR remainder slots last)."""
+    groups = self._groups_of_dim[dim]
+    if len(groups) == 1:
+      return rows[groups[0].name]
+    return jnp.concatenate([rows[g.name] for g in groups], axis=1)[:, self._slot_order[dim]]
 
-  def _lookup_group(self, g: TableGroup, table: jax.Array, rows_bt: jax.Array) -> jax.Array:
-    if g.sharding == ShardingType.GSPMD_ROW_WISE:
-      ok = rows_bt >= 0
-      got = table.at[jnp.where(ok, rows_bt, 0)].get(mode="promise_in_bounds").astype(jnp.float32)
-      return got * ok[..., None]
-    S, batch = self.shard_axes, P(self.batch_axes or None)
-    table_spec = self._table_spec(g)
+  def lookup(self, state: dict, ids_or_routing: jax.Array | Routing) -> jax.Array:
+    """[B, T] ids -> [B, T_internal, D] float32 rows in slot order (tables of one dim): T_internal
+    = T plus one slot per QR slot (its remainder row); `pool` combines them."""
+    return self._rows_of_dim(self.lookup_groups(state, self._routing(ids_or_routing)), self.dim)
 
-    def local_gather(table_local, rows):  # rows: local row or -1.
-      ok = rows >= 0
-      got = table_local.at[jnp.where(ok, rows, 0)].get(mode="promise_in_bounds").astype(jnp.float32)
-      return got * ok[..., None]
+  def pool_by_dim(self, rows: dict[str, jax.Array], routing: Routing
+                  ) -> tuple[dict[int, jax.Array], dict[str, jax.Array]]:
+    """Looked-up rows per group -> (dim -> [B, V_dim, dim] vectors of that dim's features in
+    order, sequence feature -> its [B, H] mask): what rankjax.model_inputs.KeyedEmbeddings holds."""
+    pooled = {dim: self._pool_dim(self._rows_of_dim(rows, dim), dim, routing) for dim in self.dims}
+    masks = {name: routing.valid_bt[:, start:start + h]
+             for name, start, h, combiner in zip(self.slots.names, self.slots.start, self.slots.hotness, self.combiners)
+             if combiner == "none"}
+    return pooled, masks
 
-    if g.sharding == ShardingType.REPLICATED or not S:
-      fn = local_gather
-    elif g.sharding == ShardingType.ROW_WISE:
-      def fn(table_local, rows):
-        all_rows = jax.lax.all_gather(rows, S, tiled=True)  # [S*n, T]
-        local = all_rows - jax.lax.axis_index(S) * g.rows_per_shard
-        mine = (all_rows >= 0) & (local >= 0) & (local < g.rows_per_shard)
-        return jax.lax.psum_scatter(local_gather(table_local, jnp.where(mine, local, -1)), S,
-                                    scatter_dimension=0, tiled=True)
-    elif g.sharding == ShardingType.TABLE_WISE:
-      owned = jnp.asarray(g.owned_slots)
-      def fn(table_local, rows):
-        n = rows.shape[0]
-        all_rows = jax.lax.all_gather(rows, S, tiled=True)
-        me = jax.lax.axis_index(S)
-        my_slots = owned[me]
-        r = jnp.where(my_slots >= 0, all_rows[:, jnp.maximum(my_slots, 0)], -1)
-        local = jnp.where(r >= 0, r - me * g.rows_per_shard, -1)
-        got = local_gather(table_local, local).reshape(self.num_shards, n, owned.shape[1], g.dim)
-        recv = jax.lax.all_to_all(got, S, 0, 0, tiled=True)  # [owner, n, K, D]
-        flat = recv.transpose(1, 0, 2, 3).reshape(n, -1, g.dim)
-        return flat[:, jnp.asarray(g.slot_position)]
-    else:  # COLUMN_WISE
-      def fn(table_local, rows):
-        n, t = rows.shape
-        all_rows = jax.lax.all_gather(rows, S, tiled=True)
-        got = local_gather(table_local, all_rows).reshape(self.num_shards, n, t, -1)
-        recv = jax.lax.all_to_all(got, S, 0, 0, tiled=True)  # [column block, n, T, D/S]
-        return recv.transpose(1, 2, 0, 3).reshape(n, t, g.dim)
-    return self._shard_map(fn, (table_spec, batch), batch)(table, rows_bt)
+  def pool(self, rows_btd: jax.Array, ids_or_routing: jax.Array | Routing) -> jax.Array:
+    """`lookup`'s rows -> [B, num_output_vectors, D] per-feature vectors (tables of one dim)."""
+    return self._pool_dim(rows_btd, self.dim, self._routing(ids_or_routing))
+
+  def _pool_dim(self, rows_btd: jax.Array, dim: int, routing: Routing) -> jax.Array:
+    """A dim's rows in slot order -> its features' vectors: QR features add quotient and remainder
+    rows, then each feature's combiner pools its slots (padding never counts)."""
+    features = [f for f, name in enumerate(self.slots.names) if self._feature_dim[name] == dim]
+    if len(features) == len(self.slots.names):
+      slots, valid_bt, sub_slots = np.arange(self.slots.num_slots), routing.valid_bt, self.slots
+    else:
+      slots = np.flatnonzero(np.isin(self.slots.slot_feature, features))
+      valid_bt = routing.valid_bt[:, slots]
+      sub_slots = FeatureSlots(tuple(self.slots.names[f] for f in features),
+                               tuple(self.slots.hotness[f] for f in features))
+    qr = self._qr_slots[np.isin(self._qr_slots, slots)]
+    if qr.size:  # Remainder rows follow the dim's own slots, in the order of its QR slots.
+      rows_btd = rows_btd[:, :len(slots)].at[:, np.searchsorted(slots, qr)].add(rows_btd[:, len(slots):])
+    return pool(rows_btd, valid_bt, sub_slots, [self.combiners[f] for f in features])
 
   # ---- Sparse update.
 
-  def apply_gradients(self, state: dict, ids_bt: jax.Array, grads_btd: jax.Array, step: jax.Array) -> dict:
-    """Routes [B, T, D] row gradients to the shards that own the rows and updates those rows only."""
+  def apply_gradients(self, state: dict, ids_or_routing: jax.Array | Routing,
+                      grads: dict[str, jax.Array] | jax.Array, step: jax.Array) -> dict:
+    """Routes row gradients (per group, as `lookup_groups` gave the rows, or one [B, T_internal, D]
+    array in slot order) to the shards that own the rows and updates those rows only."""
+    routing = self._routing(ids_or_routing)
+    if not isinstance(grads, dict):
+      grads = {g.name: grads if len(self.groups) == 1 else grads[:, g.slots] for g in self.groups}
     with jax.named_scope("sparse_update"):
-      ids_bt = self._internal_ids(ids_bt)
-      new_state = {}
-      for g in self.groups:
-        grads = grads_btd[:, g.slots] if len(self.groups) > 1 else grads_btd
-        new_state[g.name] = self._update_group(g, state[g.name], self._group_rows(g, ids_bt), grads, step)
-      return new_state
-
-  def _update_group(self, g: TableGroup, gstate: dict, rows_bt: jax.Array, grads_btd: jax.Array, step) -> dict:
-    opt = g.optimizer
-
-    def apply(gs, rows, grads, step, **kw):
-      table, rest = gs["table"], {k: v for k, v in gs.items() if k != "table"}
-      table, rest = opt.update(table, rest, rows.reshape(-1), grads.reshape(-1, grads.shape[-1]), step, **kw)
-      return {"table": table, **rest}
-
-    if g.sharding == ShardingType.GSPMD_ROW_WISE:
-      return apply(gstate, jnp.where(rows_bt >= 0, rows_bt, g.num_rows), grads_btd, step)
-    S, R, B = self.shard_axes, self.replica_axes, self.batch_axes
-    batch = P(B or None)
-    specs = self._state_specs(g)
-
-    def gather(x, axes):
-      return jax.lax.all_gather(x, axes, tiled=True) if axes else x
-
-    if g.sharding == ShardingType.REPLICATED or not S:
-      def fn(gs, rows, grads, step):
-        rows, grads = gather(rows, B), gather(grads, B)
-        local_rows = gs["table"].shape[0]
-        return apply(gs, jnp.where(rows >= 0, rows, local_rows), grads, step)
-    elif g.sharding == ShardingType.ROW_WISE:
-      def fn(gs, rows, grads, step):
-        rows, grads = gather(rows, B), gather(grads, B)
-        local = rows - jax.lax.axis_index(S) * g.rows_per_shard
-        mine = (rows >= 0) & (local >= 0) & (local < g.rows_per_shard)
-        return apply(gs, jnp.where(mine, local, g.rows_per_shard), grads, step)
-    elif g.sharding == ShardingType.TABLE_WISE:
-      owned = jnp.asarray(g.owned_slots)
-      def fn(gs, rows, grads, step):
-        n, k = rows.shape[0], owned.shape[1]
-        me = jax.lax.axis_index(S)
-        send = grads[:, jnp.maximum(owned.reshape(-1), 0)].reshape(n, self.num_shards, k, g.dim)
-        recv = jax.lax.all_to_all(send.transpose(1, 0, 2, 3), S, 0, 0, tiled=True)  # [source, n, K, D]
-        all_rows = jax.lax.all_gather(rows, S, tiled=True)
-        my_slots = owned[me]
-        r = jnp.where(my_slots >= 0, all_rows[:, jnp.maximum(my_slots, 0)], -1)
-        local = jnp.where(r >= 0, r - me * g.rows_per_shard, g.rows_per_shard)
-        return apply(gs, gather(local, R), gather(recv.reshape(-1, k, g.dim), R), step)
-    else:  # COLUMN_WISE
-      def fn(gs, rows, grads, step):
-        n, t, _ = grads.shape
-        send = grads.reshape(n, t, self.num_shards, -1).transpose(2, 0, 1, 3)
-        recv = jax.lax.all_to_all(send, S, 0, 0, tiled=True).reshape(self.num_shards * n, t, -1)
-        all_rows = jax.lax.all_gather(rows, S, tiled=True)
-        local_rows = gs["table"].shape[0]
-        return apply(gs, gather(jnp.where(all_rows >= 0, all_rows, local_rows), R), gather(recv, R), step,
-                     row_sum=lambda s: jax.lax.psum(s, S), full_dim=g.dim)
-    return self._shard_map(fn, (specs, batch, batch, P()), specs)(gstate, rows_bt, grads_btd, step)
+      return {g.name: self._sharding(g).update(g, self.axes, state[g.name], routing.rows[g.name], grads[g.name], step)
+              for g in self.groups}
 
   # ---- Checkpoint layouts: restore onto a mesh or plan with another row layout.
 

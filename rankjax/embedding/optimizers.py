@@ -86,7 +86,6 @@ class SparseOptimizer(abc.ABC):
   """
 
   name: ClassVar[str]
-  needs_dedupe: ClassVar[bool] = True
 
   @abc.abstractmethod
   def init(self, num_rows: int, dim: int) -> dict[str, jax.Array]:
@@ -149,7 +148,6 @@ class SGD(SparseOptimizer):
   """
 
   name: ClassVar[str] = "sgd"
-  needs_dedupe: ClassVar[bool] = False
   learning_rate: float
 
   def init(self, num_rows: int, dim: int) -> dict[str, jax.Array]:

@@ -8,20 +8,10 @@ import json
 import jax
 import ml_collections
 
-from rankjax.config import model_module, validate
-from rankjax.data import layout
+from rankjax.config import task_class, validate
 from rankjax.embedding import planner
 from rankjax.embedding.builder import configured_tables
-from rankjax.experiment import compile_abstract
-
-
-def _shape_of_data(config: ml_collections.ConfigDict) -> dict:
-  if config.data.path:
-    manifest = layout.read_manifest(config.data.path)
-    return {"num_dense": manifest["num_dense"], "vocab_sizes": manifest["vocab_sizes"],
-            "hotness": manifest.get("hotness", [1] * len(manifest["vocab_sizes"]))}
-  s = config.data.synthetic
-  return {"num_dense": s.num_dense, "vocab_sizes": list(s.vocab_sizes), "hotness": [1] * len(s.vocab_sizes)}
+from rankjax.experiment import compile_abstract, data_shape
 
 
 def compiled_memory(config: ml_collections.ConfigDict, shape: dict) -> dict | None:
@@ -32,12 +22,29 @@ def compiled_memory(config: ml_collections.ConfigDict, shape: dict) -> dict | No
   return {k: int(getattr(analysis, f"{k}_size_in_bytes")) for k in ("argument", "output", "temp", "generated_code")}
 
 
-def print_plan(config: ml_collections.ConfigDict, devices: int | None, device_memory: int | None) -> planner.Plan:
+def print_plan(config: ml_collections.ConfigDict, devices: int | None, device_memory: int | None
+               ) -> planner.Plan | None:
+  """Prints the plan (None when the task has no tables) and the compiled step's memory."""
   num_devices = devices or jax.device_count()
   validate(config, num_devices)
-  shape = _shape_of_data(config)
-  tables = model_module(config.model.name).embedding_tables(config, shape["vocab_sizes"])
+  shape = data_shape(config)
+  tables = task_class(config.task.name).embedding_tables(config, shape)
   tables = configured_tables(config, tables, num_devices)
+  if not tables:
+    print(f"task {config.task.name!r} with model {config.model.name!r} has no embedding tables: "
+          "dense parameters only, replicated on every device")
+    result = None
+  else:
+    result = _print_tables(config, tables, num_devices, device_memory)
+  if jax.device_count() == num_devices:
+    memory = compiled_memory(config, shape)
+    if memory:
+      print("compiled train step, per device: " + json.dumps(memory))
+  return result
+
+
+def _print_tables(config: ml_collections.ConfigDict, tables: list, num_devices: int,
+                  device_memory: int | None) -> planner.Plan:
   result = planner.plan(tables, num_devices, optimizer=config.embedding.optimizer, device_memory=device_memory)
   print(f"{'table':<14}{'rows':>12}{'dim':>5}  {'sharding':<15}{'bytes total':>16}{'max bytes/device':>18}")
   for t, p in zip(tables, result.tables):
@@ -46,8 +53,4 @@ def print_plan(config: ml_collections.ConfigDict, devices: int | None, device_me
   for d, b in enumerate(result.device_bytes):
     print(f"  device {d:>3}: {int(b):>16,} B")
   print(f"imbalance (max/mean): {result.imbalance:.3f}")
-  if jax.device_count() == num_devices:
-    memory = compiled_memory(config, shape)
-    if memory:
-      print("compiled train step, per device: " + json.dumps(memory))
   return result

@@ -100,6 +100,8 @@ def table_passes(config: ml_collections.ConfigDict, manifest: dict, devices: lis
   the planner's choices (but for its absolute replicate threshold); the part of bytes accessed
   that grows with the embedding state's bytes is passes x those bytes.
   """
+  if not table_bytes_per_device:  # A task without embedding tables.
+    return {"whole_table_passes": 0.0, "bytes_accessed_without_table_passes_per_device": bytes_accessed_per_device}
   grown = dict(manifest, vocab_sizes=[2 * int(v) + ROW_PAD_MULTIPLE * len(devices) for v in manifest["vocab_sizes"]])
   exp, _, compiled = compile_abstract(config, grown, devices)
   grown_table_bytes = _bytes_per_device(abstract_state(exp, config.seed).embedding)

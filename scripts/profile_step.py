@@ -1,4 +1,4 @@
-"""Profile from a checkout: `python scripts/profile.py --config configs/default.py --workdir DIR`."""
+"""Profile from a checkout: `python scripts/profile_step.py --config configs/default.py --workdir DIR`."""
 
 import sys
 

@@ -1,0 +1,190 @@
+"""The task seam: a Task knows what a batch holds and what is learned from it.
+
+It owns the BatchSpec (read by the pipeline, the partitioner, `profile`, `plan`, `bench`), the
+model's InputSpec, the optional embedding engine, and the pure init / train_step / eval_step;
+on the host, the eval metrics, the metrics a checkpoint is ranked by, and the run summary. The
+trainer (rankjax/train.py) calls only this interface. Nothing here calls jax.jit: the
+Partitioner does.
+
+Data flow of a train step: ids -> engine lookup (rows per slot) -> pooling -> KeyedEmbeddings ->
+model -> named outputs -> the task's loss; the gradient w.r.t. the looked-up rows goes to the
+engine's fused sparse optimizer (touched rows only), the gradient w.r.t. dense params to optax.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from rankjax.config import model_module
+from rankjax.data.batch import BatchSpec
+from rankjax.dense_optim import dense_optimizer
+from rankjax.embedding.engine import EmbeddingEngine, Routing
+from rankjax.model_inputs import InputSpec, ModelInputs
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: steps taken.
+  rng: jax.Array  # uint32 PRNG key data carried for stochastic layers.
+  params: Any  # nnx.State of the dense model (every variable is an optax-trained parameter).
+  opt_state: Any  # optax state of the dense parameters.
+  embedding: dict  # group name -> {"table": [rows, dim], optimizer state arrays}; {} without tables.
+
+
+def cast_floating(dtype) -> Callable[[jax.Array], jax.Array]:
+  """x -> x in `dtype` if x is floating point (ids stay ints): the mixed-precision cast."""
+  return lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+
+def non_finite_skip(loss: jax.Array, grads: Any, enabled: bool) -> jax.Array:
+  """True when the step must be dropped: skipping is on and the loss or gradient norm is NaN/inf."""
+  if not enabled:
+    return jnp.zeros((), bool)
+  return ~(jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads)))
+
+
+class Task(abc.ABC):
+  """A trainable task: subclasses set `batch_spec`, `inputs` and `engine` in __init__ and define
+  the loss, the model inputs and the host-side metrics."""
+
+  LOSSES: ClassVar[dict[str, Callable]]  # train.loss name -> loss function (the registry).
+  EVAL_METRICS: ClassVar[tuple[str, ...]]  # Metrics checkpoint.keep_best_metric may rank by.
+  LOWER_IS_BETTER: ClassVar[tuple[str, ...]] = ("logloss", "loss")
+
+  batch_spec: BatchSpec  # What a train batch holds (an eval batch adds `weight`).
+  inputs: InputSpec  # What the model is built from.
+  engine: EmbeddingEngine | None = None  # The embedding tables, if the task has categorical features.
+
+  def __init__(self, config: ml_collections.ConfigDict, manifest: dict):
+    self.config = config
+    self.manifest = manifest
+    self.model = model_module(config.model.name)
+    self.dense_tx = dense_optimizer(config.train.dense_optimizer, config.train.dense_learning_rate)
+    self.skip_non_finite = config.train.on_non_finite == "skip"  # Drop a step whose loss or grad is NaN/inf.
+    # Mixed precision: params and tables stay float32 (the optimizers update those); the forward
+    # and backward run in compute_dtype; the loss is computed in float32.
+    self.compute_dtype = jnp.dtype(config.train.compute_dtype)
+
+  @classmethod
+  def validate_config(cls, config: ml_collections.ConfigDict) -> None:
+    """Task-specific config checks, raising ConfigError naming the key."""
+
+  @classmethod
+  def embedding_tables(cls, config: ml_collections.ConfigDict, manifest: dict) -> list:
+    """The model's embedding tables for data of `manifest`'s shape (none by default)."""
+    return []
+
+  # ---- The model.
+
+  def create_model(self, rngs: nnx.Rngs) -> nnx.Module:
+    return self.model.create(self.config, self.inputs, rngs=rngs)
+
+  @property
+  def graphdef(self) -> nnx.GraphDef:
+    if not hasattr(self, "_graphdef"):
+      self._graphdef, _ = nnx.split(nnx.eval_shape(lambda: self.create_model(nnx.Rngs(0))))
+    return self._graphdef
+
+  def apply_model(self, params: Any, inputs: ModelInputs) -> dict[str, jax.Array]:
+    """The model's named outputs, run in compute_dtype (inputs arrive cast), returned in float32."""
+    model = nnx.merge(self.graphdef, jax.tree.map(cast_floating(self.compute_dtype), params))
+    return {k: v.astype(jnp.float32) for k, v in model(inputs).items()}
+
+  # ---- Pure step functions (jitted by the Partitioner).
+
+  @abc.abstractmethod
+  def model_inputs(self, batch: dict[str, jax.Array], rows: dict[str, jax.Array] | None,
+                   routing: Routing | None) -> ModelInputs:
+    """A batch (and, with an engine, its looked-up rows per table group and their routing) -> what
+    the model is called with, floating point arrays cast to compute_dtype."""
+
+  @abc.abstractmethod
+  def loss(self, outputs: dict[str, jax.Array], batch: dict[str, jax.Array]
+           ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(the scalar training loss, extra per-step metrics such as per-head losses)."""
+
+  def sparse_ids(self, batch: dict[str, jax.Array]) -> jax.Array:
+    """The batch's categorical ids [B, slots] the engine looks up (tasks with an engine)."""
+    raise NotImplementedError(f"{type(self).__name__} has no embedding engine")
+
+  def init(self, seed_key: jax.Array) -> TrainState:
+    model_key, table_key, state_key = jax.random.split(seed_key, 3)
+    params = nnx.state(self.create_model(nnx.Rngs(params=model_key)))
+    return TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(state_key), params=params,
+                      opt_state=self.dense_tx.init(params),
+                      embedding=self.engine.init(table_key) if self.engine else {})
+
+  def _dense_update(self, state: TrainState, grads: Any, skip: jax.Array) -> tuple[Any, Any]:
+    """(params, opt_state) after one optax step; on a skipped step the old values (dense state is small)."""
+    with jax.named_scope("dense_update"):
+      updates, opt_state = self.dense_tx.update(grads, state.opt_state, state.params)
+      if self.skip_non_finite:
+        updates = jax.tree.map(lambda u: jnp.where(skip, jnp.zeros_like(u), u), updates)
+        opt_state = jax.tree.map(lambda new, old: jnp.where(skip, old, new), opt_state, state.opt_state)
+      return optax.apply_updates(state.params, updates), opt_state
+
+  def _route_and_lookup(self, state: TrainState, batch: dict[str, jax.Array]):
+    """(routing, rows per group) of the batch's ids, routed once per step; (None, None) without tables."""
+    if not self.engine:
+      return None, None
+    routing = self.engine.route(self.sparse_ids(batch))
+    return routing, self.engine.lookup_groups(state.embedding, routing)
+
+  def train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+    routing, rows = self._route_and_lookup(state, batch)
+
+    def loss_fn(params, rows):
+      outputs = self.apply_model(params, self.model_inputs(batch, rows, routing))
+      with jax.named_scope("loss"):
+        return self.loss(outputs, batch)
+
+    (loss, extra), (grad_params, grad_rows) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+        state.params, rows)
+    skip = non_finite_skip(loss, (grad_params, grad_rows), self.skip_non_finite)
+    params, opt_state = self._dense_update(state, grad_params, skip)
+    step = state.step + 1
+    embedding = state.embedding
+    if self.engine:
+      # A skipped step touches no table row: every id becomes padding (tables are never copied).
+      routing = routing.dropped(skip) if self.skip_non_finite else routing
+      embedding = self.engine.apply_gradients(state.embedding, routing, grad_rows, step)
+    new_state = state.replace(step=step, params=params, opt_state=opt_state, embedding=embedding)
+    return new_state, {"loss": loss, "skipped": skip, **extra}
+
+  def forward(self, state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """The model's named outputs for a batch (inference)."""
+    routing, rows = self._route_and_lookup(state, batch)
+    return self.apply_model(state.params, self.model_inputs(batch, rows, routing))
+
+  @abc.abstractmethod
+  def eval_step(self, state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Per-example (per-list) arrays, batch dim first, that `eval_metrics` reduces on the host;
+    `batch` is an eval batch (its `weight` is 0 on padding)."""
+
+  # ---- Host side: metrics and summary.
+
+  @abc.abstractmethod
+  def eval_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+    """The eval event's fields (always `loss`) from the whole eval split's `eval_step` outputs."""
+
+  @abc.abstractmethod
+  def checkpoint_metrics(self, evaluation: dict[str, float]) -> dict[str, float]:
+    """The eval metrics a checkpoint records (what checkpoint.keep_best_metric ranks by)."""
+
+  @abc.abstractmethod
+  def summary(self, evaluation: dict[str, float]) -> dict[str, Any]:
+    """The final eval's fields of summary.json."""
+
+  @abc.abstractmethod
+  def final_line(self, summary: dict[str, Any]) -> str:
+    """The last line a run prints."""

@@ -1,0 +1,187 @@
+"""Click models: one binary label (`ctr`) or several, one head each (`multitask`).
+
+Batches hold `label` ([B], or [B, heads] for multitask), `dense` [B, num_dense] and `cat`
+[B, slots] ids (-1 = padding). The model receives the dense features and the pooled embeddings
+keyed by feature name and returns one logit per head; the loss is the per-head weighted sum of
+binary cross-entropies. Eval: AUC and log loss per head (host NumPy over the gathered logits).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from rankjax.config import ConfigError, model_module
+from rankjax.data.batch import BatchSpec, Field
+from rankjax.embedding.builder import build_engine
+from rankjax.embedding.engine import Routing
+from rankjax.embedding.tables import EmbeddingTableConfig, FeatureSlots, scale_rows
+from rankjax.losses import BINARY_LOSSES
+from rankjax.metrics import log_loss_from_logits, roc_auc
+from rankjax.model_inputs import EmbeddedFeature, InputSpec, KeyedEmbeddings, ModelInputs
+from rankjax.partitioner import Partitioner
+from rankjax.tasks.base import Task, cast_floating
+
+
+def _data_kind(manifest: dict) -> str | None:
+  return manifest.get("source", {}).get("kind")
+
+
+def _feature_names(manifest: dict) -> tuple[str, ...]:
+  return tuple(f"cat_{i}" for i in range(len(manifest["vocab_sizes"])))
+
+
+class ClickTask(Task):
+  """One binary label per example (`ctr`)."""
+
+  LOSSES: ClassVar[dict] = BINARY_LOSSES
+  EVAL_METRICS: ClassVar[tuple[str, ...]] = ("auc", "logloss")
+
+  def __init__(self, config: ml_collections.ConfigDict, manifest: dict, partitioner: Partitioner):
+    super().__init__(config, manifest)
+    if _data_kind(manifest) == "letor":
+      raise ConfigError("task.name", f"{config.task.name!r} learns from examples with labels, but the data "
+                        "holds LETOR query lists: use task.name='ranking' with a ranking model (ltr_mlp)")
+    for key in ("num_dense", "vocab_sizes"):
+      if key not in manifest:
+        raise ConfigError("data.path", f"the dataset's manifest has no {key!r}: not CTR data for task "
+                          f"{config.task.name!r}")
+    self.heads = self.head_names(config)
+    self.loss_fn = self.LOSSES[config.train.loss]  # (logits_b, labels_b) -> mean loss.
+    self.loss_weights = np.asarray(config.task.loss_weights or (1.0,) * len(self.heads), np.float32)
+    hotness = tuple(manifest.get("hotness", [1] * len(manifest["vocab_sizes"])))
+    self.batch_spec = BatchSpec((
+        self.label_field(config),
+        Field("dense", "float32", (manifest["num_dense"],)),
+        Field("cat", "int32", (int(sum(hotness)),)),
+    ))
+    # Synthetic data is generated at the scaled size; real data's ids fold into the scaled tables.
+    fold_ids = config.data.row_scale != 1 and _data_kind(manifest) != "synthetic"
+    self.engine = build_engine(config, self.embedding_tables(config, manifest),
+                               FeatureSlots(_feature_names(manifest), hotness), partitioner, fold_ids=fold_ids)
+    embedded = tuple(EmbeddedFeature(name, self.engine.feature_dim(name), length=h if c == "none" else 1,
+                                     pooled=c != "none")
+                     for name, h, c in zip(self.engine.slots.names, self.engine.slots.hotness, self.engine.combiners))
+    self.inputs = InputSpec(heads=self.heads, num_dense=manifest["num_dense"], embedded=embedded)
+
+  @classmethod
+  def head_names(cls, config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    return ("click",)
+
+  @classmethod
+  def label_field(cls, config: ml_collections.ConfigDict) -> Field:
+    return Field("label", "float32", (), column=config.data.label_index)
+
+  @classmethod
+  def validate_config(cls, config: ml_collections.ConfigDict) -> None:
+    if config.task.loss_weights and len(config.task.loss_weights) != len(cls.head_names(config)):
+      raise ConfigError("task.loss_weights", f"needs one weight per head {cls.head_names(config)}, "
+                        f"got {tuple(config.task.loss_weights)}")
+    if any(not w >= 0 for w in config.task.loss_weights):
+      raise ConfigError("task.loss_weights", f"weights must be >= 0, got {tuple(config.task.loss_weights)}")
+
+  @classmethod
+  def embedding_tables(cls, config: ml_collections.ConfigDict, manifest: dict) -> list:
+    vocab_sizes = manifest["vocab_sizes"]
+    if config.data.row_scale != 1 and _data_kind(manifest) != "synthetic":
+      vocab_sizes = scale_rows(vocab_sizes, config.data.row_scale)
+    model = model_module(config.model.name)
+    if hasattr(model, "embedding_tables"):
+      return list(model.embedding_tables(config, vocab_sizes))
+    # Default: one table per feature, named after it, of model.embed_dim.
+    return [EmbeddingTableConfig(name=n, vocab_size=int(v), dim=config.model.embed_dim, feature_names=(n,))
+            for n, v in zip(_feature_names(manifest), vocab_sizes)]
+
+  # ---- Step functions.
+
+  def sparse_ids(self, batch: dict[str, jax.Array]) -> jax.Array:
+    return batch["cat"]
+
+  def model_inputs(self, batch: dict[str, jax.Array], rows: dict[str, jax.Array], routing: Routing) -> ModelInputs:
+    cast = cast_floating(self.compute_dtype)
+    values, masks = self.engine.pool_by_dim(jax.tree.map(cast, rows), routing)
+    return ModelInputs(dense=cast(batch["dense"]), embedded=KeyedEmbeddings(self.inputs.embedded, values, masks))
+
+  def _labels(self, batch: dict[str, jax.Array]) -> jax.Array:
+    """[B, heads] labels."""
+    label = batch["label"]
+    return label[:, None] if label.ndim == 1 else label
+
+  def _logits(self, outputs: dict[str, jax.Array]) -> jax.Array:
+    """[B, heads] logits."""
+    return jnp.stack([outputs[h] for h in self.heads], axis=1)
+
+  def loss(self, outputs, batch):
+    if len(self.heads) == 1:
+      return self.loss_fn(outputs[self.heads[0]], batch["label"]), {}
+    labels_bh = self._labels(batch)
+    per_head = {h: self.loss_fn(outputs[h], labels_bh[:, i]) for i, h in enumerate(self.heads)}
+    total = sum(w * per_head[h] for h, w in zip(self.heads, self.loss_weights.tolist()))
+    return total, {f"loss/{h}": v for h, v in per_head.items()}
+
+  def eval_step(self, state, batch):
+    outputs = self.forward(state, batch)
+    if len(self.heads) == 1:
+      return {"logits": outputs[self.heads[0]], "label": batch["label"], "weight": batch["weight"]}
+    return {"logits": self._logits(outputs), "label": self._labels(batch), "weight": batch["weight"]}
+
+  # ---- Host side.
+
+  def eval_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+    logits, labels, weights = outputs["logits"], outputs["label"], outputs["weight"]
+    if len(self.heads) == 1:
+      logloss = log_loss_from_logits(labels, logits, weights)
+      return {"loss": logloss, "auc": roc_auc(labels, logits, weights), "logloss": logloss,
+              "examples": int(weights.sum())}
+    per_head: dict[str, float] = {}
+    for i, head in enumerate(self.heads):
+      per_head[f"{head}/auc"] = roc_auc(labels[:, i], logits[:, i], weights)
+      per_head[f"{head}/logloss"] = log_loss_from_logits(labels[:, i], logits[:, i], weights)
+    loglosses = np.array([per_head[f"{h}/logloss"] for h in self.heads])
+    return {"loss": float(np.sum(loglosses * self.loss_weights)),
+            "auc": float(np.mean([per_head[f"{h}/auc"] for h in self.heads])),
+            "logloss": float(loglosses.mean()), **per_head, "examples": int(weights.sum())}
+
+  def checkpoint_metrics(self, evaluation: dict[str, float]) -> dict[str, float]:
+    return {k: evaluation[k] for k in ("auc", "logloss")}
+
+  def summary(self, evaluation: dict[str, float]) -> dict[str, Any]:
+    heads = {f"eval_{k}": v for k, v in evaluation.items() if "/" in k}
+    return {"eval_auc": evaluation["auc"], "eval_logloss": evaluation["logloss"], **heads,
+            "bayes_optimal_eval_auc": self.manifest.get("bayes_optimal_eval_auc")}
+
+  def final_line(self, summary: dict[str, Any]) -> str:
+    rate = f"{summary['examples_per_sec']:,.0f}" if summary["examples_per_sec"] else "n/a"
+    heads = "".join(f" {h}: auc={summary[f'eval_{h}/auc']:.6f} logloss={summary[f'eval_{h}/logloss']:.6f}"
+                    for h in self.heads if f"eval_{h}/auc" in summary)
+    bayes = summary["bayes_optimal_eval_auc"]
+    return (f"rankjax: final eval auc={summary['eval_auc']:.6f} logloss={summary['eval_logloss']:.6f}"
+            f"{heads} steps={summary['steps']} examples/s={rate}"
+            + (f" (Bayes-optimal auc {bayes:.6f}, ratio {summary['eval_auc'] / bayes:.4f})" if bayes else ""))
+
+
+class MultiTask(ClickTask):
+  """Several binary labels, one head each (`multitask`: click + conversion, ...)."""
+
+  @classmethod
+  def head_names(cls, config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    return tuple(config.task.heads)
+
+  @classmethod
+  def label_field(cls, config: ml_collections.ConfigDict) -> Field:
+    columns = tuple(config.task.label_columns) or tuple(range(len(config.task.heads)))
+    return Field("label", "float32", (len(columns),), columns=columns)
+
+  @classmethod
+  def validate_config(cls, config: ml_collections.ConfigDict) -> None:
+    heads = tuple(config.task.heads)
+    if len(heads) < 2 or len(set(heads)) != len(heads) or any(not h or "/" in h for h in heads):
+      raise ConfigError("task.heads", f"multitask needs two or more distinct head names without '/', got {heads}")
+    if config.task.label_columns and len(config.task.label_columns) != len(heads):
+      raise ConfigError("task.label_columns", f"needs one label column per head {heads}, "
+                        f"got {tuple(config.task.label_columns)}")
+    super().validate_config(config)
