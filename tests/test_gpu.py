@@ -30,4 +30,18 @@ def test_sparse_update_on_gpu_is_bitwise_repeatable_and_matches_cpu(name):
   gpu = jax.devices("gpu")[0]
   first, second = run(gpu), run(gpu)
   np.testing.assert_array_equal(first, second)
-  np.testing.assert_allclose(first, run(jax.devices("cpu")[0]), rtol=1e-4, atol=1e-5)
+  cpu = run(jax.devices("cpu")[0])
+  if name != "sgd":
+    np.testing.assert_allclose(first, cpu, rtol=1e-4, atol=1e-5)
+    return
+  # SGD is linear, so a float64 oracle is exact. A row's update sums thousands of gradients, and
+  # summed in another order float32 differs by up to ~eps x the sum of their magnitudes (an element
+  # that cancels to near 0 keeps that absolute error): both devices stay within that bound.
+  oracle = table.astype(np.float64)
+  magnitude = np.zeros_like(oracle)
+  for _ in range(3):
+    np.subtract.at(oracle, rows, 0.1 * grads.astype(np.float64))
+    np.add.at(magnitude, rows, 0.1 * np.abs(grads.astype(np.float64)))
+  bound = 8 * np.finfo(np.float32).eps * (magnitude + np.abs(oracle))
+  for result in (first, cpu):
+    assert np.all(np.abs(result - oracle) <= bound), np.max(np.abs(result - oracle) / np.maximum(bound, 1e-30))

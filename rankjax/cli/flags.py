@@ -68,13 +68,32 @@ def parse_config_flags(argv: list[str], program: str, define: Callable[[flags.Fl
   return config_flag.value, fv
 
 
+def command_help(program: str, define: Callable[[flags.FlagValues], None]) -> str:
+  """The `--help` text of a config-driven command: its flags, and how to see the config's keys."""
+  fv = flags.FlagValues()
+  flags.DEFINE_string("config", None, "Experiment config file (configs/*.py), optionally FILE:ARG.", flag_values=fv)
+  define(fv)
+  lines = [f"usage: {program} --config CFG [flags] [--config.KEY=VALUE ...]", "", "flags:"]
+  for name in sorted(fv):
+    flag = fv[name]
+    default = "" if flag.default is None else f" (default: {flag.default})"
+    lines.append(f"  --{name}: {flag.help}{default}")
+  lines += ["", "Any config key can be overridden: --config.train.steps=2000. Every key with its value,",
+            "default and type: rankjax config show --config CFG [--config.KEY=VALUE ...]"]
+  return "\n".join(lines)
+
+
 def run_command(argv: list[str], program: str, define: Callable[[flags.FlagValues], None],
                 body: Callable[[ml_collections.ConfigDict, flags.FlagValues], int | None],
                 errors: tuple[type[Exception], ...] = ()) -> int:
-  """Parses flags and runs `body`; config and data problems (and `errors`) exit 2 with one line."""
+  """Parses flags and runs `body`; config and data problems (and `errors`) exit 2 with one line.
+  `--help` / `-h` prints the command's flags."""
   from rankjax.config import ConfigError
   from rankjax.data.layout import DataError
   from rankjax.experiment import UsageError
+  if "--help" in argv or "-h" in argv:
+    print(command_help(program, define))
+    return 0
   try:
     config, fv = parse_config_flags(argv, program, define)
   except ConfigError as e:

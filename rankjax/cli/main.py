@@ -21,12 +21,16 @@ commands:
   data criteo|table|letor ... ingest Criteo TSV, Parquet/CSV or LETOR/SVMlight into the binary layout
   profile --config CFG --workdir DIR [--steps N]
           XProf trace, HLO dumps and a roofline report of the train step
+  config show --config CFG [--config.KEY=VALUE ...]
+          every config key with its value, default and type
+
+`rankjax COMMAND --help` lists a command's flags.
 """
 
 # Command words -> the module (under rankjax.cli) whose main(argv) runs it.
 COMMANDS = {("train",): "train", ("plan",): "plan", ("profile",): "profile", ("data",): "data",
             ("bench", "embedding"): "bench_embedding", ("bench", "data"): "bench_data",
-            ("bench", "train"): "bench_train"}
+            ("bench", "train"): "bench_train", ("config",): "config_show"}
 
 
 def main(argv: list[str] | None = None) -> int:
