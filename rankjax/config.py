@@ -15,6 +15,7 @@ from typing import Any
 
 import ml_collections
 
+from rankjax.data.validation import POLICIES as INVALID_RECORD_POLICIES
 from rankjax.dense_optim import DENSE_OPTIMIZERS as _DENSE_OPTIMIZERS
 from rankjax.embedding import optimizers as _sparse_optimizers
 from rankjax.embedding.sharding import SHARDINGS as _SHARDINGS
@@ -83,6 +84,10 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   c.data.row_scale = 1.0
   c.data.shuffle_seed = 0
   c.data.label_index = 0  # Which label column to train on, for data with several (multi-task tables).
+  # Records whose values the task's batch rejects (labels not 0/1, ids outside the vocabulary,
+  # non-finite features, negative relevance): "error" (one line naming the record) or "skip"
+  # (left out, counted and reported).
+  c.data.invalid_records = "error"
   c.data.verify_checksums = True  # sha256 of every shard on first open (then cached per file).  # Global shuffle permutation is a function of (shuffle_seed, epoch).
   c.data.read_threads = 2  # Grain threads that gather batches.
   c.data.prefetch_batches = 4  # Grain prefetch buffer, in batches.
@@ -255,6 +260,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                       f"batch (train.batch_size={config.train.batch_size})")
   if config.train.eval_every < 0:
     raise ConfigError("train.eval_every", "must be >= 0 (0 = only at the end)")
+  if config.data.invalid_records not in INVALID_RECORD_POLICIES:
+    raise ConfigError("data.invalid_records", f"must be one of {INVALID_RECORD_POLICIES}")
   if config.train.compute_dtype not in FLOAT_DTYPES:
     raise ConfigError("train.compute_dtype", f"must be one of {FLOAT_DTYPES}")
   if config.train.on_non_finite not in ("stop", "skip"):

@@ -147,7 +147,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path, devices: S
   iterator = pipeline.train_iterator(
       exp.data_dir, exp.manifest, global_batch_size=config.train.batch_size, num_batches=num_batches,
       seed=config.data.shuffle_seed, read_threads=config.data.read_threads, prefetch=config.data.prefetch_batches,
-      process_index=jax.process_index(), process_count=jax.process_count(), spec=exp.task.batch_spec)
+      process_index=jax.process_index(), process_count=jax.process_count(), spec=exp.task.batch_spec,
+      invalid_records=config.data.invalid_records)
   with jax.set_mesh(exp.partitioner.mesh):
     batches = [exp.partitioner.place_batch(b, exp.batch_shardings) for b in iterator]
     state = exp.init_fn(config.seed)

@@ -33,6 +33,16 @@ class NonFiniteLossError(RuntimeError):
   """Training stopped because the loss became NaN or infinite."""
 
 
+_reported: set[str] = set()
+
+
+def _quiet_after_first(report) -> None:
+  """Reports the eval split's skipped records once per process, not at every evaluation."""
+  if report.line() not in _reported:
+    _reported.add(report.line())
+    print(f"rankjax: {report.line()}", file=sys.stderr)
+
+
 def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
   """The task's eval metrics over the whole eval split (padding examples or lists carry weight 0):
   each batch's eval outputs are gathered to the host, then reduced by the task."""
@@ -40,7 +50,8 @@ def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
   it = pipeline.eval_iterator(exp.data_dir, exp.manifest, global_batch_size=config.train.eval_batch_size,
                               read_threads=config.data.read_threads, prefetch=config.data.prefetch_batches,
                               process_index=jax.process_index(), process_count=jax.process_count(),
-                              spec=exp.task.batch_spec, verify=config.data.verify_checksums)
+                              spec=exp.task.batch_spec, verify=config.data.verify_checksums,
+                              invalid_records=config.data.invalid_records, report=_quiet_after_first)
   eval_shardings = exp.task.batch_spec.with_weight().shardings(exp.partitioner)
   outputs = [exp.eval_fn(state, exp.partitioner.place_batch(batch, eval_shardings)) for batch in it]
   gathered = {name: np.concatenate([np.asarray(multihost_utils.process_allgather(o[name], tiled=True))
@@ -145,7 +156,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, device
         seed=config.data.shuffle_seed, read_threads=config.data.read_threads,
         prefetch=config.data.prefetch_batches,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        spec=exp.task.batch_spec, verify=config.data.verify_checksums)
+        spec=exp.task.batch_spec, verify=config.data.verify_checksums,
+        invalid_records=config.data.invalid_records)
     if data_state is not None:
       train_iter.set_state(data_state["iterator"])
 

@@ -28,6 +28,9 @@ class Field:
     that dim; on a field without one, column must be 0.
   columns: read these columns of the record field's trailing dim (kept as a dim).
   axes: logical sharding axes of the per-example dims (None = not sharded); default none.
+  values: what a valid value is, checked when a split is opened (rankjax.data.validation):
+    "binary" (0 or 1), "finite", "nonnegative" (finite and >= 0), or "" (anything).
+  id_bounds: for id fields, column c holds -1 (padding) or an id in [0, id_bounds[c]).
   """
   name: str
   dtype: str
@@ -36,6 +39,8 @@ class Field:
   column: int | None = None
   columns: tuple[int, ...] | None = None
   axes: tuple[str | None, ...] | None = None
+  values: str = ""
+  id_bounds: tuple[int, ...] | None = None
 
   @property
   def record_field(self) -> str:

@@ -198,8 +198,11 @@ def _write_stamp(directory: pathlib.Path, stamp: dict[str, Any]) -> None:
   try:
     tmp.write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
     tmp.replace(directory / VERIFIED_STAMP)
-  except OSError:
-    tmp.unlink(missing_ok=True)
+  except OSError:  # Read-only (EROFS, EACCES) or full: nothing is written into the dataset.
+    try:
+      tmp.unlink(missing_ok=True)
+    except OSError:
+      pass
 
 
 def verify_shards(directory: pathlib.Path, shards: Sequence[dict[str, Any]]) -> None:
@@ -230,6 +233,10 @@ def open_split(directory: pathlib.Path, manifest: dict[str, Any], split: str, ve
   dtype = fields_to_dtype(manifest["fields"])
   shards = split_shards(manifest, split)
   for shard in shards:
+    name = pathlib.PurePosixPath(str(shard["file"]))
+    if name.is_absolute() or ".." in name.parts or not name.parts:
+      raise DataError(f"{directory / MANIFEST}: shard path {shard['file']!r} of split {split!r} is not inside "
+                      "the dataset directory (a manifest names its shards relative to it)")
     path = directory / shard["file"]
     expected = shard["num_records"] * dtype.itemsize
     if not path.is_file() or path.stat().st_size != expected:

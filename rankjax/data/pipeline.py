@@ -14,12 +14,14 @@ every record field as stored. Records are checked against the spec when the spli
 from __future__ import annotations
 
 import pathlib
+import sys
 import threading
+from collections.abc import Callable
 
 import grain
 import numpy as np
 
-from rankjax.data import layout
+from rankjax.data import layout, validation
 from rankjax.data.batch import BatchSpec
 
 
@@ -89,6 +91,21 @@ class SequentialBatches:
     return batch
 
 
+def _open(directory: str | pathlib.Path, manifest: dict, split: str, spec: BatchSpec | None, verify: bool,
+          invalid_records: str, report: Callable[[validation.ValidationReport], None] | None):
+  """A split's records, checked against the spec's value rules (see rankjax.data.validation);
+  records left out under "skip" are reported through `report` (default: one line on stderr)."""
+  records = layout.open_split(directory, manifest, split, verify)
+  if spec is None:
+    return records
+  spec.check(records.dtype, f"{split} split")
+  files = [str(pathlib.Path(directory) / s["file"]) for s in layout.split_shards(manifest, split)]
+  records, result = validation.validate(records, spec, split, files, invalid_records)
+  if result.kept < result.records:
+    (report or (lambda r: print(f"rankjax: {r.line()}", file=sys.stderr)))(result)
+  return records
+
+
 def _iterate(source, length: int, read_threads: int, prefetch: int) -> grain.DatasetIterator:
   dataset = grain.MapDataset.range(length).map(source.__getitem__)
   options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)
@@ -98,21 +115,24 @@ def _iterate(source, length: int, read_threads: int, prefetch: int) -> grain.Dat
 def train_iterator(directory: str | pathlib.Path, manifest: dict, *, global_batch_size: int, num_batches: int,
                    seed: int, read_threads: int = 2, prefetch: int = 4,
                    process_index: int = 0, process_count: int = 1, spec: BatchSpec | None = None,
-                   verify: bool = True) -> grain.DatasetIterator:
+                   verify: bool = True, invalid_records: str = "error",
+                   report: Callable[[validation.ValidationReport], None] | None = None) -> grain.DatasetIterator:
   """A checkpointable iterator over `num_batches` shuffled training batches (several epochs if needed).
 
   `verify`: check the shards' sha256 on open (see layout.open_split; cached after the first time).
+  `invalid_records`: "error" or "skip" for records the spec's value rules reject.
   """
-  source = ShuffledBatches(layout.open_split(directory, manifest, "train", verify), global_batch_size, seed,
-                           process_index, process_count, spec)
+  records = _open(directory, manifest, "train", spec, verify, invalid_records, report)
+  source = ShuffledBatches(records, global_batch_size, seed, process_index, process_count, spec)
   return _iterate(source, num_batches, read_threads, prefetch)
 
 
 def eval_iterator(directory: str | pathlib.Path, manifest: dict, *, global_batch_size: int,
                   read_threads: int = 2, prefetch: int = 4,
                   process_index: int = 0, process_count: int = 1, spec: BatchSpec | None = None,
-                  verify: bool = True) -> grain.DatasetIterator:
-  """The eval split in order, every record once (see SequentialBatches)."""
-  source = SequentialBatches(layout.open_split(directory, manifest, "eval", verify), global_batch_size,
-                             process_index, process_count, spec)
+                  verify: bool = True, invalid_records: str = "error",
+                  report: Callable[[validation.ValidationReport], None] | None = None) -> grain.DatasetIterator:
+  """The eval split in order, every (valid) record once (see SequentialBatches)."""
+  records = _open(directory, manifest, "eval", spec, verify, invalid_records, report)
+  source = SequentialBatches(records, global_batch_size, process_index, process_count, spec)
   return _iterate(source, len(source), read_threads, prefetch)

@@ -54,10 +54,11 @@ class ClickTask(Task):
     self.loss_fn = self.LOSSES[config.train.loss]  # (logits_b, labels_b) -> mean loss.
     self.loss_weights = np.asarray(config.task.loss_weights or (1.0,) * len(self.heads), np.float32)
     hotness = tuple(manifest.get("hotness", [1] * len(manifest["vocab_sizes"])))
+    id_bounds = tuple(int(v) for v, h in zip(manifest["vocab_sizes"], hotness) for _ in range(h))
     self.batch_spec = BatchSpec((
         self.label_field(config),
-        Field("dense", "float32", (manifest["num_dense"],)),
-        Field("cat", "int32", (int(sum(hotness)),)),
+        Field("dense", "float32", (manifest["num_dense"],), values="finite"),
+        Field("cat", "int32", (int(sum(hotness)),), id_bounds=id_bounds),
     ))
     # Synthetic data is generated at the scaled size; real data's ids fold into the scaled tables.
     fold_ids = config.data.row_scale != 1 and _data_kind(manifest) != "synthetic"
@@ -74,7 +75,7 @@ class ClickTask(Task):
 
   @classmethod
   def label_field(cls, config: ml_collections.ConfigDict) -> Field:
-    return Field("label", "float32", (), column=config.data.label_index)
+    return Field("label", "float32", (), column=config.data.label_index, values="binary")
 
   @classmethod
   def validate_config(cls, config: ml_collections.ConfigDict) -> None:
@@ -174,7 +175,7 @@ class MultiTask(ClickTask):
   @classmethod
   def label_field(cls, config: ml_collections.ConfigDict) -> Field:
     columns = tuple(config.task.label_columns) or tuple(range(len(config.task.heads)))
-    return Field("label", "float32", (len(columns),), columns=columns)
+    return Field("label", "float32", (len(columns),), columns=columns, values="binary")
 
   @classmethod
   def validate_config(cls, config: ml_collections.ConfigDict) -> None:

@@ -53,9 +53,9 @@ class RankingTask(Task):
     self.ndcg_key = f"ndcg@{config.train.ndcg_k}"
     list_size, num_features = manifest["max_list_size"], manifest["num_features"]
     self.batch_spec = BatchSpec((
-        Field("relevance", "float32", (list_size,)),
-        Field("features", "float32", (list_size, num_features)),
-        Field("mask", "float32", (list_size,)),
+        Field("relevance", "float32", (list_size,), values="nonnegative"),
+        Field("features", "float32", (list_size, num_features), values="finite"),
+        Field("mask", "float32", (list_size,), values="binary"),
     ))
     self.inputs = InputSpec(heads=(self.HEAD,), num_document_features=num_features, list_size=list_size)
     self.feature_mean_n, self.feature_std_n = feature_normalization(manifest, config.task.normalize)
