@@ -1,7 +1,7 @@
-"""Tests for rankjax/data/criteo.py through `rankjax data criteo` (rankjax/data/data_cli.py).
+"""Tests for rankjax/data/criteo.py through `rankjax data criteo` (rankjax/cli/data.py).
 
 The oracle parses each input line in plain Python (int(), int(x, 16), math.log1p) and maps ids
-with rankjax.hashing or a vocabulary counted here; the written records must equal it exactly.
+with rankjax.data.hashing or a vocabulary counted here; the written records must equal it exactly.
 """
 
 import collections

@@ -1,4 +1,4 @@
-"""Tests for rankjax/data/letor.py through `rankjax data letor` (rankjax/data/data_cli.py).
+"""Tests for rankjax/data/letor.py through `rankjax data letor` (rankjax/cli/data.py).
 
 Oracles: lists written out by hand, and a plain-Python parser (str.split, float, int) that groups
 consecutive qids; the written records and the manifest's feature stats must equal them.

@@ -21,7 +21,7 @@ partitioning, where shapes are the whole step's. XLA charges each gather and sca
 whole operand, so every lookup and sparse update counts whole embedding tables; the roofline
 uses the bytes without those passes (`table_passes`). The roofline bound is max(FLOPs / peak
 FLOP/s, bytes / peak bytes/s) over all devices; for a GPU the peaks come from a datasheet table
-(rankjax/roofline.py), for a CPU from a calibration run just before. The op time of the traced
+(rankjax/perf/roofline.py), for a CPU from a calibration run just before. The op time of the traced
 steps is also summed by `jax.named_scope` (bottom_mlp, dot_interaction, sparse_update, ...).
 
 For every pass of XLA, dump the HLO at each stage (and per-pass diffs) by rerunning with
@@ -256,7 +256,7 @@ def format_report(report: dict) -> str:
                                    f"{bound['compute_s'] * 1e3:.2f} ms, memory {bound['memory_s'] * 1e3:.2f} ms)"))
     rows.append(("step at", f"{bound['fraction_of_roofline']:.1%} of the roofline"))
   else:
-    rows.append(("peak", f"no entry for {report['device_kind']} in rankjax/roofline.py"))
+    rows.append(("peak", f"no entry for {report['device_kind']} in rankjax/perf/roofline.py"))
   by_scope = report["ms_per_step_by_scope"]
   if by_scope:
     rows.append(("op time by scope", "; ".join(f"{k} {v:.2f} ms" for k, v in by_scope.items())
