@@ -190,10 +190,27 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
     raise ConfigError("config", f"config file {path} does not exist")
   spec = importlib.util.spec_from_file_location(f"rankjax_config_{p.stem}", p)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ConfigError("config", f"{path} defines no get_config()")
-  return module.get_config(arg) if arg is not None else module.get_config()
+  try:
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+      raise ConfigError("config", f"{path} defines no get_config()")
+    config = module.get_config(arg) if arg is not None else module.get_config()
+  except ConfigError:
+    raise
+  except SyntaxError as e:
+    raise ConfigError("config", f"{path}:{e.lineno}: syntax error: {e.msg}") from None
+  except Exception as e:  # The config is the user's code: name where it failed.
+    line = next((f.lineno for f in reversed(_traceback_frames(e)) if f.filename == str(p)), None)
+    raise ConfigError("config", f"{path}{f':{line}' if line else ''}: {type(e).__name__}: {e}") from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError("config", f"{path}: get_config() returned a {type(config).__name__}, not an "
+                      "ml_collections.ConfigDict (start from rankjax.config.base_config())")
+  return config
+
+
+def _traceback_frames(error: BaseException) -> list:
+  import traceback
+  return traceback.extract_tb(error.__traceback__)
 
 
 def _type_ok(value: Any, default: Any) -> bool:

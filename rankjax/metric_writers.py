@@ -1,4 +1,7 @@
-"""Metric sinks: WORKDIR/metrics.jsonl (one JSON object per event) and TensorBoard event files."""
+"""Metric sinks: WORKDIR/metrics.jsonl (one JSON object per event) and TensorBoard event files.
+
+On resume both forget what was logged after the restored step: metrics.jsonl is rewritten without
+those events, and TensorBoard is told to purge them (a purge step in a new event file)."""
 
 from __future__ import annotations
 
@@ -15,17 +18,33 @@ class MetricWriter:
     self.enabled = enabled
     self.path = pathlib.Path(workdir) / "metrics.jsonl"
     self._tb = None
+    self._tb_dir = str(pathlib.Path(workdir) / "tensorboard")
     if enabled:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+      self._tb = _summary_writer(self._tb_dir)
 
   def truncate_after(self, step: int) -> int:
-    """On resume: drops events of steps after the restored checkpoint (they are redone); returns how many."""
-    if not self.enabled or not self.path.exists():
+    """On resume: drops events of steps after the restored checkpoint (they are redone); returns how
+    many. A torn last line (a crash while appending) is dropped too; any other unreadable line
+    is an error naming it."""
+    if not self.enabled:
       return 0
+    self._tb.close()  # TensorBoard hides every event after `step` logged before this point.
+    self._tb = _summary_writer(self._tb_dir, purge_step=step + 1)
+    if not self.path.exists():
+      return 0
+    lines = self.path.read_text().splitlines()
     kept, dropped = [], 0
-    for line in self.path.read_text().splitlines():
-      if line.strip() and json.loads(line).get("step", 0) > step:
+    for number, line in enumerate(lines, 1):
+      if not line.strip():
+        continue
+      try:
+        event = json.loads(line)
+      except json.JSONDecodeError:
+        if number == len(lines):
+          dropped += 1
+          continue
+        raise ValueError(f"{self.path}:{number}: not a JSON event; fix or remove the line to resume") from None
+      if event.get("step", 0) > step:
         dropped += 1
       else:
         kept.append(line)
@@ -46,3 +65,8 @@ class MetricWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def _summary_writer(directory: str, purge_step: int | None = None):
+  from tensorboardX import SummaryWriter
+  return SummaryWriter(directory, purge_step=purge_step)

@@ -118,6 +118,15 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--vocab", choices=("hash", "frequency"), default="hash")
   parser.add_argument("--output", default=None, help="--preprocess: keep the dataset here (default: a temp dir)")
   args = parser.parse_args(argv)
+  from rankjax.cli.flags import EXIT_CONFIG_ERROR, fail
+  from rankjax.data.layout import DataError
+  try:
+    return _run(args)
+  except (DataError, OSError) as e:
+    return fail(str(e), EXIT_CONFIG_ERROR)
+
+
+def _run(args: argparse.Namespace) -> int:
   if args.path:
     for threads in (int(t) for t in args.threads.split(",")):
       print(json.dumps(bench_pipeline(args.path, args.batch, args.batches, threads)), flush=True)

@@ -157,9 +157,21 @@ def collectives(rows: int, batch: int, optimizer: str, emit: Callable[[dict], No
           "collectives": hlo_stats.summarize(ops), "collective_bytes_per_step": sum(o.bytes for o in ops)})
 
 
+def _positive_ints(text: str) -> list[int]:
+  """argparse type: "1000,3000" -> [1000, 3000]; anything else is a usage error (exit 2)."""
+  try:
+    values = [int(v) for v in text.split(",")]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+  if any(v < 1 for v in values):
+    raise argparse.ArgumentTypeError(f"{text!r}: rows must be >= 1")
+  return values
+
+
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(prog="rankjax bench embedding", description=__doc__.splitlines()[0])
-  parser.add_argument("--rows", default="100000,1000000,4000000", help="rows per table, comma-separated")
+  parser.add_argument("--rows", default="100000,1000000,4000000", type=_positive_ints,
+                      help="rows per table, comma-separated")
   parser.add_argument("--steps", type=int, default=20, help="timed steps per size")
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--batch", type=int, default=4096)
@@ -170,7 +182,7 @@ def main(argv: list[str]) -> int:
                       help="instead of timing, print each sharding type's collectives from the compiled HLO")
   args = parser.parse_args(argv)
   emit = lambda obj: print(json.dumps(obj), flush=True)
-  rows_list = [int(r) for r in args.rows.split(",")]
+  rows_list = args.rows
   if args.collectives:
     collectives(rows_list[0], args.batch, args.optimizer, emit)
     return 0

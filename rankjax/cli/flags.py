@@ -6,18 +6,24 @@ from __future__ import annotations
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable
 
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-EXIT_CONFIG_ERROR = 2
+EXIT_FAILURE = 1  # An unexpected error (rerun with RANKJAX_DEBUG=1 for its traceback).
+EXIT_CONFIG_ERROR = 2  # Something the user can fix: a config key, a file, a flag, the data.
 EXIT_NON_FINITE = 3
 EXIT_PREEMPTED = 4  # A checkpoint was written on SIGTERM/SIGINT; rerun to resume.
 
 
 def fail(message: str, code: int) -> int:
+  """Prints the one-line error (after the traceback of the error being handled, with
+  RANKJAX_DEBUG=1) and returns the exit code."""
+  if os.environ.get("RANKJAX_DEBUG") == "1" and sys.exc_info()[0] is not None:
+    traceback.print_exc()
   print(f"rankjax: error: {message}", file=sys.stderr)
   return code
 
@@ -54,9 +60,10 @@ def parse_config_flags(argv: list[str], program: str, define: Callable[[flags.Fl
                        ) -> tuple[ml_collections.ConfigDict, flags.FlagValues]:
   """--config CFG [--config.KEY=V ...] plus the flags `define` adds; argv excludes the program name."""
   path = config_path(argv)
-  if path is not None and not os.path.isfile(path.partition(":")[0]):
-    from rankjax.config import ConfigError
-    raise ConfigError("config", f"config file {path.partition(':')[0]} does not exist")
+  if path is not None:  # Loaded once first, so a broken config file fails with one line naming it.
+    from rankjax.config import load_config_file
+    file, _, arg = path.partition(":")
+    load_config_file(file, arg or None)
   fv = flags.FlagValues()
   # config_flags finds the --config.KEY overrides in sys.argv unless given the argument list.
   config_flag = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",

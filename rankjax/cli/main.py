@@ -1,11 +1,13 @@
-"""The `rankjax` command: dispatches `rankjax COMMAND ...` to the command's module."""
+"""The `rankjax` command: dispatches `rankjax COMMAND ...` to the command's module. Every error
+reaches the user as one line (the traceback only with RANKJAX_DEBUG=1)."""
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
-from rankjax.cli.flags import EXIT_CONFIG_ERROR, fail
+from rankjax.cli.flags import EXIT_CONFIG_ERROR, EXIT_FAILURE, fail
 
 USAGE = """usage: rankjax COMMAND ...
 
@@ -40,7 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if len(argv) >= 2 else EXIT_CONFIG_ERROR
   for words, module in sorted(COMMANDS.items(), key=lambda kv: -len(kv[0])):
     if tuple(argv[1:1 + len(words)]) == words:
-      return importlib.import_module(f"rankjax.cli.{module}").main(argv[1 + len(words):])
+      try:
+        return importlib.import_module(f"rankjax.cli.{module}").main(argv[1 + len(words):])
+      except Exception as e:  # Anything a command did not turn into its own one-line error.
+        if os.environ.get("RANKJAX_DEBUG") == "1":
+          raise
+        user_caused = isinstance(e, (ValueError, OSError))  # Config, data, files, disk space.
+        return fail(f"{type(e).__name__}: {' '.join(str(e).split())} (RANKJAX_DEBUG=1 prints the traceback)",
+                    EXIT_CONFIG_ERROR if user_caused else EXIT_FAILURE)
   return fail(f"unknown command {' '.join(argv[1:3])!r}\n{USAGE}", EXIT_CONFIG_ERROR)
 
 

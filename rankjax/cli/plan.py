@@ -35,6 +35,10 @@ def main(argv: list[str]) -> int:
   from rankjax.perf.plan_report import print_plan
 
   def body(config: ml_collections.ConfigDict, fv: flags.FlagValues) -> None:
+    from rankjax.experiment import UsageError
+    for name in ("devices", "device_memory"):
+      if fv[name].value is not None and fv[name].value < 1:
+        raise UsageError(f"--{name.replace('_', '-')}={fv[name].value}: must be >= 1")
     print_plan(config, fv["devices"].value, fv["device_memory"].value)
 
   return run_command(argv, "rankjax plan", _define, body, errors=(PlanError,))

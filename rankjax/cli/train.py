@@ -6,6 +6,7 @@ SIGTERM/SIGINT checkpoint exits 4.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import ml_collections
@@ -21,8 +22,17 @@ def _define(fv: flags.FlagValues) -> None:
 
 def main(argv: list[str]) -> int:
   def body(config: ml_collections.ConfigDict, fv: flags.FlagValues) -> int:
-    if not fv["workdir"].value:
+    workdir = fv["workdir"].value
+    if not workdir:
       raise UsageError("--workdir is required")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+      raise UsageError(f"--workdir {workdir}: exists and is not a directory")
+    try:
+      os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+      raise UsageError(f"--workdir {workdir}: cannot create it: {e.strerror}") from None
+    if not os.access(workdir, os.W_OK | os.X_OK):
+      raise UsageError(f"--workdir {workdir}: not writable")
     from rankjax import distributed
     from rankjax.train import NonFiniteLossError, Preempted, train
     try:

@@ -111,6 +111,8 @@ def read_manifest(directory: pathlib.Path) -> dict[str, Any]:
     manifest = json.loads(path.read_text())
   except json.JSONDecodeError as e:
     raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+  if not isinstance(manifest, dict):
+    raise DataError(f"{path}: a manifest is a JSON object, this holds a {type(manifest).__name__}")
   if manifest.get("format") != FORMAT or manifest.get("format_version") not in READABLE_VERSIONS:
     raise DataError(f"{path}: format {manifest.get('format')!r} v{manifest.get('format_version')!r}, "
                     f"expected {FORMAT!r} v{' or v'.join(map(str, READABLE_VERSIONS))}")

@@ -43,13 +43,7 @@ class ClickTask(Task):
 
   def __init__(self, config: ml_collections.ConfigDict, manifest: dict, partitioner: Partitioner):
     super().__init__(config, manifest)
-    if _data_kind(manifest) == "letor":
-      raise ConfigError("task.name", f"{config.task.name!r} learns from examples with labels, but the data "
-                        "holds LETOR query lists: use task.name='ranking' with a ranking model (ltr_mlp)")
-    for key in ("num_dense", "vocab_sizes"):
-      if key not in manifest:
-        raise ConfigError("data.path", f"the dataset's manifest has no {key!r}: not CTR data for task "
-                          f"{config.task.name!r}")
+    self.check_manifest(config, manifest)
     self.heads = self.head_names(config)
     self.loss_fn = self.LOSSES[config.train.loss]  # (logits_b, labels_b) -> mean loss.
     self.loss_weights = np.asarray(config.task.loss_weights or (1.0,) * len(self.heads), np.float32)
@@ -69,6 +63,17 @@ class ClickTask(Task):
                      for name, h, c in zip(self.engine.slots.names, self.engine.slots.hotness, self.engine.combiners))
     self.inputs = InputSpec(heads=self.heads, num_dense=manifest["num_dense"], embedded=embedded)
 
+  @staticmethod
+  def check_manifest(config: ml_collections.ConfigDict, manifest: dict) -> None:
+    """Raises ConfigError unless the data holds labelled examples with categorical features."""
+    if _data_kind(manifest) == "letor":
+      raise ConfigError("task.name", f"{config.task.name!r} learns from examples with labels, but the data "
+                        "holds LETOR query lists: use task.name='ranking' with a ranking model (ltr_mlp)")
+    for key in ("num_dense", "vocab_sizes"):
+      if key not in manifest:
+        raise ConfigError("data.path", f"the dataset's manifest has no {key!r}: not CTR data for task "
+                          f"{config.task.name!r}")
+
   @classmethod
   def head_names(cls, config: ml_collections.ConfigDict) -> tuple[str, ...]:
     return ("click",)
@@ -87,6 +92,7 @@ class ClickTask(Task):
 
   @classmethod
   def embedding_tables(cls, config: ml_collections.ConfigDict, manifest: dict) -> list:
+    cls.check_manifest(config, manifest)
     vocab_sizes = manifest["vocab_sizes"]
     if config.data.row_scale != 1 and _data_kind(manifest) != "synthetic":
       vocab_sizes = scale_rows(vocab_sizes, config.data.row_scale)
