@@ -58,6 +58,13 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
                       help=f"records per shard file (default {DEFAULT_RECORDS_PER_SHARD})")
 
 
+def _workers_argument(parser: argparse.ArgumentParser) -> None:
+  from rankjax.data.parallel import workers_default
+  parser.add_argument("--workers", type=int, default=workers_default(),
+                      help="processes converting in parallel (default: every core); the dataset is the same "
+                           "whatever the count")
+
+
 def _criteo_parser() -> argparse.ArgumentParser:
   from rankjax.data import criteo
   parser = _Parser(prog="rankjax data criteo", description=criteo.__doc__.split("\n\n")[0])
@@ -69,6 +76,7 @@ def _criteo_parser() -> argparse.ArgumentParser:
   parser.add_argument("--max-rows-per-table", type=int, default=None,
                       help=f"hash: rows per table (default {criteo.DEFAULT_HASH_ROWS}); frequency: a cap "
                            "(the most frequent ids are kept)")
+  _workers_argument(parser)
   return parser
 
 
@@ -109,7 +117,8 @@ def _run_criteo(argv: list[str]) -> tuple[str, dict]:
   args = _criteo_parser().parse_args(argv)
   options = criteo.CriteoOptions(vocab=args.vocab, min_count=args.min_count,
                                  max_rows_per_table=args.max_rows_per_table, strict=args.on_error == "strict",
-                                 max_records_per_shard=args.max_records_per_shard, **_split_options(args))
+                                 max_records_per_shard=args.max_records_per_shard, workers=args.workers,
+                                 **_split_options(args))
   return args.output, criteo.convert(expand_inputs(args.input), args.output, options)
 
 

@@ -24,13 +24,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import pathlib
+import shutil
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from rankjax.data import layout
-from rankjax.data.writer import DEFAULT_RECORDS_PER_SHARD, DatasetWriter, IngestStats, excerpt
+from rankjax.data import layout, parallel
+from rankjax.data.writer import DEFAULT_RECORDS_PER_SHARD, DatasetWriter, IngestError, IngestStats, excerpt
 from rankjax.data.hashing import MAX_ROWS, hash_to_rows, splitmix64
 
 NUM_DENSE, NUM_CATEGORICAL = 13, 26
@@ -261,23 +262,41 @@ def _decompressed_chunks(f, chunk_bytes: int) -> Iterator[bytes]:
     raise _DamagedStream(TRUNCATED_GZIP)
 
 
-def read_chunks(path: pathlib.Path, chunk_bytes: int = BLOCK_BYTES) -> Iterator[bytes]:
-  """The file's bytes (decompressed when it starts with the gzip magic) in chunks; a damaged gzip
-  raises _DamagedStream after every decodable byte has been yielded."""
+def is_gzip(path: pathlib.Path) -> bool:
   with open(path, "rb") as f:
-    is_gzip = f.read(2) == GZIP_MAGIC
+    return f.read(2) == GZIP_MAGIC
+
+
+def read_chunks(path: pathlib.Path, chunk_bytes: int = BLOCK_BYTES, byte_range: tuple[int, int] | None = None
+                ) -> Iterator[bytes]:
+  """The file's bytes (decompressed when it starts with the gzip magic) in chunks; a damaged gzip
+  raises _DamagedStream after every decodable byte has been yielded. `byte_range` (start, end)
+  reads part of a plain file (rankjax.data.parallel cuts files at line starts)."""
+  with open(path, "rb") as f:
+    if byte_range is not None:
+      start, end = byte_range
+      f.seek(start)
+      remaining = end - start
+      while remaining > 0:
+        chunk = f.read(min(chunk_bytes, remaining))
+        if not chunk:
+          return
+        remaining -= len(chunk)
+        yield chunk
+      return
+    gzipped = f.read(2) == GZIP_MAGIC
     f.seek(0)
-    if is_gzip:
+    if gzipped:
       yield from _decompressed_chunks(f, chunk_bytes)
     else:
       yield from iter(lambda: f.read(chunk_bytes), b"")
 
 
-def count_lines(path: pathlib.Path) -> int:
-  """Lines in a file (a last line without '\\n' counts); a damaged gzip counts what decodes."""
+def count_lines(path: pathlib.Path, byte_range: tuple[int, int] | None = None) -> int:
+  """Lines in a file or byte range (a last line without '\\n' counts); a damaged gzip counts what decodes."""
   lines, last = 0, b"\n"
   try:
-    for chunk in read_chunks(path):
+    for chunk in read_chunks(path, 1 << 22, byte_range):
       lines += chunk.count(b"\n")
       last = chunk[-1:]
   except _DamagedStream:
@@ -292,18 +311,19 @@ def _padded(parts: Sequence[bytes]) -> np.ndarray:
   return np.frombuffer(buffer, np.uint8)
 
 
-def iter_blocks(path: pathlib.Path, stats: IngestStats, block_bytes: int = BLOCK_BYTES
-                ) -> Iterator[tuple[int, ParsedBlock]]:
+def iter_blocks(path: pathlib.Path, stats: IngestStats, block_bytes: int = BLOCK_BYTES,
+                byte_range: tuple[int, int] | None = None, first_line: int = 1) -> Iterator[tuple[int, ParsedBlock]]:
   """(line number of the block's first line, parsed block) over the file; returns the number of
   lines (as `count_lines` counts them). File problems go to `stats`.
 
   A damaged gzip's decodable lines are parsed; its cut-off last line, if any, is a row read and
   skipped for that reason, and the file is recorded (or raised, when strict) as damaged. A line
-  over MAX_LINE_BYTES is a skipped row too, so memory stays bounded on any input.
+  over MAX_LINE_BYTES is a skipped row too, so memory stays bounded on any input. With
+  `byte_range` (whole lines of a plain file), the first line is numbered `first_line`.
   """
-  line, pending, seen_bytes, damage, discarding = 1, b"", 0, None, False
+  line, pending, seen_bytes, damage, discarding = first_line, b"", 0, None, False
   try:
-    for chunk in read_chunks(path, block_bytes):
+    for chunk in read_chunks(path, block_bytes, byte_range):
       seen_bytes += len(chunk)
       if discarding:  # The rest of an over-long line.
         newline = chunk.find(b"\n")
@@ -338,7 +358,7 @@ def iter_blocks(path: pathlib.Path, stats: IngestStats, block_bytes: int = BLOCK
     line += 1
   if damage is not None:
     stats.reject_file(str(path), line, damage, excerpt(pending))
-  return line - 1
+  return line - first_line
 
 
 # ---- Vocabularies: raw 64-bit ids -> table rows.
@@ -389,6 +409,18 @@ class IdCounter:
     """(sorted distinct ids, their counts) of table t."""
     self._merge(t)
     return self.ids[t], self.counts[t]
+
+  @classmethod
+  def merged(cls, parts: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]]) -> "IdCounter":
+    """The counter of several counters' tables ([part][table] -> (ids, counts)), counts summed."""
+    counter = cls(len(parts[0]) if parts else NUM_CATEGORICAL)
+    for t in range(len(counter.ids)):
+      ids = np.concatenate([np.empty(0, np.uint64)] + [part[t][0] for part in parts])
+      counts = np.concatenate([np.empty(0, np.int64)] + [part[t][1] for part in parts])
+      unique, inverse = np.unique(ids, return_inverse=True)
+      counter.ids[t] = unique
+      counter.counts[t] = np.bincount(inverse, weights=counts, minlength=len(unique)).astype(np.int64)
+    return counter
 
 
 class _IdTable:
@@ -472,6 +504,7 @@ class CriteoOptions:
   eval_fraction: float | None = None  # The last fraction of the input lines is the eval split ...
   eval_inputs: tuple[pathlib.Path, ...] = ()  # ... or these files are.
   max_records_per_shard: int = DEFAULT_RECORDS_PER_SHARD
+  workers: int = 1  # Processes converting in parallel (rankjax.data.parallel); the output is the same.
 
 
 def record_dtype() -> np.dtype:
@@ -485,6 +518,8 @@ def _check_options(options: CriteoOptions) -> None:
     raise ValueError("give exactly one of --eval-fraction and --eval-input")
   if options.eval_fraction is not None and not 0 < options.eval_fraction < 1:
     raise ValueError(f"--eval-fraction must be in (0, 1), got {options.eval_fraction}")
+  if options.workers < 1:
+    raise ValueError(f"--workers must be >= 1, got {options.workers}")
 
 
 def _lines(files: Sequence[pathlib.Path], stats: IngestStats
@@ -536,6 +571,147 @@ def feature_spec() -> dict:
           "categorical_transform": "hex -> 64-bit id -> row; empty -> row 0"}
 
 
+def _records(block: ParsedBlock, vocabulary, dtype: np.dtype) -> np.ndarray:
+  records = np.empty(len(block.good_lines), dtype)
+  records["label"], records["dense"] = block.label, block.dense
+  records["cat"] = vocabulary.rows(block.ids, block.missing)
+  return records
+
+
+# ---- The same conversion by several worker processes (rankjax.data.parallel).
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+  """A unit of input and where its lines sit: file line of its first line, global line index of
+  its first line among the train lines, and whether it belongs to the train files."""
+  unit: parallel.Unit
+  index: int
+  first_line: int
+  first_global_line: int
+  is_train: bool
+
+
+_WORKER: dict = {}  # Set by the parent before forking: vocabulary, options, scratch dir, train_lines.
+
+
+def _count_unit(unit: parallel.Unit) -> int:
+  return count_lines(unit.path, unit.byte_range)
+
+
+def _jobs(units: list[parallel.Unit], num_train_units: int, train_lines: int | None, workers: int) -> list[_Job]:
+  """Units with their line positions (from a parallel line count); [] when not worth parallelising."""
+  if len(units) < 2:
+    return []
+  counts = list(parallel.map_in_order(_count_unit, units, workers))
+  jobs, file_line, global_line = [], 1, 0
+  for index, (unit, lines) in enumerate(zip(units, counts)):
+    file_line = 1 if unit.first_in_file else file_line
+    is_train = index < num_train_units
+    jobs.append(_Job(unit, index, file_line, global_line if is_train else 0, is_train))
+    file_line += lines
+    global_line += lines if is_train else 0
+  return jobs
+
+
+def _unit_blocks(job: _Job, stats: IngestStats):
+  """(global line index of each block's first line, file line, block) of the unit's lines."""
+  for file_line, block in iter_blocks(job.unit.path, stats, byte_range=job.unit.byte_range,
+                                      first_line=job.first_line):
+    yield job.first_global_line + file_line - job.first_line, file_line, block
+
+
+def _strict_error(job_fn: Callable[[_Job], dict], job: _Job) -> dict:
+  """job_fn(job), with a strict-mode IngestError returned as data (the parent raises the first
+  in input order, as one worker would have)."""
+  try:
+    return job_fn(job)
+  except IngestError as e:
+    return {"error": [e.file, e.line, e.reason, e.excerpt]}
+
+
+def _count_ids_job(job: _Job) -> dict:
+  """One unit's id counts over its train lines, saved as .npy files (loaded without pickle)."""
+  train_lines, strict, scratch = _WORKER["train_lines"], _WORKER["strict"], _WORKER["scratch"]
+  counter, stats = IdCounter(NUM_CATEGORICAL), IngestStats(strict=strict)
+  if job.is_train:
+    for global_line, file_line, block in _unit_blocks(job, stats):
+      if train_lines is not None and global_line >= train_lines:
+        break
+      _reject_bad_lines(job.unit.path, file_line, block, stats)
+      in_train = (global_line + block.good_lines < train_lines) if train_lines is not None else slice(None)
+      counter.add(block.ids[in_train], block.missing[in_train])
+  path = scratch / f"counts-{job.index}.npz"
+  tables = [counter.table(t) for t in range(NUM_CATEGORICAL)]
+  np.savez(path, **{f"ids{t}": i for t, (i, _) in enumerate(tables)}, **{f"counts{t}": c for t, (_, c) in enumerate(tables)})
+  return {"path": str(path)}
+
+
+def _count_ids_worker(job: _Job) -> dict:  # Module level: the pool sends it by name.
+  return _strict_error(_count_ids_job, job)
+
+
+def _count_ids_parallel(jobs: list[_Job], train_lines: int | None, options: CriteoOptions,
+                        scratch: pathlib.Path) -> IdCounter:
+  scratch.mkdir(exist_ok=True)
+  _WORKER.update(train_lines=train_lines, strict=options.strict, scratch=scratch)
+  parts = []
+  for result in parallel.map_in_order(_count_ids_worker, [j for j in jobs if j.is_train], options.workers):
+    if "error" in result:
+      raise IngestError(*result["error"])
+    with np.load(result["path"], allow_pickle=False) as saved:
+      parts.append([(saved[f"ids{t}"], saved[f"counts{t}"]) for t in range(NUM_CATEGORICAL)])
+    pathlib.Path(result["path"]).unlink()
+  return IdCounter.merged(parts)
+
+
+def _convert_job(job: _Job) -> dict:
+  """One unit's records into scratch files per split, and its row accounting."""
+  vocabulary, train_lines, scratch, dtype = (_WORKER[k] for k in ("vocabulary", "train_lines", "scratch", "dtype"))
+  stats = IngestStats(strict=_WORKER["strict"])
+  paths = {split: scratch / f"{job.index}-{split}.bin" for split in ("train", "eval")}
+  with open(paths["train"], "wb") as train, open(paths["eval"], "wb") as evaluation:
+    for global_line, file_line, block in _unit_blocks(job, stats):
+      stats.rows_read += block.num_lines
+      _reject_bad_lines(job.unit.path, file_line, block, stats)
+      records = _records(block, vocabulary, dtype)
+      if not job.is_train:
+        evaluation.write(records.tobytes())
+      elif train_lines is None:
+        train.write(records.tobytes())
+      else:
+        in_train = global_line + block.good_lines < train_lines
+        train.write(records[in_train].tobytes())
+        evaluation.write(records[~in_train].tobytes())
+  return {"paths": {k: str(v) for k, v in paths.items()}, "rows_read": stats.rows_read,
+          "skipped_by_reason": dict(stats.skipped_by_reason), "file_errors": stats.file_errors}
+
+
+def _convert_worker(job: _Job) -> dict:  # Module level: the pool sends it by name.
+  return _strict_error(_convert_job, job)
+
+
+def _convert_parallel(jobs: list[_Job], vocabulary, train_lines: int | None, options: CriteoOptions,
+                      scratch: pathlib.Path, stats: IngestStats, writer: DatasetWriter) -> None:
+  """Converts the units in worker processes and writes their records in input order."""
+  scratch.mkdir(exist_ok=True)
+  _WORKER.update(vocabulary=vocabulary, train_lines=train_lines, strict=options.strict, scratch=scratch,
+                 dtype=record_dtype())
+  try:
+    for result in parallel.map_in_order(_convert_worker, jobs, options.workers):
+      if "error" in result:
+        raise IngestError(*result["error"])
+      stats.rows_read += result["rows_read"]
+      for reason, n in result["skipped_by_reason"].items():
+        stats.rows_skipped += n
+        stats.skipped_by_reason[reason] += n
+      stats.file_errors.extend(result["file_errors"])
+      for split, path in result["paths"].items():
+        parallel.copy_records(pathlib.Path(path), record_dtype(), writer.split(split).write)
+  finally:
+    _WORKER.clear()
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
 def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, options: CriteoOptions) -> dict:
   """Converts Criteo TSV files into a dataset directory; returns its manifest.
 
@@ -548,29 +724,34 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, opt
   if options.eval_fraction is not None:
     total_lines = sum(count_lines(p) for p in train_files)
     train_lines = total_lines - math.floor(options.eval_fraction * total_lines)
-  if options.vocab == "hash":
-    vocabulary = HashVocabulary(options.max_rows_per_table or DEFAULT_HASH_ROWS)
-  else:
-    vocabulary = FrequencyVocabulary(_count_ids(train_files, train_lines, options.strict), options.min_count,
-                                     options.max_rows_per_table)
+  units = parallel.cut_units([*train_files, *eval_files], is_gzip) if options.workers > 1 else []
+  jobs = _jobs(units, len(parallel.cut_units(train_files, is_gzip)) if units else 0, train_lines, options.workers)
   dtype = record_dtype()
   stats = IngestStats(strict=options.strict)
   with DatasetWriter(output, dtype, options.max_records_per_shard) as writer:
     train, evaluation = writer.split("train"), writer.split("eval")
-    # Eval files go to eval; train files to train, or with eval_fraction, by line position (None).
-    for files, only_split in ((train_files, None if train_lines is not None else train), (eval_files, evaluation)):
-      for path, file_line, global_line, block in _lines(files, stats):
-        stats.rows_read += block.num_lines
-        _reject_bad_lines(path, file_line, block, stats)
-        records = np.empty(len(block.good_lines), dtype)
-        records["label"], records["dense"] = block.label, block.dense
-        records["cat"] = vocabulary.rows(block.ids, block.missing)
-        if only_split is not None:
-          only_split.write(records)
-        else:
-          in_train = global_line + block.good_lines < train_lines
-          train.write(records[in_train])
-          evaluation.write(records[~in_train])
+    scratch = writer.directory / ".ingest-workers"
+    if options.vocab == "hash":
+      vocabulary = HashVocabulary(options.max_rows_per_table or DEFAULT_HASH_ROWS)
+    else:
+      counter = (_count_ids_parallel(jobs, train_lines, options, scratch) if len(jobs) > 1
+                 else _count_ids(train_files, train_lines, options.strict))
+      vocabulary = FrequencyVocabulary(counter, options.min_count, options.max_rows_per_table)
+    if len(jobs) > 1:
+      _convert_parallel(jobs, vocabulary, train_lines, options, scratch, stats, writer)
+    else:
+      # Eval files go to eval; train files to train, or with eval_fraction, by line position (None).
+      for files, only_split in ((train_files, None if train_lines is not None else train), (eval_files, evaluation)):
+        for path, file_line, global_line, block in _lines(files, stats):
+          stats.rows_read += block.num_lines
+          _reject_bad_lines(path, file_line, block, stats)
+          records = _records(block, vocabulary, dtype)
+          if only_split is not None:
+            only_split.write(records)
+          else:
+            in_train = global_line + block.good_lines < train_lines
+            train.write(records[in_train])
+            evaluation.write(records[~in_train])
     for name, split in (("train", train), ("eval", evaluation)):
       if split.num_records == 0:
         raise layout.DataError(f"{output}: the {name} split would be empty ({stats.summary()})")
