@@ -116,7 +116,12 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   # The task's loss (its LOSSES): bce for ctr/multitask; softmax | pairwise_logistic for ranking.
   c.train.loss = next(iter(task_class(c.task.name).LOSSES))
   c.train.ndcg_k = 10  # Ranking eval: NDCG@k.
-  c.train.progress_bar = True
+  c.train.progress_bar = True  # On a terminal; elsewhere (logs, SLURM, CI) a line every progress_every_s.
+  c.train.progress_every_s = 30.0
+  # Steps dispatched ahead of the host: a bound (2 processes' CPU collectives deadlocked with ~100).
+  c.train.max_steps_in_flight = 2
+  c.train.step_timeout_s = 600.0  # No step finishing for this long: exit 5 naming the step (0 = off).
+  c.train.stop_grace_s = 60.0  # After SIGTERM/SIGINT: exit 5 if the current step takes longer than this.
   c.train.compute_dtype = "float32"  # float32 | bfloat16: forward/backward precision (params stay float32).
   # JAX persistent compilation cache: "" = ~/.cache/rankjax/jax_compilation_cache, "none" = off.
   c.train.compilation_cache_dir = ""
@@ -253,6 +258,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Raises ConfigError naming the key for unknown keys, wrong types, impossible combinations."""
   name = config.get("model", {}).get("name", "dlrm")
   _check_against(config, base_config(name), "")
+  for key in ("train.max_steps_in_flight", "train.stop_grace_s", "train.progress_every_s"):
+    _positive(config, key)
+  if not config.train.step_timeout_s >= 0:
+    raise ConfigError("train.step_timeout_s", "must be >= 0 (0 = off)")
   for key in ("train.steps", "train.batch_size", "train.eval_batch_size", "train.log_every",
               "train.dense_learning_rate", "embedding.learning_rate",
               "checkpoint.every_steps", "checkpoint.max_to_keep",

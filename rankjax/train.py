@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import pathlib
+import os
 import signal
 import sys
-import threading
 import time
 from typing import Any
 
@@ -26,7 +26,12 @@ from rankjax.data import pipeline
 from rankjax.experiment import Experiment, build, enable_compilation_cache
 from rankjax.metric_writers import MetricWriter
 from rankjax.partitioner import Partitioner
+from rankjax.run_guard import RunGuard
 from rankjax.tasks.base import TrainState
+
+
+# Test hooks: step N never finishes (the watchdog's tests); SIGTERM arrives right after step N.
+STALL_ENV, SIGTERM_ENV = "RANKJAX_TEST_STALL_AT_STEP", "RANKJAX_TEST_SIGTERM_AT_STEP"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -80,28 +85,9 @@ class Preempted(RuntimeError):
   """Training stopped on SIGTERM/SIGINT after writing a checkpoint; rerun the command to resume."""
 
 
-class _StopSignals:
-  """SIGTERM/SIGINT -> a flag the loop reads between steps (one process). With several processes
-  JAX's coordination service owns SIGTERM and agrees on a common stop step."""
-
-  def __init__(self):
-    self.requested = threading.Event()
-    self._previous = {}
-
-  def __enter__(self):
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, lambda *_: self.requested.set())
-    return self
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-  def reached(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.requested.is_set()
+def _note(message: str) -> None:
+  """A progress line on stderr (seen in logs where no progress bar is drawn)."""
+  print(f"rankjax: {message}", file=sys.stderr, flush=True)
 
 
 def _restore(exp: Experiment, checkpointer: checkpoint_lib.Checkpointer, step: int, seed: int):
@@ -120,6 +106,25 @@ def _restore(exp: Experiment, checkpointer: checkpoint_lib.Checkpointer, step: i
   return state.replace(embedding=relayout(state.embedding)), data_state, True
 
 
+def _finished_summary(workdir: pathlib.Path, steps: int, latest: int | None, log) -> dict[str, Any] | None:
+  """The summary of a workdir already trained to `steps` (nothing is redone or appended), or None."""
+  summary_path = workdir / "summary.json"
+  if latest is None or latest < steps or not summary_path.is_file():
+    return None
+  summary = json.loads(summary_path.read_text())
+  if summary.get("steps") != latest:
+    return None
+  log(f"rankjax: {workdir} is already trained to step {latest} (summary.json); nothing to do. "
+      "Raise --config.train.steps to train further.")
+  return summary
+
+
+def _window_means(window: list[dict[str, float]]) -> dict[str, float | None]:
+  """The log event of a window of steps: each metric's mean over the steps not skipped."""
+  kept = [m for m in window if not m["skipped"]]
+  return {k: (float(np.mean([m[k] for m in kept])) if kept else None) for k in window[0] if k != "skipped"}
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices=None,
           log=print) -> dict[str, Any]:
   """Trains (or resumes) the experiment in `workdir`; returns the final summary."""
@@ -128,17 +133,29 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, device
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   enable_compilation_cache(config)
-  exp = build(config, workdir, devices)
   train_config = config.train
   is_chief = jax.process_index() == 0
-  writer = MetricWriter(workdir, enabled=is_chief)
+  if not config.data.path and is_chief:
+    _note(f"synthetic data ({config.data.synthetic.num_train:,} train records) in {workdir / 'data'}, generated if absent")
+  exp = build(config, workdir, devices)
   checkpointer = checkpoint_lib.Checkpointer(
       str(workdir / "checkpoints"), max_to_keep=config.checkpoint.max_to_keep,
       keep_best_metric=config.checkpoint.keep_best_metric, async_save=config.checkpoint.async_save)
+  latest = checkpointer.latest_step()
+  finished = _finished_summary(workdir, train_config.steps, latest, log)
+  if finished is not None:
+    checkpointer.close()
+    return finished
+  # The eval split is opened (and checked) now, not first at the end of training.
+  pipeline.eval_iterator(exp.data_dir, exp.manifest, global_batch_size=train_config.eval_batch_size,
+                         process_index=jax.process_index(), process_count=jax.process_count(),
+                         spec=exp.task.batch_spec, verify=config.data.verify_checksums,
+                         invalid_records=config.data.invalid_records, report=_quiet_after_first)
+  writer = MetricWriter(workdir, enabled=is_chief)
   embedding_layout = exp.task.engine.layout_descriptor() if exp.task.engine else None
-  with jax.set_mesh(exp.partitioner.mesh), _StopSignals() as stop:
+  guard = RunGuard(train_config.step_timeout_s, train_config.stop_grace_s, checkpointer.latest_step)
+  with jax.set_mesh(exp.partitioner.mesh), guard:
     # ---- Initialise or resume.
-    latest = checkpointer.latest_step()
     data_state = None
     if latest is not None:
       state, data_state, relaid = _restore(exp, checkpointer, latest, config.seed)
@@ -158,35 +175,56 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, device
         process_index=jax.process_index(), process_count=jax.process_count(),
         spec=exp.task.batch_spec, verify=config.data.verify_checksums,
         invalid_records=config.data.invalid_records)
+    # The current log window's step metrics: a checkpoint between log steps carries them, so a
+    # resumed run logs the same means as an uninterrupted one.
+    log_window: list[dict[str, float]] = []
     if data_state is not None:
       train_iter.set_state(data_state["iterator"])
+      log_window = list(data_state.get("log_window", []))
 
     def save(step: int, iterator_state: dict, metrics: dict | None = None):
-      checkpointer.save(step, state, {"iterator": iterator_state, "embedding_layout": embedding_layout},
+      checkpointer.save(step, state, {"iterator": iterator_state, "embedding_layout": embedding_layout,
+                                      "log_window": log_window},
                         metrics=exp.task.checkpoint_metrics(metrics) if metrics else None)
 
     # ---- Train: dispatch steps asynchronously; sync only to log, evaluate or checkpoint.
     batches = _DeviceBatches(train_iter, exp.partitioner, exp.batch_shardings)
-    progress = tqdm(total=train_config.steps, initial=start, unit="step", dynamic_ncols=True,
-                    disable=not (train_config.progress_bar and is_chief and sys.stderr.isatty()))
+    show_bar = train_config.progress_bar and is_chief and sys.stderr.isatty()
+    progress = tqdm(total=train_config.steps, initial=start, unit="step", dynamic_ncols=True, disable=not show_bar)
     pending, window_start, window_time = [], start, time.perf_counter()
     trained_examples, trained_time, skipped_total, final = 0, 0.0, 0, None
+    in_flight: list[tuple[int, jax.Array]] = []
+    last_line, last_loss = time.monotonic(), None
     consumed_state = train_iter.get_state()
     if start < train_config.steps:
+      if is_chief:
+        _note(f"compiling the train step, then training steps {start + 1}..{train_config.steps}")
       batch, batch_state = next(batches)
+    stall_at, sigterm_at = int(os.environ.get(STALL_ENV, "0")), int(os.environ.get(SIGTERM_ENV, "0"))
     for step in range(start, train_config.steps):
+      if step + 1 == stall_at:  # Test hook: a step that never finishes.
+        time.sleep(1e9)
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         state, metrics = exp.train_fn(state, batch)
       consumed_state, done = batch_state, step + 1
+      if done == sigterm_at:
+        os.kill(os.getpid(), signal.SIGTERM)
       pending.append(metrics)
+      # Bounded steps in flight: with many queued, two processes' CPU collectives deadlocked.
+      in_flight.append((done, metrics["loss"]))
+      if len(in_flight) > train_config.max_steps_in_flight:
+        finished_step, loss = in_flight.pop(0)
+        loss.block_until_ready()
+        guard.progress(finished_step)
       if done < train_config.steps:
         batch, batch_state = next(batches)
       progress.update(1)
-      preempted = stop.reached(done)
+      preempted = guard.reached(done)
       is_ckpt = done % config.checkpoint.every_steps == 0 or done == train_config.steps or preempted
-      if done % train_config.log_every == 0 or done == train_config.steps or is_ckpt:
+      is_log = done % train_config.log_every == 0 or done == train_config.steps
+      if is_log or is_ckpt:
         # One host sync for the whole window; nothing non-finite is ever checkpointed.
-        window = [{k: _host(v) for k, v in m.items()} for m in pending]
+        window = [{k: _host(v).item() for k, v in m.items()} for m in pending]
         losses = np.array([m["loss"] for m in window], np.float64)
         skipped = np.array([m["skipped"] for m in window], bool)
         bad = np.flatnonzero(~skipped & ~np.isfinite(losses))
@@ -196,32 +234,46 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, device
               f"loss became {losses[bad[0]]} at step {window_start + int(bad[0]) + 1}; "
               f"the last checkpoint is step {checkpointer.latest_step()}. Lower train.dense_learning_rate / "
               "embedding.learning_rate, check the data, or set train.on_non_finite=skip.")
+        guard.progress(done)
+        in_flight.clear()
         skipped_total += int(skipped.sum())
+        log_window += window
         now = time.perf_counter()
         if window_start > start:  # The first window includes compilation: left out of the throughput.
           trained_examples += len(losses) * train_config.batch_size
           trained_time += now - window_time
-        if done % train_config.log_every == 0 or done == train_config.steps:
+        if is_log:
           rate = len(losses) * train_config.batch_size / (now - window_time)
-          finite = losses[~skipped]
-          # The task's other step metrics (per-head losses), averaged over the steps not skipped.
-          extra = {k: float(np.mean([m[k] for m, s in zip(window, skipped) if not s])) if finite.size else None
-                   for k in window[0] if k not in ("loss", "skipped")}
-          writer.write(done, "train", loss=float(finite.mean()) if finite.size else None, **extra,
-                       examples_per_sec=rate,
-                       **({"skipped_steps": int(skipped.sum())} if train_config.on_non_finite == "skip" else {}))
-          progress.set_postfix(loss=f"{finite.mean() if finite.size else float('nan'):.4f}", ex_per_s=f"{rate:,.0f}")
+          means = _window_means(log_window)
+          last_loss = means["loss"]
+          writer.write(done, "train", **means, examples_per_sec=rate,
+                       **({"skipped_steps": sum(bool(m["skipped"]) for m in log_window)}
+                          if train_config.on_non_finite == "skip" else {}))
+          progress.set_postfix(loss=f"{last_loss if last_loss is not None else float('nan'):.4f}",
+                               ex_per_s=f"{rate:,.0f}")
+          log_window = []
         pending, window_start, window_time = [], done, now
+      if is_chief and not show_bar and time.monotonic() - last_line >= train_config.progress_every_s:
+        elapsed = trained_time or 1e-9
+        rate = trained_examples / elapsed if trained_time else None
+        eta = (train_config.steps - done) * train_config.batch_size / rate if rate else None
+        _note(f"step {done}/{train_config.steps}"
+              + (f", {rate:,.0f} examples/s" if rate else "")
+              + (f", loss {last_loss:.4f}" if last_loss is not None else "")
+              + (f", ETA {eta:,.0f} s" if eta is not None else ""))
+        last_line = time.monotonic()
       evaluation = None
       if done == train_config.steps or (train_config.eval_every and done % train_config.eval_every == 0):
-        evaluation = evaluate(exp, state)
+        with guard.paused():
+          evaluation = evaluate(exp, state)
         writer.write(done, "eval", **evaluation)
         final = evaluation
         window_time = time.perf_counter()
       if is_ckpt:
         save(done, consumed_state, evaluation)
       if preempted and done < train_config.steps:
-        checkpointer.wait()
+        with guard.paused():
+          checkpointer.wait()
         checkpointer.close()
         writer.close()
         raise Preempted(f"stopped by signal after step {done}; checkpoint {done} is committed. "
@@ -229,10 +281,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, device
     progress.close()
 
     # ---- Final evaluation (if this run trained no step) and summary.
-    if final is None:
-      final = evaluate(exp, state)
-      writer.write(start, "eval", **final)
-    checkpointer.wait()
+    with guard.paused():
+      if final is None:
+        final = evaluate(exp, state)
+        writer.write(start, "eval", **final)
+      checkpointer.wait()
     checkpointer.close()
   writer.close()
   summary = {"steps": int(_host(state.step)), **exp.task.summary(final),
