@@ -156,6 +156,8 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   # "ndcg" at train.ndcg_k; "" = none).
   c.checkpoint.keep_best_metric = ""
   c.checkpoint.async_save = True
+  # Resume a checkpoint trained on other data (its fingerprint differs). Model shapes must still match.
+  c.checkpoint.allow_data_change = False
 
   c.distributed = ml_collections.ConfigDict()
   # Explicit multi-process settings; empty/0/-1 = auto-detect (SLURM, Open MPI, Kubernetes) or one process.

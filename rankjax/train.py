@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import os
 import signal
 import sys
@@ -21,7 +22,8 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from rankjax import checkpoint as checkpoint_lib
-from rankjax.config import validate
+from rankjax import checkpoint_integrity
+from rankjax.config import ConfigError, validate
 from rankjax.data import pipeline
 from rankjax.experiment import Experiment, build, enable_compilation_cache
 from rankjax.metric_writers import MetricWriter
@@ -90,20 +92,55 @@ def _note(message: str) -> None:
   print(f"rankjax: {message}", file=sys.stderr, flush=True)
 
 
-def _restore(exp: Experiment, checkpointer: checkpoint_lib.Checkpointer, step: int, seed: int):
-  """The train state and data state of a checkpoint, re-laid-out if it was saved with another
-  embedding layout (another device count or sharding plan)."""
+def _restore(exp: Experiment, checkpointer: checkpoint_lib.Checkpointer, step: int, seed: int, data_state: dict):
+  """The train state of a checkpoint, verified against its saved digests, re-laid-out if it was
+  saved with another embedding layout (another device count or sharding plan)."""
   engine = exp.task.engine
-  data_state = checkpointer.restore_data(step)
   abstract = checkpoint_lib.abstract_like(jax.eval_shape(exp.init_fn, seed), exp.state_shardings)
   saved_layout = data_state.get("embedding_layout")
-  if engine is None or saved_layout is None or saved_layout == json.loads(json.dumps(engine.layout_descriptor())):
-    state, _ = checkpointer.restore(step, abstract)
-    return state, data_state, False
-  state, _ = checkpointer.restore(step, abstract.replace(embedding=engine.abstract_state_for(saved_layout)))
+  same_layout = (engine is None or saved_layout is None
+                 or saved_layout == json.loads(json.dumps(engine.layout_descriptor())))
+  if not same_layout:
+    abstract = abstract.replace(embedding=engine.abstract_state_for(saved_layout))
+  state, _ = checkpointer.restore(step, abstract)
+  if "digests" in data_state:
+    checkpoint_integrity.verify(state, data_state["digests"], step)
+  if same_layout:
+    return state, False
   relayout = exp.partitioner.jit(lambda e: engine.relayout(e, saved_layout), in_shardings=None,
                                  out_shardings=exp.state_shardings.embedding)
-  return state.replace(embedding=relayout(state.embedding)), data_state, True
+  return state.replace(embedding=relayout(state.embedding)), True
+
+
+def _restore_latest_good(exp: Experiment, config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                         checkpointer: checkpoint_lib.Checkpointer, fingerprint: dict, log):
+  """(state, data state, relaid, step, checkpointer) of the newest checkpoint that restores and
+  verifies; each that does not is reported in one line and moved aside to checkpoints_corrupt/
+  (never deleted). A checkpoint of other data or another model is refused (ConfigError)."""
+  while (step := checkpointer.latest_step()) is not None:
+    try:
+      data_state = checkpointer.restore_data(step)
+      warning = checkpoint_integrity.check_compatible(data_state.get("fingerprint"), fingerprint, step, str(workdir),
+                                                      config.checkpoint.allow_data_change)
+      if warning:
+        _note(warning)
+      state, relaid = _restore(exp, checkpointer, step, config.seed, data_state)
+      return state, data_state, relaid, step, checkpointer
+    except ConfigError:
+      raise
+    except Exception as e:  # Corrupt bytes, a missing item, an unreadable store: not this step.
+      aside = workdir / "checkpoints_corrupt" / f"{step}-{int(time.time())}"
+      if jax.process_index() == 0:
+        aside.parent.mkdir(exist_ok=True)
+        shutil.move(str(workdir / "checkpoints" / str(step)), str(aside))
+      multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
+      _note(f"checkpoint step {step} cannot be trusted ({type(e).__name__}: {' '.join(str(e).split())[:300]}); "
+            f"moved aside to {aside}; trying the previous one")
+      checkpointer.close()
+      checkpointer = checkpoint_lib.Checkpointer(
+          str(workdir / "checkpoints"), max_to_keep=config.checkpoint.max_to_keep,
+          keep_best_metric=config.checkpoint.keep_best_metric, async_save=config.checkpoint.async_save)
+  return None, None, False, None, checkpointer
 
 
 def _finished_summary(workdir: pathlib.Path, steps: int, latest: int | None, log) -> dict[str, Any] | None:
@@ -153,18 +190,21 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, device
                          invalid_records=config.data.invalid_records, report=_quiet_after_first)
   writer = MetricWriter(workdir, enabled=is_chief)
   embedding_layout = exp.task.engine.layout_descriptor() if exp.task.engine else None
+  fingerprint = checkpoint_integrity.fingerprint(config, exp.manifest, jax.eval_shape(exp.init_fn, config.seed).params)
   guard = RunGuard(train_config.step_timeout_s, train_config.stop_grace_s, checkpointer.latest_step)
   with jax.set_mesh(exp.partitioner.mesh), guard:
-    # ---- Initialise or resume.
-    data_state = None
+    # ---- Initialise or resume (from the newest checkpoint that verifies).
+    state, data_state, relaid, latest, checkpointer = _restore_latest_good(
+        exp, config, workdir, checkpointer, fingerprint, log)
+    guard.last_committed = checkpointer.latest_step
     if latest is not None:
-      state, data_state, relaid = _restore(exp, checkpointer, latest, config.seed)
       dropped = writer.truncate_after(latest)
       log(f"rankjax: resuming from checkpoint step {latest} in {workdir / 'checkpoints'}"
           + (" (embedding tables re-laid-out for this mesh)" if relaid else "")
           + (f" (dropped {dropped} metric events logged after it)" if dropped else ""))
     else:
       state = exp.init_fn(config.seed)
+      writer.truncate_after(0)
     start = int(_host(state.step))
 
     train_iter = pipeline.train_iterator(
@@ -184,7 +224,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, device
 
     def save(step: int, iterator_state: dict, metrics: dict | None = None):
       checkpointer.save(step, state, {"iterator": iterator_state, "embedding_layout": embedding_layout,
-                                      "log_window": log_window},
+                                      "log_window": log_window, "fingerprint": fingerprint,
+                                      "digests": checkpoint_integrity.digests(state)},
                         metrics=exp.task.checkpoint_metrics(metrics) if metrics else None)
 
     # ---- Train: dispatch steps asynchronously; sync only to log, evaluate or checkpoint.
