@@ -30,6 +30,7 @@ from rankjax.metric_writers import MetricWriter
 from rankjax.partitioner import Partitioner
 from rankjax.run_guard import RunGuard
 from rankjax.tasks.base import TrainState
+from rankjax.workdir_lock import WorkdirLock
 
 
 # Test hooks: step N never finishes (the watchdog's tests); SIGTERM arrives right after step N.
@@ -164,7 +165,16 @@ def _window_means(window: list[dict[str, float]]) -> dict[str, float | None]:
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices=None,
           log=print) -> dict[str, Any]:
-  """Trains (or resumes) the experiment in `workdir`; returns the final summary."""
+  """Trains (or resumes) the experiment in `workdir`; returns the final summary. Process 0 holds
+  the workdir's lock for the run (a second run on it exits 2 naming the holder)."""
+  pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+  if jax.process_index() != 0:
+    return _train(config, workdir, devices, log)
+  with WorkdirLock(pathlib.Path(workdir)):
+    return _train(config, workdir, devices, log)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices, log) -> dict[str, Any]:
   # ---- Set-up: validate, build the mesh, data and jitted step.
   validate(config, len(devices) if devices is not None else jax.device_count())
   workdir = pathlib.Path(workdir)
