@@ -41,16 +41,6 @@ class NonFiniteLossError(RuntimeError):
   """Training stopped because the loss became NaN or infinite."""
 
 
-_reported: set[str] = set()
-
-
-def _quiet_after_first(report) -> None:
-  """Reports the eval split's skipped records once per process, not at every evaluation."""
-  if report.line() not in _reported:
-    _reported.add(report.line())
-    print(f"rankjax: {report.line()}", file=sys.stderr)
-
-
 def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
   """The task's eval metrics over the whole eval split (padding examples or lists carry weight 0):
   each batch's eval outputs are gathered to the host, then reduced by the task."""
@@ -59,7 +49,7 @@ def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
                               read_threads=config.data.read_threads, prefetch=config.data.prefetch_batches,
                               process_index=jax.process_index(), process_count=jax.process_count(),
                               spec=exp.task.batch_spec, verify=config.data.verify_checksums,
-                              invalid_records=config.data.invalid_records, report=_quiet_after_first)
+                              invalid_records=config.data.invalid_records)
   eval_shardings = exp.task.batch_spec.with_weight().shardings(exp.partitioner)
   outputs = [exp.eval_fn(state, exp.partitioner.place_batch(batch, eval_shardings)) for batch in it]
   gathered = {name: np.concatenate([np.asarray(multihost_utils.process_allgather(o[name], tiled=True))
@@ -197,7 +187,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devic
   pipeline.eval_iterator(exp.data_dir, exp.manifest, global_batch_size=train_config.eval_batch_size,
                          process_index=jax.process_index(), process_count=jax.process_count(),
                          spec=exp.task.batch_spec, verify=config.data.verify_checksums,
-                         invalid_records=config.data.invalid_records, report=_quiet_after_first)
+                         invalid_records=config.data.invalid_records)
   writer = MetricWriter(workdir, enabled=is_chief)
   embedding_layout = exp.task.engine.layout_descriptor() if exp.task.engine else None
   fingerprint = checkpoint_integrity.fingerprint(config, exp.manifest, jax.eval_shape(exp.init_fn, config.seed).params)

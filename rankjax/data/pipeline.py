@@ -13,6 +13,7 @@ every record field as stored. Records are checked against the spec when the spli
 
 from __future__ import annotations
 
+import json
 import pathlib
 import sys
 import threading
@@ -91,19 +92,29 @@ class SequentialBatches:
     return batch
 
 
+# Splits opened and checked in this process: an evaluation every N steps reuses the memmaps and
+# the check instead of scanning the split again (and reports skipped records once).
+_OPENED: dict[tuple, object] = {}
+
+
 def _open(directory: str | pathlib.Path, manifest: dict, split: str, spec: BatchSpec | None, verify: bool,
           invalid_records: str, report: Callable[[validation.ValidationReport], None] | None):
   """A split's records, checked against the spec's value rules (see rankjax.data.validation);
   records left out under "skip" are reported through `report` (default: one line on stderr)."""
-  records = layout.open_split(directory, manifest, split, verify)
   if spec is None:
-    return records
-  spec.check(records.dtype, f"{split} split")
-  files = [str(pathlib.Path(directory) / s["file"]) for s in layout.split_shards(manifest, split)]
-  records, result = validation.validate(records, spec, split, files, invalid_records)
-  if result.kept < result.records:
-    (report or (lambda r: print(f"rankjax: {r.line()}", file=sys.stderr)))(result)
-  return records
+    return layout.open_split(directory, manifest, split, verify)
+  # The manifest's split entry (shard names, counts, sha256) in the key: a rewritten dataset reopens.
+  key = (str(pathlib.Path(directory).resolve()), split, json.dumps(manifest["splits"].get(split), sort_keys=True),
+         spec, invalid_records, verify)
+  if key not in _OPENED:
+    records = layout.open_split(directory, manifest, split, verify)
+    spec.check(records.dtype, f"{split} split")
+    files = [str(pathlib.Path(directory) / s["file"]) for s in layout.split_shards(manifest, split)]
+    records, result = validation.validate(records, spec, split, files, invalid_records)
+    if result.kept < result.records:
+      (report or (lambda r: print(f"rankjax: {r.line()}", file=sys.stderr)))(result)
+    _OPENED[key] = records
+  return _OPENED[key]
 
 
 def _iterate(source, length: int, read_threads: int, prefetch: int) -> grain.DatasetIterator:
