@@ -56,3 +56,63 @@ class LowRankCrossNet(nnx.Module):
     for v_layer, w_layer in zip(self.v_layers, self.w_layers):
       x_bi = x0_bi * w_layer(v_layer(x_bi)) + x_bi
     return x_bi
+
+
+class FullCrossNet(nnx.Module):
+  """DCNv2 cross network with full-rank weights: x_{l+1} = x_0 * (W_l x_l + b_l) + x_l."""
+
+  def __init__(self, in_dim: int, num_layers: int, *, rngs: nnx.Rngs):
+    xavier = nnx.initializers.glorot_normal()
+    self.layers = nnx.List([nnx.Linear(in_dim, in_dim, kernel_init=xavier, rngs=rngs) for _ in range(num_layers)])
+
+  def __call__(self, x0_bi: jax.Array) -> jax.Array:
+    x_bi = x0_bi
+    for layer in self.layers:
+      x_bi = x0_bi * layer(x_bi) + x_bi
+    return x_bi
+
+
+class MixtureCrossNet(nnx.Module):
+  """DCNv2's mixture of low-rank experts (DCN-Mix, Wang et al. 2021, eq. 4).
+
+  Expert k of layer l: E_k(x_l) = x_0 * (U_k tanh(C_k tanh(V_k^T x_l)) + b_l); a softmax gate over
+  x_l weights the experts: x_{l+1} = sum_k g_k(x_l) E_k(x_l) + x_l.
+  """
+
+  def __init__(self, in_dim: int, num_layers: int, rank: int, num_experts: int, *, rngs: nnx.Rngs):
+    xavier = nnx.initializers.glorot_normal(in_axis=-2, out_axis=-1, batch_axis=(0, 1))
+    key = rngs.params
+    self.v_lkir = nnx.Param(xavier(key(), (num_layers, num_experts, in_dim, rank)))
+    self.c_lkrr = nnx.Param(xavier(key(), (num_layers, num_experts, rank, rank)))
+    self.u_lkri = nnx.Param(xavier(key(), (num_layers, num_experts, rank, in_dim)))
+    self.bias_li = nnx.Param(jnp.zeros((num_layers, in_dim)))
+    self.gates = nnx.List([nnx.Linear(in_dim, num_experts, use_bias=False, rngs=rngs) for _ in range(num_layers)])
+
+  def __call__(self, x0_bi: jax.Array) -> jax.Array:
+    x_bi = x0_bi
+    for l, gate in enumerate(self.gates):
+      low_bkr = jnp.tanh(jnp.einsum("bi,kir->bkr", x_bi, self.v_lkir[l]))
+      low_bkr = jnp.tanh(jnp.einsum("bkr,krs->bks", low_bkr, self.c_lkrr[l]))
+      experts_bki = x0_bi[:, None, :] * (jnp.einsum("bkr,kri->bki", low_bkr, self.u_lkri[l]) + self.bias_li[l])
+      weights_bk = jax.nn.softmax(gate(x_bi), axis=-1)
+      x_bi = jnp.einsum("bk,bki->bi", weights_bk, experts_bki) + x_bi
+    return x_bi
+
+
+class DenseFields(nnx.Module):
+  """Dense features as fields of the embedding dim: feature j's field is x_j * v_j (a learned
+  vector per feature), so field-interaction models treat dense and categorical features alike."""
+
+  def __init__(self, num_dense: int, dim: int, *, rngs: nnx.Rngs):
+    self.vectors_nd = nnx.Param(nnx.initializers.normal(0.01)(rngs.params(), (num_dense, dim)))
+
+  def __call__(self, dense_bn: jax.Array) -> jax.Array:
+    return dense_bn[:, :, None] * self.vectors_nd[...].astype(dense_bn.dtype)
+
+
+def factorization_machine(fields_bfd: jax.Array) -> jax.Array:
+  """Sum of the pairwise dot products of F field vectors, 0.5 ((sum v)^2 - sum v^2): [B, F, D] -> [B]."""
+  with jax.named_scope("factorization_machine"):
+    square_of_sum = jnp.square(fields_bfd.sum(axis=1))
+    sum_of_squares = jnp.square(fields_bfd).sum(axis=1)
+    return 0.5 * (square_of_sum - sum_of_squares).sum(axis=1)

@@ -1,5 +1,5 @@
-"""Evaluation metrics on host arrays: weighted ROC AUC and log loss for binary tasks, NDCG@k
-for ranked query lists.
+"""Evaluation metrics on host arrays: weighted ROC AUC, log loss, normalized entropy, calibration
+and a reliability table for binary tasks, NDCG@k for ranked query lists.
 
 Eval predictions are fetched once per evaluation, so these run in NumPy; a weight of 0 marks a
 padding example.
@@ -36,6 +36,45 @@ def log_loss_from_logits(labels: np.ndarray, logits: np.ndarray, weights: np.nda
     raise ValueError("log loss needs non-negative weights with a positive sum")
   per_example = np.logaddexp(0.0, logits) - labels * logits
   return float(np.sum(weights * per_example) / np.sum(weights))
+
+
+def normalized_entropy(labels: np.ndarray, logits: np.ndarray, weights: np.ndarray | None = None) -> float:
+  """NE (He et al. 2014): log loss divided by the entropy of the (weighted) base rate, so 1.0 is
+  what always predicting the average CTR scores and lower is better."""
+  labels = np.asarray(labels, np.float64).ravel()
+  weights = np.ones_like(labels) if weights is None else np.asarray(weights, np.float64).ravel()
+  rate = float(np.sum(weights * labels) / np.sum(weights))
+  if not 0.0 < rate < 1.0:
+    raise ValueError("normalized entropy is undefined with only one class present")
+  entropy = -(rate * np.log(rate) + (1.0 - rate) * np.log1p(-rate))
+  return log_loss_from_logits(labels, logits, weights) / entropy
+
+
+def calibration(labels: np.ndarray, logits: np.ndarray, weights: np.ndarray | None = None) -> float:
+  """Predicted / observed positives: sum of predicted probabilities over the sum of labels (1.0 = calibrated)."""
+  labels = np.asarray(labels, np.float64).ravel()
+  weights = np.ones_like(labels) if weights is None else np.asarray(weights, np.float64).ravel()
+  observed = np.sum(weights * labels)
+  if not observed > 0:
+    raise ValueError("calibration is undefined without positive labels")
+  predicted = np.sum(weights / (1.0 + np.exp(-np.asarray(logits, np.float64).ravel())))
+  return float(predicted / observed)
+
+
+def reliability_table(labels: np.ndarray, logits: np.ndarray, weights: np.ndarray | None = None,
+                      bins: int = 10) -> list[dict[str, float]]:
+  """Calibration by predicted probability: per equal-width bin of [0, 1], the examples (weight),
+  the mean prediction and the observed rate (empty bins left out)."""
+  labels = np.asarray(labels, np.float64).ravel()
+  weights = np.ones_like(labels) if weights is None else np.asarray(weights, np.float64).ravel()
+  p = 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64).ravel()))
+  which = np.minimum((p * bins).astype(np.int64), bins - 1)
+  count = np.bincount(which, weights=weights, minlength=bins)
+  predicted = np.bincount(which, weights=weights * p, minlength=bins)
+  observed = np.bincount(which, weights=weights * labels, minlength=bins)
+  return [{"bin_low": b / bins, "bin_high": (b + 1) / bins, "examples": float(count[b]),
+           "mean_prediction": float(predicted[b] / count[b]), "observed_rate": float(observed[b] / count[b])}
+          for b in range(bins) if count[b] > 0]
 
 
 def ndcg_at_k(relevance: np.ndarray, scores: np.ndarray, mask: np.ndarray, k: int) -> float:

@@ -75,6 +75,12 @@ class KeyedEmbeddings:
     block = self._values[dim][:, start:start + f.length]
     return block[:, 0] if f.pooled else block
 
+  def of_dim(self, dim: int) -> jax.Array:
+    """[B, V, dim]: every vector of embedding dim `dim`, in feature order (a view)."""
+    if dim not in self._values:
+      raise KeyError(f"no embedded feature of dim {dim} (dims: {sorted(self._values)})")
+    return self._values[dim]
+
   def mask(self, name: str) -> jax.Array:
     """[B, H] True where a sequence feature has an id (padding False)."""
     if name not in self._valid:

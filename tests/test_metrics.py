@@ -80,3 +80,34 @@ def test_log_loss_from_logits_is_finite_for_extreme_logits():
   # Oracle: for |z| large, softplus(z) - y z is exactly max(z, 0) - y z.
   expected = np.mean(np.maximum(logits, 0.0) - labels * logits)
   assert log_loss_from_logits(labels, logits) == pytest.approx(expected, rel=1e-12)
+
+
+def test_normalized_entropy_is_log_loss_over_the_base_rate_entropy():
+  from rankjax.metrics import normalized_entropy
+  _, labels, scores = _labels_scores()
+  weights = np.random.default_rng(3).integers(0, 3, labels.size).astype(np.float64)
+  rate = np.sum(weights * labels) / weights.sum()
+  entropy = -(rate * np.log(rate) + (1 - rate) * np.log(1 - rate))
+  probs = 1 / (1 + np.exp(-scores))
+  expect = skm.log_loss(labels, probs, sample_weight=weights) / entropy
+  assert normalized_entropy(labels, scores, weights) == pytest.approx(expect, rel=1e-9)
+  # Predicting the base rate everywhere scores exactly 1.
+  base = np.full(labels.size, np.log(rate / (1 - rate)))
+  assert normalized_entropy(labels, base, weights) == pytest.approx(1.0, rel=1e-9)
+
+
+def test_calibration_and_reliability_table_compare_predicted_with_observed():
+  from rankjax.metrics import calibration, reliability_table
+  _, labels, scores = _labels_scores()
+  probs = 1 / (1 + np.exp(-scores))
+  assert calibration(labels, scores) == pytest.approx(probs.sum() / labels.sum(), rel=1e-12)
+  assert calibration(labels, scores + 5.0) > 1.5  # Over-predicting.
+  table = reliability_table(labels, scores, bins=5)
+  assert sum(row["examples"] for row in table) == labels.size
+  for row in table:
+    inside = (probs >= row["bin_low"]) & ((probs < row["bin_high"]) | (row["bin_high"] == 1.0))
+    assert row["examples"] == inside.sum()
+    assert row["mean_prediction"] == pytest.approx(probs[inside].mean())
+    assert row["observed_rate"] == pytest.approx(labels[inside].mean())
+  with pytest.raises(ValueError):
+    calibration(np.zeros(4), np.zeros(4))

@@ -114,7 +114,8 @@ def test_rankjax_train_learns_both_heads_of_a_multitask_model(two_label_table, t
   # Each head learnt its own signal (click from user parity, buy also from item).
   assert final["click/auc"] > 0.7 and final["buy/auc"] > 0.7, final
   line = p.stdout.strip().splitlines()[-1]
-  assert re.match(r"rankjax: final eval auc=\S+ logloss=\S+ click: auc=\S+ logloss=\S+ buy: auc=", line), line
+  assert re.match(r"rankjax: final eval auc=\S+ logloss=\S+ click: auc=\S+ logloss=\S+ ne=\S+ calibration=\S+ buy: auc=",
+                  line), line
 
 
 def test_the_trainer_loop_has_no_task_specific_branch():

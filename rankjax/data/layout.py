@@ -43,9 +43,11 @@ class DataError(ValueError):
   """A dataset that cannot be read; the message names the file."""
 
 
-def ctr_record_dtype(num_dense: int, num_sparse: int) -> np.dtype:
-  """Criteo-shaped record: float32 label, float32 dense[num_dense], int32 ids[num_sparse]."""
-  return np.dtype([("label", "<f4"), ("dense", "<f4", (num_dense,)), ("cat", "<i4", (num_sparse,))])
+def ctr_record_dtype(num_dense: int, num_sparse: int, num_labels: int = 1) -> np.dtype:
+  """Criteo-shaped record: float32 label (label[num_labels] for several), float32 dense[num_dense],
+  int32 ids[num_sparse]."""
+  label_shape = (num_labels,) if num_labels > 1 else ()
+  return np.dtype([("label", "<f4", label_shape), ("dense", "<f4", (num_dense,)), ("cat", "<i4", (num_sparse,))])
 
 
 def dtype_to_fields(dtype: np.dtype) -> list[dict[str, Any]]:

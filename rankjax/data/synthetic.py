@@ -2,7 +2,10 @@
 
 13 dense features (log-transformed counts), 26 categorical features with Zipf-distributed ids,
 and labels drawn from a logistic model with per-id effects, low-rank pairwise feature
-interactions and a dense nonlinearity. The true click probabilities are known, so the manifest
+interactions (and, when asked, order-3 ones) and a dense nonlinearity. With `conversion`, a second
+label: a conversion follows a click with a probability that depends on other features (the
+click -> conversion structure ESMM models), its Bayes-optimal AUC over all impressions recorded
+per label. The true click probabilities are known, so the manifest
 records the Bayes-optimal eval AUC: the ceiling any model can reach on the eval split.
 """
 
@@ -31,6 +34,8 @@ class SyntheticSpec:
   num_interacting_pairs: int
   signal_scale: float
   hotness: tuple[int, ...] = ()  # Max ids per feature (multi-hot); () = one id per feature.
+  num_interacting_triples: int = 0  # Planted order-3 crosses (sum_k u_f[k] u_g[k] u_h[k]).
+  conversion: bool = False  # A second label: conversion, only after a click (click -> conversion).
 
   @classmethod
   def from_config(cls, c, row_scale: float = 1.0) -> "SyntheticSpec":
@@ -38,7 +43,9 @@ class SyntheticSpec:
     return cls(seed=c.seed, num_train=c.num_train, num_eval=c.num_eval, num_dense=c.num_dense,
                vocab_sizes=scale_rows(c.vocab_sizes, row_scale), zipf_exponent=float(c.zipf_exponent),
                latent_dim=c.latent_dim, num_interacting_pairs=c.num_interacting_pairs,
-               signal_scale=float(c.signal_scale), hotness=tuple(int(h) for h in c.get("hotness", ())))
+               signal_scale=float(c.signal_scale), hotness=tuple(int(h) for h in c.get("hotness", ())),
+               num_interacting_triples=int(c.get("num_interacting_triples", 0)),
+               conversion=bool(c.get("conversion", False)))
 
   @property
   def feature_hotness(self) -> tuple[int, ...]:
@@ -75,6 +82,24 @@ class _PlantedModel:
     # own features only, never on the rest of its split.
     calibration = self._dense(rng, 100_000, spec.num_dense)
     self.dense_mean, self.dense_std = calibration.mean(axis=0), calibration.std(axis=0) + 1e-6
+    self.triples, self.triple_latent = [], []
+    if spec.num_interacting_triples:  # Drawn last: data without triples is unchanged.
+      all_triples = [(f, g, h) for f in range(num_sparse) for g in range(f + 1, num_sparse)
+                     for h in range(g + 1, num_sparse)]
+      chosen = rng.choice(len(all_triples), size=min(spec.num_interacting_triples, len(all_triples)), replace=False)
+      self.triples = [all_triples[i] for i in sorted(chosen)]
+      scale = s ** (1 / 3) * (0.3 / spec.latent_dim ** 0.5) ** (1 / 3)  # Each triple's term has std 0.3 s.
+      self.triple_latent = [rng.normal(0.0, scale, (v, spec.latent_dim)) for v in spec.vocab_sizes]
+    if spec.conversion:
+      # Conversion given a click depends on the second half of the features (and the last dense
+      # ones), which barely move the click: a CVR model must learn what CTR's does not.
+      self.cvr_features = list(range(num_sparse // 2, num_sparse))
+      self.cvr_effect = {f: s * rng.normal(0.0, 0.6, spec.vocab_sizes[f]) for f in self.cvr_features}
+      cvr_pairs = [(f, g) for f in self.cvr_features for g in self.cvr_features if f < g]
+      chosen = rng.choice(len(cvr_pairs), size=min(4, len(cvr_pairs)), replace=False)
+      self.cvr_pairs = [cvr_pairs[i] for i in sorted(chosen)]
+      self.cvr_dense_weight = s * rng.normal(0.0, 0.4, spec.num_dense) * (np.arange(spec.num_dense) >= spec.num_dense // 2)
+      self.cvr_bias = -0.8
 
   def _dense(self, rng: np.random.Generator, n: int, num_dense: int) -> np.ndarray:
     raw = np.floor(np.exp(rng.normal(self.dense_log_mean, self.dense_log_std, (n, num_dense))))
@@ -110,8 +135,23 @@ class _PlantedModel:
       logit += pooled(self.main_effect[f], f)
     for f, g in self.pairs:
       logit += np.sum(pooled(self.latent[f], f) * pooled(self.latent[g], g), axis=1)
+    for f, g, h in self.triples:
+      u = self.triple_latent
+      logit += np.sum(pooled(u[f], f) * pooled(u[g], g) * pooled(u[h], h), axis=1)
     label = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
-    return label, dense, cat, logit
+    if not spec.conversion:
+      return label, dense, cat, logit
+    cvr_logit = self.cvr_bias + z @ self.cvr_dense_weight
+    for f in self.cvr_features:
+      cvr_logit += pooled(self.cvr_effect[f], f)
+    for f, g in self.cvr_pairs:
+      cvr_logit += np.sum(pooled(self.latent[f], f) * pooled(self.latent[g], g), axis=1)
+    conversion = label * (rng.random(n) < 1.0 / (1.0 + np.exp(-cvr_logit)))
+    # The true logit of a conversion over all impressions: pCTCVR = pCTR x pCVR.
+    log_p = -np.logaddexp(0.0, -logit) - np.logaddexp(0.0, -cvr_logit)
+    ctcvr_logit = log_p - np.log(-np.expm1(log_p))
+    return (np.stack([label, conversion], axis=1).astype(np.float32), dense, cat,
+            np.stack([logit, ctcvr_logit], axis=1))
 
 
 def generate(directory: str | pathlib.Path, spec: SyntheticSpec) -> dict:
@@ -122,7 +162,7 @@ def generate(directory: str | pathlib.Path, spec: SyntheticSpec) -> dict:
   tmp.mkdir(parents=True)
   rng = np.random.default_rng(spec.seed)
   planted = _PlantedModel(spec, rng)
-  dtype = layout.ctr_record_dtype(spec.num_dense, int(sum(spec.feature_hotness)))
+  dtype = layout.ctr_record_dtype(spec.num_dense, int(sum(spec.feature_hotness)), num_labels=2 if spec.conversion else 1)
   splits, stats = {}, {}
   for split, n in (("train", spec.num_train), ("eval", spec.num_eval)):
     label, dense, cat, logit = planted.sample(n, spec, rng)
@@ -131,13 +171,18 @@ def generate(directory: str | pathlib.Path, spec: SyntheticSpec) -> dict:
     splits[split] = layout.write_split(tmp, split, records)
     stats[split] = (label, logit)
   eval_label, eval_logit = stats["eval"]
+  by_label = {}
+  if spec.conversion:
+    by_label = {"labels": ["click", "conversion"], "bayes_optimal_eval_auc_by_label": {
+        name: roc_auc(eval_label[:, k], eval_logit[:, k]) for k, name in enumerate(("click", "conversion"))}}
+    eval_label, eval_logit = eval_label[:, 0], eval_logit[:, 0]
   manifest = layout.write_manifest(
       tmp, dtype, splits,
       num_dense=spec.num_dense, vocab_sizes=list(spec.vocab_sizes), hotness=list(spec.feature_hotness),
       source={"kind": "synthetic", **spec.as_dict()},
       eval_positive_rate=float(eval_label.mean()),
       bayes_optimal_eval_auc=roc_auc(eval_label, eval_logit),
-      bayes_optimal_eval_logloss=log_loss_from_logits(eval_label, eval_logit))
+      bayes_optimal_eval_logloss=log_loss_from_logits(eval_label, eval_logit), **by_label)
   shutil.rmtree(directory, ignore_errors=True)
   tmp.replace(directory)
   return manifest

@@ -21,10 +21,11 @@ from rankjax.embedding.builder import build_engine
 from rankjax.embedding.engine import Routing
 from rankjax.embedding.tables import EmbeddingTableConfig, FeatureSlots, scale_rows
 from rankjax.losses import BINARY_LOSSES
-from rankjax.metrics import log_loss_from_logits, roc_auc
+from rankjax.metrics import calibration, log_loss_from_logits, normalized_entropy, roc_auc
 from rankjax.model_inputs import EmbeddedFeature, InputSpec, KeyedEmbeddings, ModelInputs
 from rankjax.partitioner import Partitioner
 from rankjax.tasks.base import Task, cast_floating
+from rankjax.tasks.crossed_features import crossed_ids, plan_crosses
 
 
 def _data_kind(manifest: dict) -> str | None:
@@ -56,8 +57,13 @@ class ClickTask(Task):
     ))
     # Synthetic data is generated at the scaled size; real data's ids fold into the scaled tables.
     fold_ids = config.data.row_scale != 1 and _data_kind(manifest) != "synthetic"
-    self.engine = build_engine(config, self.embedding_tables(config, manifest),
-                               FeatureSlots(_feature_names(manifest), hotness), partitioner, fold_ids=fold_ids)
+    model = model_module(config.model.name)
+    self.crosses = plan_crosses(model.crossed_features(config) if hasattr(model, "crossed_features") else (),
+                                config.model.get("cross_buckets", 0), _feature_names(manifest), hotness)
+    slots = FeatureSlots(_feature_names(manifest) + tuple(c.name for c in self.crosses),
+                         hotness + (1,) * len(self.crosses))
+    self.engine = build_engine(config, self.embedding_tables(config, manifest), slots, partitioner,
+                               fold_ids=fold_ids)
     embedded = tuple(EmbeddedFeature(name, self.engine.feature_dim(name), length=h if c == "none" else 1,
                                      pooled=c != "none")
                      for name, h, c in zip(self.engine.slots.names, self.engine.slots.hotness, self.engine.combiners))
@@ -106,7 +112,9 @@ class ClickTask(Task):
   # ---- Step functions.
 
   def sparse_ids(self, batch: dict[str, jax.Array]) -> jax.Array:
-    return batch["cat"]
+    if not self.crosses:
+      return batch["cat"]
+    return jnp.concatenate([batch["cat"], crossed_ids(batch["cat"], self.crosses)], axis=1)
 
   def model_inputs(self, batch: dict[str, jax.Array], rows: dict[str, jax.Array], routing: Routing) -> ModelInputs:
     cast = cast_floating(self.compute_dtype)
@@ -141,13 +149,11 @@ class ClickTask(Task):
   def eval_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
     logits, labels, weights = outputs["logits"], outputs["label"], outputs["weight"]
     if len(self.heads) == 1:
-      logloss = log_loss_from_logits(labels, logits, weights)
-      return {"loss": logloss, "auc": roc_auc(labels, logits, weights), "logloss": logloss,
+      return {"loss": log_loss_from_logits(labels, logits, weights), **_binary_metrics(labels, logits, weights),
               "examples": int(weights.sum())}
     per_head: dict[str, float] = {}
     for i, head in enumerate(self.heads):
-      per_head[f"{head}/auc"] = roc_auc(labels[:, i], logits[:, i], weights)
-      per_head[f"{head}/logloss"] = log_loss_from_logits(labels[:, i], logits[:, i], weights)
+      per_head.update({f"{head}/{k}": v for k, v in _binary_metrics(labels[:, i], logits[:, i], weights).items()})
     loglosses = np.array([per_head[f"{h}/logloss"] for h in self.heads])
     return {"loss": float(np.sum(loglosses * self.loss_weights)),
             "auc": float(np.mean([per_head[f"{h}/auc"] for h in self.heads])),
@@ -156,19 +162,56 @@ class ClickTask(Task):
   def checkpoint_metrics(self, evaluation: dict[str, float]) -> dict[str, float]:
     return {k: evaluation[k] for k in ("auc", "logloss")}
 
+  def bayes_optimal_auc(self) -> dict[str, float]:
+    """The data's Bayes-optimal eval AUC per head, where the manifest records it."""
+    by_label = self.manifest.get("bayes_optimal_eval_auc_by_label")
+    if len(self.heads) == 1 or not by_label:
+      return {}
+    names = self.manifest.get("labels", [])
+    columns = self.batch_spec.fields[0].columns or range(len(self.heads))
+    return {h: by_label[names[c]] for h, c in zip(self.heads, columns) if c < len(names) and names[c] in by_label}
+
   def summary(self, evaluation: dict[str, float]) -> dict[str, Any]:
     heads = {f"eval_{k}": v for k, v in evaluation.items() if "/" in k}
-    return {"eval_auc": evaluation["auc"], "eval_logloss": evaluation["logloss"], **heads,
-            "bayes_optimal_eval_auc": self.manifest.get("bayes_optimal_eval_auc")}
+    single = {f"eval_{k}": evaluation[k] for k in ("ne", "calibration") if k in evaluation}
+    bayes = {f"bayes_optimal_eval_{h}/auc": v for h, v in self.bayes_optimal_auc().items()}
+    return {"eval_auc": evaluation["auc"], "eval_logloss": evaluation["logloss"], **single, **heads,
+            "bayes_optimal_eval_auc": self.manifest.get("bayes_optimal_eval_auc"), **bayes}
 
   def final_line(self, summary: dict[str, Any]) -> str:
     rate = f"{summary['examples_per_sec']:,.0f}" if summary["examples_per_sec"] else "n/a"
-    heads = "".join(f" {h}: auc={summary[f'eval_{h}/auc']:.6f} logloss={summary[f'eval_{h}/logloss']:.6f}"
-                    for h in self.heads if f"eval_{h}/auc" in summary)
+
+    def head_part(prefix: str) -> str:
+      auc = summary.get(f"eval_{prefix}auc")
+      if auc is None:
+        return ""
+      bayes = summary.get(f"bayes_optimal_eval_{prefix}auc") if prefix else None
+      ratio = f" (Bayes ratio {auc / bayes:.4f})" if bayes else ""
+      return (f"auc={auc:.6f} logloss={summary[f'eval_{prefix}logloss']:.6f} ne={summary[f'eval_{prefix}ne']:.4f} "
+              f"calibration={summary[f'eval_{prefix}calibration']:.4f}{ratio}")
+
+    if len(self.heads) == 1:
+      body = head_part("")
+    else:
+      body = (f"auc={summary['eval_auc']:.6f} logloss={summary['eval_logloss']:.6f}"
+              + "".join(f" {h}: {head_part(h + '/')}" for h in self.heads))
     bayes = summary["bayes_optimal_eval_auc"]
-    return (f"rankjax: final eval auc={summary['eval_auc']:.6f} logloss={summary['eval_logloss']:.6f}"
-            f"{heads} steps={summary['steps']} examples/s={rate}"
-            + (f" (Bayes-optimal auc {bayes:.6f}, ratio {summary['eval_auc'] / bayes:.4f})" if bayes else ""))
+    return (f"rankjax: final eval {body} steps={summary['steps']} examples/s={rate}"
+            + (f" (Bayes-optimal auc {bayes:.6f}, ratio {summary['eval_auc'] / bayes:.4f})"
+               if bayes and len(self.heads) == 1 else ""))
+
+
+def _binary_metrics(labels: np.ndarray, logits: np.ndarray, weights: np.ndarray) -> dict[str, float]:
+  """AUC, log loss, normalized entropy and calibration of one head (NaN where a class is absent)."""
+  metrics = {"logloss": log_loss_from_logits(labels, logits, weights)}
+  for name, fn in (("auc", roc_auc), ("ne", normalized_entropy), ("calibration", calibration)):
+    try:
+      metrics[name] = fn(labels, logits, weights)
+    except ValueError:  # One class only in this eval set: undefined, reported as NaN.
+      if name == "auc":
+        raise
+      metrics[name] = float("nan")
+  return {k: metrics[k] for k in ("auc", "logloss", "ne", "calibration")}
 
 
 class MultiTask(ClickTask):

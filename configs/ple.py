@@ -1,0 +1,17 @@
+"""PLE (Tang et al. 2020): progressive layered extraction, task and shared experts,
+click + conversion on the embedded synthetic data (a conversion only after a click, CVR driven by
+other features than CTR).
+
+Run:   rankjax train --config configs/ple.py --workdir /tmp/rankjax_ple
+Result: README's model table (per-head AUC and its ratio to the Bayes-optimal AUC per head).
+"""
+
+from rankjax.config import base_config
+
+
+def get_config():
+  c = base_config("ple")
+  c.task.name = "multitask"
+  c.task.heads = ("click", "conversion")
+  c.data.synthetic.conversion = True
+  return c

@@ -1,0 +1,14 @@
+"""xDeepFM (Lian et al. 2018): first-order weights + Compressed Interaction Network + DNN,
+on the embedded synthetic CTR data with planted order-2 and order-3 feature crosses.
+
+Run:   rankjax train --config configs/xdeepfm.py --workdir /tmp/rankjax_xdeepfm
+Result: README's model table (AUC and its ratio to the data's Bayes-optimal AUC).
+"""
+
+from rankjax.config import base_config
+
+
+def get_config():
+  c = base_config("xdeepfm")
+  c.data.synthetic.num_interacting_triples = 2
+  return c
