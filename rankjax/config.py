@@ -104,6 +104,7 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   c.data.synthetic.num_interacting_pairs = 12
   c.data.synthetic.num_interacting_triples = 0  # Planted order-3 crosses (the zoo's interaction data).
   c.data.synthetic.conversion = False  # A second label, conversion after a click (multi-task data).
+  c.data.synthetic.sequence_length = 0  # > 0: a behaviour-sequence feature of up to this many items.
   c.data.synthetic.signal_scale = 1.0  # Scales every planted effect; larger = easier task.
   c.data.synthetic.hotness = ()  # Max ids per feature (multi-hot, padded with -1); () = one each.
 

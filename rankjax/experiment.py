@@ -18,7 +18,6 @@ from jax.experimental import multihost_utils
 
 from rankjax.config import task_class
 from rankjax.data import layout, pipeline, synthetic
-from rankjax.embedding.tables import scale_rows
 from rankjax.partitioner import Partitioner
 from rankjax.tasks.base import Task, TrainState
 
@@ -67,10 +66,9 @@ def data_shape(config: ml_collections.ConfigDict) -> dict:
   model (no data is generated): what `plan` and abstract compilation need."""
   if config.data.path:
     return layout.read_manifest(config.data.path)
-  s = config.data.synthetic
-  vocab_sizes = scale_rows(s.vocab_sizes, config.data.row_scale)
-  return {"num_dense": s.num_dense, "vocab_sizes": list(vocab_sizes),
-          "hotness": list(s.hotness) or [1] * len(vocab_sizes), "source": {"kind": "synthetic"}}
+  spec = synthetic.SyntheticSpec.from_config(config.data.synthetic, config.data.row_scale)
+  return {"num_dense": spec.num_dense, "vocab_sizes": list(spec.data_vocab_sizes),
+          "hotness": list(spec.data_hotness), "source": {"kind": "synthetic"}}
 
 
 def build(config: ml_collections.ConfigDict, workdir: pathlib.Path | None, devices=None,

@@ -18,6 +18,7 @@ from rankjax.model_inputs import KeyedEmbeddings, ModelInputs
 
 INTERACTION_MODELS = ("deepfm", "xdeepfm", "dcnv2", "autoint", "finalmlp", "masknet", "wide_deep")
 MULTITASK_MODELS = ("mmoe", "ple", "esmm")
+SEQUENCE_MODELS = ("din", "bst")
 SMALL = {  # Model sizes that keep a step milliseconds-long.
     "logreg": {},
     "deepfm": {"embed_dim": 8, "deep_mlp": (32, 16)},
@@ -33,6 +34,10 @@ SMALL = {  # Model sizes that keep a step milliseconds-long.
     "ple": {"embed_dim": 8, "levels": 2, "task_experts": 1, "shared_experts": 2, "expert_mlp": (32, 16),
             "tower_mlp": (8,)},
     "esmm": {"embed_dim": 8, "tower_mlp": (32, 16)},
+    "din": {"embed_dim": 8, "attention_mlp": (8,), "deep_mlp": (32, 16), "target_feature": "cat_5",
+            "history_feature": "cat_6"},
+    "bst": {"embed_dim": 8, "num_heads": 2, "feed_forward_dim": 16, "deep_mlp": (32, 16), "target_feature": "cat_5",
+            "history_feature": "cat_6"},
 }
 
 
@@ -45,6 +50,8 @@ def zoo_config(name: str, **model):
   s.num_interacting_pairs, s.num_interacting_triples = 6, 3
   if name in MULTITASK_MODELS:
     c.task.name, c.task.heads, s.conversion = "multitask", ("click", "conversion"), True
+  if name in SEQUENCE_MODELS:
+    s.sequence_length = 5  # cat_6: up to 5 earlier items of cat_5's vocabulary.
   c.train.batch_size, c.train.eval_batch_size, c.train.steps = 256, 1024, 3
   c.train.progress_bar = False
   return c
@@ -56,7 +63,8 @@ def random_inputs(spec, batch: int, seed: int = 0) -> ModelInputs:
   values = {d: jnp.asarray(rng.normal(size=(batch, sum(f.length for f in spec.embedded if f.dim == d), d)),
                            jnp.float32) for d in spec.embedding_dims}
   return ModelInputs(dense=jnp.asarray(rng.normal(size=(batch, spec.num_dense)), jnp.float32),
-                     embedded=KeyedEmbeddings(spec.embedded, values, {}))
+                     embedded=KeyedEmbeddings(spec.embedded, values, {f.name: jnp.ones((batch, f.length), bool)
+                                                                      for f in spec.embedded if not f.pooled}))
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +72,11 @@ def data_dir(tmp_path_factory):
   """One directory for every model; the click data and the click + conversion data are each
   generated once (the synthetic data is kept per spec)."""
   root = tmp_path_factory.mktemp("zoo")
-  return lambda name: root / ("click_conversion" if name in MULTITASK_MODELS else "click")
+  return lambda name: root / ("click_conversion" if name in MULTITASK_MODELS else
+                               "sequence" if name in SEQUENCE_MODELS else "click")
 
 
-@pytest.mark.parametrize("name", ("logreg", *INTERACTION_MODELS, *MULTITASK_MODELS))
+@pytest.mark.parametrize("name", ("logreg", *INTERACTION_MODELS, *MULTITASK_MODELS, *SEQUENCE_MODELS))
 def test_model_gives_one_finite_logit_per_head(name, data_dir):
   config = zoo_config(name)
   config.mesh.shape = (1, 1)
@@ -96,7 +105,7 @@ def run_steps(config, workdir, devices, num_steps=3):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", (*INTERACTION_MODELS, *MULTITASK_MODELS))
+@pytest.mark.parametrize("name", (*INTERACTION_MODELS, *MULTITASK_MODELS, *SEQUENCE_MODELS))
 def test_sharded_training_equals_one_device(name, data_dir):
   config = zoo_config(name)
   # SGD keeps the update linear in the gradient, so a sum's order cannot be amplified (Adam's
@@ -162,3 +171,38 @@ def test_click_conversion_data_converts_only_after_a_click_and_records_bayes_auc
   label = np.asarray(records["label"])
   assert label.shape[1] == 2 and (label[:, 1] <= label[:, 0]).all()
   assert 0.05 < label[:, 1].sum() / label[:, 0].sum() < 0.9
+
+
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_history_padding_never_contributes(name, data_dir):
+  """Changing the embedding behind a padded history position changes no logit; changing a real
+  position's does (with the history in use), and the ablation ignores the history entirely."""
+  config = zoo_config(name)
+  config.mesh.shape = (1, 1)
+  spec = build(config, data_dir(name), jax.devices()[:1]).task.inputs
+  history = next(f for f in spec.embedded if f.name == "cat_6")
+  assert not history.pooled and history.length == 5
+  model = model_module(name).create(config, spec, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  (dim,) = spec.embedding_dims
+  values = rng.normal(size=(4, spec.num_embedded_vectors, dim)).astype(np.float32)
+  mask = np.array([[1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], bool)
+  start = spec.num_embedded_vectors - 5  # The history's positions come last (its table is last).
+  values[:, start:][~mask] = 0.0  # The engine zeroes padding rows.
+  dense = jnp.asarray(rng.normal(size=(4, spec.num_dense)), jnp.float32)
+
+  def logits(v, m=model):
+    emb = KeyedEmbeddings(spec.embedded, {dim: jnp.asarray(v)}, {"cat_6": jnp.asarray(mask),
+                                                                 "cat_5": jnp.ones((4, 1), bool)})
+    return np.asarray(m(ModelInputs(dense=dense, embedded=emb))["click"])
+
+  base = logits(values)
+  padded = values.copy()
+  padded[0, start + 3] = 5.0  # A padding position of example 0 (mask says padding).
+  np.testing.assert_allclose(logits(padded), base, rtol=1e-6)
+  real = values.copy()
+  real[0, start] += 1.0
+  assert abs(logits(real)[0] - base[0]) > 1e-4
+  config.model.use_history = False
+  ablation = model_module(name).create(config, spec, rngs=nnx.Rngs(0))
+  np.testing.assert_allclose(logits(real, ablation), logits(values, ablation), rtol=1e-6)

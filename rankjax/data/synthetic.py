@@ -36,6 +36,9 @@ class SyntheticSpec:
   hotness: tuple[int, ...] = ()  # Max ids per feature (multi-hot); () = one id per feature.
   num_interacting_triples: int = 0  # Planted order-3 crosses (sum_k u_f[k] u_g[k] u_h[k]).
   conversion: bool = False  # A second label: conversion, only after a click (click -> conversion).
+  # > 0: a behaviour sequence, an extra feature of up to this many earlier items (ids of the last
+  # feature, the target item's vocabulary); the click depends on how close the target is to them.
+  sequence_length: int = 0
 
   @classmethod
   def from_config(cls, c, row_scale: float = 1.0) -> "SyntheticSpec":
@@ -45,11 +48,20 @@ class SyntheticSpec:
                latent_dim=c.latent_dim, num_interacting_pairs=c.num_interacting_pairs,
                signal_scale=float(c.signal_scale), hotness=tuple(int(h) for h in c.get("hotness", ())),
                num_interacting_triples=int(c.get("num_interacting_triples", 0)),
-               conversion=bool(c.get("conversion", False)))
+               conversion=bool(c.get("conversion", False)), sequence_length=int(c.get("sequence_length", 0)))
 
   @property
   def feature_hotness(self) -> tuple[int, ...]:
     return self.hotness or (1,) * len(self.vocab_sizes)
+
+  @property
+  def data_vocab_sizes(self) -> tuple[int, ...]:
+    """Every feature's vocabulary as written, the behaviour sequence (if any) last."""
+    return self.vocab_sizes + ((self.vocab_sizes[-1],) if self.sequence_length else ())
+
+  @property
+  def data_hotness(self) -> tuple[int, ...]:
+    return self.feature_hotness + ((self.sequence_length,) if self.sequence_length else ())
 
   def as_dict(self) -> dict:
     d = dataclasses.asdict(self)
@@ -100,6 +112,12 @@ class _PlantedModel:
       self.cvr_pairs = [cvr_pairs[i] for i in sorted(chosen)]
       self.cvr_dense_weight = s * rng.normal(0.0, 0.4, spec.num_dense) * (np.arange(spec.num_dense) >= spec.num_dense // 2)
       self.cvr_bias = -0.8
+    if spec.sequence_length:
+      # Items live in a latent taste space; a user's history is drawn around a taste vector and
+      # the click grows with the target's mean similarity to the history.
+      item_vocab = spec.vocab_sizes[-1]
+      self.item_vectors = rng.normal(0.0, 1.0, (item_vocab, spec.latent_dim)) / np.sqrt(spec.latent_dim)
+      self.sequence_weight = 2.0 * s
 
   def _dense(self, rng: np.random.Generator, n: int, num_dense: int) -> np.ndarray:
     raw = np.floor(np.exp(rng.normal(self.dense_log_mean, self.dense_log_std, (n, num_dense))))
@@ -138,6 +156,10 @@ class _PlantedModel:
     for f, g, h in self.triples:
       u = self.triple_latent
       logit += np.sum(pooled(u[f], f) * pooled(u[g], g) * pooled(u[h], h), axis=1)
+    if spec.sequence_length:
+      history, similarity = self._history(cat[:, -1], spec, rng)
+      cat = np.concatenate([cat, history], axis=1)
+      logit += self.sequence_weight * similarity
     label = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
     if not spec.conversion:
       return label, dense, cat, logit
@@ -154,6 +176,26 @@ class _PlantedModel:
             np.stack([logit, ctcvr_logit], axis=1))
 
 
+  def _history(self, target: np.ndarray, spec: SyntheticSpec, rng: np.random.Generator):
+    """([n, H] earlier items, -1 padded; [n] the target's mean cosine similarity to them).
+
+    Each user has a taste (a random item's vector plus noise); history items are the nearest of
+    a few random candidates to that taste, so histories are coherent and the target's similarity
+    to them varies from user to user."""
+    n, h = len(target), spec.sequence_length
+    vectors = self.item_vectors
+    taste = vectors[rng.integers(0, len(vectors), n)] + rng.normal(0.0, 0.3, (n, vectors.shape[1]))
+    candidates = rng.integers(0, len(vectors), (n, h, 8))
+    scores = np.einsum("nhcd,nd->nhc", vectors[candidates], taste)
+    history = np.take_along_axis(candidates, scores.argmax(axis=2)[:, :, None], axis=2)[:, :, 0]
+    length = rng.integers(1, h + 1, n)
+    valid = np.arange(h) < length[:, None]
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    cosine = np.einsum("nd,nhd->nh", unit[target], unit[history])
+    similarity = np.sum(cosine * valid, axis=1) / length
+    return np.where(valid, history, -1).astype(np.int32), similarity
+
+
 def generate(directory: str | pathlib.Path, spec: SyntheticSpec) -> dict:
   """Writes the train and eval splits and the manifest; deterministic in `spec`."""
   directory = pathlib.Path(directory)
@@ -162,7 +204,7 @@ def generate(directory: str | pathlib.Path, spec: SyntheticSpec) -> dict:
   tmp.mkdir(parents=True)
   rng = np.random.default_rng(spec.seed)
   planted = _PlantedModel(spec, rng)
-  dtype = layout.ctr_record_dtype(spec.num_dense, int(sum(spec.feature_hotness)), num_labels=2 if spec.conversion else 1)
+  dtype = layout.ctr_record_dtype(spec.num_dense, int(sum(spec.data_hotness)), num_labels=2 if spec.conversion else 1)
   splits, stats = {}, {}
   for split, n in (("train", spec.num_train), ("eval", spec.num_eval)):
     label, dense, cat, logit = planted.sample(n, spec, rng)
@@ -178,7 +220,7 @@ def generate(directory: str | pathlib.Path, spec: SyntheticSpec) -> dict:
     eval_label, eval_logit = eval_label[:, 0], eval_logit[:, 0]
   manifest = layout.write_manifest(
       tmp, dtype, splits,
-      num_dense=spec.num_dense, vocab_sizes=list(spec.vocab_sizes), hotness=list(spec.feature_hotness),
+      num_dense=spec.num_dense, vocab_sizes=list(spec.data_vocab_sizes), hotness=list(spec.data_hotness),
       source={"kind": "synthetic", **spec.as_dict()},
       eval_positive_rate=float(eval_label.mean()),
       bayes_optimal_eval_auc=roc_auc(eval_label, eval_logit),

@@ -1,0 +1,16 @@
+"""DIN (Zhou et al. 2018): target attention over the user's behaviour sequence, Dice,
+on the embedded synthetic data with a behaviour sequence: cat_26 holds up to 20 earlier items (ids
+of cat_25's vocabulary, the target item), and the click grows with the target's similarity to them.
+
+Run:   rankjax train --config configs/din.py --workdir /tmp/rankjax_din
+       ... --config.model.use_history=False   (the same model without the sequence)
+Result: README's model table.
+"""
+
+from rankjax.config import base_config
+
+
+def get_config():
+  c = base_config("din")
+  c.data.synthetic.sequence_length = 20
+  return c
