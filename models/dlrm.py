@@ -18,6 +18,7 @@ from rankjax.config import ConfigError
 from rankjax.embedding.tables import EmbeddingTableConfig
 from rankjax.layers import MLP, dot_interaction
 from rankjax.model_inputs import InputSpec, ModelInputs
+from rankjax.models import _parts
 
 TASKS = ("ctr", "multitask")  # The tasks it serves; the first is its default.
 
@@ -48,9 +49,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 def embedding_tables(config: ml_collections.ConfigDict, vocab_sizes: Sequence[int]) -> list[EmbeddingTableConfig]:
   """One table per categorical feature, named after it."""
-  return [EmbeddingTableConfig(name=f"cat_{i}", vocab_size=int(v), dim=config.model.embed_dim,
-                               feature_names=(f"cat_{i}",))
-          for i, v in enumerate(vocab_sizes)]
+  return _parts.feature_tables(config, vocab_sizes)
 
 
 def check_embedding_dims(config: ml_collections.ConfigDict, inputs: InputSpec) -> None:
