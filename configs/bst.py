@@ -13,4 +13,7 @@ from rankjax.config import base_config
 def get_config():
   c = base_config("bst")
   c.data.synthetic.sequence_length = 20
+  # GAUC per user, as feeds report it: the synthetic data has no user id, so cat_0 (1,000 ids)
+  # stands in for one; on real data name the user-id feature.
+  c.eval.group_feature = "cat_0"
   return c

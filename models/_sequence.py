@@ -38,10 +38,14 @@ def embedding_tables(config: ml_collections.ConfigDict, vocab_sizes: Sequence[in
   for key in ("target_feature", "history_feature"):
     if m[key] not in names:
       raise ConfigError(f"model.{key}", f"no feature {m[key]!r} in the data (features cat_0..cat_{len(names) - 1})")
-  item_vocab = max(vocab_sizes[names.index(m.target_feature)], vocab_sizes[names.index(m.history_feature)])
+  target_vocab, history_vocab = (int(vocab_sizes[names.index(m[k])]) for k in ("target_feature", "history_feature"))
+  if target_vocab != history_vocab:  # Ids hashed into other row counts would name other items.
+    raise ConfigError("model.history_feature", f"{m.history_feature!r} ({history_vocab} rows) and the target "
+                      f"{m.target_feature!r} ({target_vocab} rows) share one item table: give both the same num_rows "
+                      "in the `rankjax data table` spec")
   tables = [EmbeddingTableConfig(name=n, vocab_size=int(v), dim=m.embed_dim, feature_names=(n,))
             for n, v in zip(names, vocab_sizes) if n not in (m.target_feature, m.history_feature)]
-  return tables + [EmbeddingTableConfig(name="item", vocab_size=int(item_vocab), dim=m.embed_dim,
+  return tables + [EmbeddingTableConfig(name="item", vocab_size=target_vocab, dim=m.embed_dim,
                                         feature_names=(m.target_feature, m.history_feature), combiner="none")]
 
 

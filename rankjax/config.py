@@ -17,6 +17,7 @@ import ml_collections
 
 from rankjax.data.validation import POLICIES as INVALID_RECORD_POLICIES
 from rankjax.dense_optim import DENSE_OPTIMIZERS as _DENSE_OPTIMIZERS
+from rankjax.dense_optim import LR_SCHEDULES
 from rankjax.embedding import optimizers as _sparse_optimizers
 from rankjax.embedding.sharding import SHARDINGS as _SHARDINGS
 from rankjax.embedding.tables import COMBINERS, DTYPES, INITIALIZERS, EmbeddingTableConfig
@@ -75,7 +76,9 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   c.task.heads = ("click", "conversion")  # multitask: head names, one per label column.
   c.task.label_columns = ()  # multitask: each head's label column; () = 0, 1, ... in head order.
   c.task.loss_weights = ()  # multitask: each head's weight in the loss; () = 1 each.
-  c.task.normalize = True  # ranking: standardise document features with the train split's mean/std.
+  # Standardise dense inputs with the train split's mean/std from the manifest (ranking: document
+  # features; ctr/multitask: dense features, where the manifest records dense_stats).
+  c.task.normalize = True
 
   c.data = ml_collections.ConfigDict()
   c.data.path = ""  # A dataset directory (manifest.json + binary splits); "" = synthetic under workdir.
@@ -116,9 +119,22 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   c.train.eval_every = 0  # 0 = evaluate only at the end.
   c.train.dense_optimizer = "adam"  # adam | adagrad | sgd
   c.train.dense_learning_rate = 1e-3
+  # The dense learning rate over the run: linear warm-up over warmup_steps, then constant, or a
+  # cosine / linear decay to 0 at train.steps (embedding tables keep embedding.learning_rate).
+  c.train.lr_schedule = "constant"
+  c.train.warmup_steps = 0
   # The task's loss (its LOSSES): bce for ctr/multitask; softmax | pairwise_logistic for ranking.
   c.train.loss = next(iter(task_class(c.task.name).LOSSES))
   c.train.ndcg_k = 10  # Ranking eval: NDCG@k.
+
+  c.eval = ml_collections.ConfigDict()
+  # Click heads' AUC comes from on-device histograms of the logits in this many bins (see
+  # rankjax/streaming_metrics.py); every eval reports the bound on its distance to the exact AUC.
+  c.eval.auc_bins = 262144
+  # GAUC: the categorical feature whose id is the group (a user or query id: "cat_3"); "" = off.
+  # Memory: heads x the feature's vocabulary x group_bins x 8 bytes, replicated on each device.
+  c.eval.group_feature = ""
+  c.eval.group_bins = 2048
   c.train.progress_bar = True  # On a terminal; elsewhere (logs, SLURM, CI) a line every progress_every_s.
   c.train.progress_every_s = 30.0
   # Steps dispatched ahead of the host: a bound (2 processes' CPU collectives deadlocked with ~100;
@@ -273,7 +289,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
               "checkpoint.every_steps", "checkpoint.max_to_keep",
               "data.synthetic.num_train", "data.synthetic.num_eval", "data.read_threads",
               "data.prefetch_batches", "data.synthetic.num_dense", "data.synthetic.latent_dim",
-              "data.synthetic.zipf_exponent", "embedding.epsilon"):
+              "data.synthetic.zipf_exponent", "embedding.epsilon", "eval.auc_bins", "eval.group_bins"):
     _positive(config, key)
   vocab = config.data.synthetic.vocab_sizes
   if not vocab or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in vocab):
@@ -305,6 +321,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError("distributed.coordinator_address", "must be HOST:PORT")
   if config.train.dense_optimizer not in DENSE_OPTIMIZERS:
     raise ConfigError("train.dense_optimizer", f"must be one of {DENSE_OPTIMIZERS}")
+  if config.train.lr_schedule not in LR_SCHEDULES:
+    raise ConfigError("train.lr_schedule", f"must be one of {LR_SCHEDULES}, got {config.train.lr_schedule!r}")
+  if not 0 <= config.train.warmup_steps <= config.train.steps:
+    raise ConfigError("train.warmup_steps", f"must be in [0, train.steps={config.train.steps}], "
+                      f"got {config.train.warmup_steps}")
   if config.embedding.optimizer not in SPARSE_OPTIMIZERS:
     raise ConfigError("embedding.optimizer", f"must be one of {SPARSE_OPTIMIZERS}")
   if config.embedding.sharding not in SHARDINGS:

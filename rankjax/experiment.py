@@ -25,7 +25,8 @@ from rankjax.tasks.base import Task, TrainState
 @dataclasses.dataclass
 class Experiment:
   """Everything built from a config before the first step: mesh, data, the task and its jitted
-  functions. `eval_fn(state, eval_batch)` returns the task's per-example eval outputs."""
+  functions. `eval_fn(state, eval_batch, totals)` adds a batch to the task's eval totals
+  (replicated; `eval_init_fn()` makes the first)."""
   config: ml_collections.ConfigDict
   partitioner: Partitioner
   data_dir: pathlib.Path | None
@@ -35,6 +36,7 @@ class Experiment:
   batch_shardings: dict[str, jax.sharding.NamedSharding]
   init_fn: Any
   train_fn: Any
+  eval_init_fn: Any
   eval_fn: Any
 
 
@@ -93,9 +95,9 @@ def build(config: ml_collections.ConfigDict, workdir: pathlib.Path | None, devic
                               out_shardings=state_shardings),
       train_fn=partitioner.jit(task.train_step, in_shardings=(state_shardings, batch_shardings),
                                out_shardings=(state_shardings, replicated), donate_argnums=(0,)),
-      # Every eval output is per example (or list), batch dim first.
-      eval_fn=partitioner.jit(task.eval_step, in_shardings=(state_shardings, eval_shardings),
-                              out_shardings=partitioner.sharding("batch")))
+      eval_init_fn=partitioner.jit(task.eval_init, in_shardings=None, out_shardings=replicated),
+      eval_fn=partitioner.jit(task.eval_step, in_shardings=(state_shardings, eval_shardings, replicated),
+                              out_shardings=replicated, donate_argnums=(2,)))
 
 
 DISTINCT_BATCHES = 8  # Batches kept on the devices and cycled through while timing.

@@ -1,8 +1,9 @@
-"""Evaluation metrics on host arrays: weighted ROC AUC, log loss, normalized entropy, calibration
-and a reliability table for binary tasks, NDCG@k for ranked query lists.
+"""Exact metrics on host arrays (NumPy): weighted ROC AUC, log loss, normalized entropy,
+calibration, a reliability table and GAUC for binary tasks, NDCG@k for ranked query lists.
 
-Eval predictions are fetched once per evaluation, so these run in NumPy; a weight of 0 marks a
-padding example.
+The trainer's eval streams on device (rankjax/streaming_metrics.py); these are the exact
+references it is tested against, and what the synthetic generator reports its Bayes-optimal AUC
+with. A weight of 0 marks a padding example.
 """
 
 from __future__ import annotations
@@ -59,6 +60,22 @@ def calibration(labels: np.ndarray, logits: np.ndarray, weights: np.ndarray | No
     raise ValueError("calibration is undefined without positive labels")
   predicted = np.sum(weights / (1.0 + np.exp(-np.asarray(logits, np.float64).ravel())))
   return float(predicted / observed)
+
+
+def grouped_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> tuple[float, int]:
+  """(GAUC, groups counted): each group's AUC weighted by its examples, over the groups that hold
+  both classes (the others have no AUC and are left out)."""
+  labels, scores, groups = (np.asarray(a).ravel() for a in (labels, scores, groups))
+  total, weight, counted = 0.0, 0.0, 0
+  for g in np.unique(groups):
+    in_group = groups == g
+    if 0 < labels[in_group].sum() < in_group.sum():
+      total += in_group.sum() * roc_auc(labels[in_group], scores[in_group])
+      weight += in_group.sum()
+      counted += 1
+  if not counted:
+    raise ValueError("GAUC is undefined: no group holds both classes")
+  return total / weight, counted
 
 
 def reliability_table(labels: np.ndarray, logits: np.ndarray, weights: np.ndarray | None = None,

@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from rankjax import checkpoint as checkpoint_lib
-from rankjax import checkpoint_integrity
+from rankjax import checkpoint_integrity, training_curves
 from rankjax.config import ConfigError, validate
 from rankjax.data import pipeline
 from rankjax.experiment import Experiment, build, enable_compilation_cache
@@ -43,7 +43,7 @@ class NonFiniteLossError(RuntimeError):
 
 def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
   """The task's eval metrics over the whole eval split (padding examples or lists carry weight 0):
-  each batch's eval outputs are gathered to the host, then reduced by the task."""
+  each batch is added to the task's totals on device; only the totals come to the host."""
   config = exp.config
   it = pipeline.eval_iterator(exp.data_dir, exp.manifest, global_batch_size=config.train.eval_batch_size,
                               read_threads=config.data.read_threads, prefetch=config.data.prefetch_batches,
@@ -51,10 +51,10 @@ def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
                               spec=exp.task.batch_spec, verify=config.data.verify_checksums,
                               invalid_records=config.data.invalid_records)
   eval_shardings = exp.task.batch_spec.with_weight().shardings(exp.partitioner)
-  outputs = [exp.eval_fn(state, exp.partitioner.place_batch(batch, eval_shardings)) for batch in it]
-  gathered = {name: np.concatenate([np.asarray(multihost_utils.process_allgather(o[name], tiled=True))
-                                    for o in outputs]) for name in outputs[0]}
-  return exp.task.eval_metrics(gathered)
+  totals = exp.eval_init_fn()
+  for batch in it:
+    totals = exp.eval_fn(state, exp.partitioner.place_batch(batch, eval_shardings), totals)
+  return exp.task.eval_metrics(jax.tree.map(_host, totals))
 
 
 class _DeviceBatches:
@@ -72,6 +72,14 @@ class _DeviceBatches:
 def _host(x: jax.Array) -> np.ndarray:
   """A replicated array's value on this host (works when other processes hold other devices)."""
   return np.asarray(x.addressable_data(0))
+
+
+def _plot_curves(workdir: pathlib.Path) -> None:
+  """training_curves.png from metrics.jsonl, if matplotlib is installed (the `plot` extra)."""
+  try:
+    training_curves.write(workdir)
+  except ImportError:
+    _note(f"no {training_curves.PLOT_FILE}: pip install 'rankjax[plot]' (matplotlib) to get one")
 
 
 class Preempted(RuntimeError):
@@ -334,5 +342,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devic
              "skipped_steps": skipped_total}
   if is_chief:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _plot_curves(workdir)
   log(exp.task.final_line(summary))
   return summary

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Profile + steady-state bench of the MLPerf-shaped DLRM-DCNv2 on one GPU, in one device call
-# (under 8 minutes), writing the report files flat into $OUT.
+# (under 8 minutes), writing the report files flat into $OUT. With GPU_BENCH_PART=zoo, instead:
+# `bench train` of every model-zoo config (ZOO_CONFIGS, default all) at ZOO_BATCH (default 8192)
+# into $OUT/zoo_bench.jsonl, one JSON line per config (a second device call).
 #
 # The GPU image has jax 0.11 (CUDA), flax, optax, orbax, tensorstore, absl, etils, but no network
 # and no grain, array-record, portpicker, ml_collections or tensorboardX: carry them as wheels.
@@ -53,6 +55,10 @@ run() {
   fi
   command -v nvidia-smi >/dev/null && nvidia-smi > "$OUT/nvidia_smi.txt" || true
 
+  if [ "${GPU_BENCH_PART:-dcnv2}" = zoo ]; then
+    zoo
+    return
+  fi
   SIZES=(--config.data.row_scale="$ROW_SCALE" --config.train.batch_size="$BATCH"
          --config.train.eval_batch_size="$BATCH" --config.data.synthetic.num_train="$NUM_TRAIN"
          --config.data.synthetic.num_eval="$NUM_EVAL")
@@ -69,6 +75,21 @@ run() {
   timeout "$LIMIT_S" "$PYTHON" -m rankjax.cli bench train --config "$CONFIG" --workdir "$WORK" \
       --steps "$STEPS" --warmup "$WARMUP" "${SIZES[@]}" | tee "$OUT/bench.jsonl"
   echo "gpu_bench: done; files in $OUT"
+}
+
+zoo() {
+  # ---- The model zoo: steady-state samples/s per config at one batch size.
+  ZOO_CONFIGS=${ZOO_CONFIGS:-"logreg deepfm dcnv2 xdeepfm autoint finalmlp masknet wide_deep mmoe ple esmm din bst"}
+  if [ "${GPU_BENCH_DRY_RUN:-0}" = 1 ]; then ZOO_BATCH=${ZOO_BATCH:-64}; else ZOO_BATCH=${ZOO_BATCH:-8192}; fi
+  : > "$OUT/zoo_bench.jsonl"
+  for name in $ZOO_CONFIGS; do
+    echo "gpu_bench: zoo $name batch=$ZOO_BATCH steps=$STEPS warmup=$WARMUP"
+    timeout "$LIMIT_S" "$PYTHON" -m rankjax.cli bench train --config "configs/$name.py" --workdir "$WORK/zoo_$name" \
+        --steps "$STEPS" --warmup "$WARMUP" --config.train.batch_size="$ZOO_BATCH" \
+        --config.data.synthetic.num_train=$((4 * ZOO_BATCH)) --config.data.synthetic.num_eval="$ZOO_BATCH" \
+        | tee -a "$OUT/zoo_bench.jsonl"
+  done
+  echo "gpu_bench: zoo done; files in $OUT"
 }
 
 run 2>&1 | tee "$OUT/gpu_bench.log"

@@ -17,9 +17,9 @@ def tiny_config(**train):
   return c
 
 
-def train_five_steps_on(config_name: str, data_dir, tmp_path) -> dict:
-  """Runs `rankjax train` for 5 small steps of configs/<config_name> on a converted dataset;
-  returns its summary.json (the run must succeed)."""
+def train_five_steps_on(config_name: str, data_dir, tmp_path, *overrides: str) -> dict:
+  """Runs `rankjax train` for 5 small steps of configs/<config_name> on a converted dataset (and
+  `--config.KEY=VALUE` overrides); returns its summary.json (the run must succeed)."""
   import json
   import subprocess
   import sys
@@ -28,7 +28,7 @@ def train_five_steps_on(config_name: str, data_dir, tmp_path) -> dict:
       [sys.executable, "-m", "rankjax.cli", "train", "--config", str(REPO / "configs" / config_name),
        "--workdir", str(workdir), f"--config.data.path={data_dir}", "--config.train.steps=5",
        "--config.train.batch_size=256", "--config.train.eval_batch_size=1024", "--config.train.log_every=5",
-       "--config.checkpoint.every_steps=5", "--config.train.progress_bar=False"],
+       "--config.checkpoint.every_steps=5", "--config.train.progress_bar=False", *overrides],
       capture_output=True, text=True, cwd=tmp_path, timeout=600)
   assert p.returncode == 0, p.stderr
   return json.loads((workdir / "summary.json").read_text())

@@ -60,3 +60,17 @@ def test_gpu_bench_script_dry_run_writes_every_report_file(tmp_path):
   assert report["devices"] == bench["devices"] == 1
   assert bench["config"] == GPU_BENCH_CONFIG and bench["batch"] == report["batch"] == 256
   assert "roofline bound" in (out / "profile.txt").read_text()
+
+
+@pytest.mark.slow
+def test_gpu_bench_zoo_part_dry_run_writes_one_bench_line_per_config(tmp_path):
+  out = tmp_path / "out"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(GPU_BENCH_DRY_RUN="1", GPU_BENCH_PART="zoo", ZOO_CONFIGS="deepfm din", OUT=str(out),
+             GPU_BENCH_WORKDIR=str(tmp_path / "work"), PYTHON=sys.executable)
+  p = subprocess.run(["bash", str(REPO / "scripts" / "gpu_bench.sh")], env=env, capture_output=True, text=True,
+                     timeout=300)
+  assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+  lines = [json.loads(line) for line in (out / "zoo_bench.jsonl").read_text().splitlines()]
+  assert [line["config"] for line in lines] == ["configs/deepfm.py", "configs/din.py"]
+  assert all(line["batch"] == 64 and line["samples_per_sec"] > 0 for line in lines)

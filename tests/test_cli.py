@@ -58,6 +58,7 @@ def test_train_smoke_writes_metrics_tensorboard_checkpoints_and_summary(tmp_path
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["10", "20"]
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["steps"] == 20 and summary["eval_auc"] == eval_ev["auc"]
+  assert (tmp_path / "training_curves.png").is_file()
 
 
 @pytest.mark.parametrize("override, key", [
@@ -131,3 +132,18 @@ def test_non_finite_loss_stops_with_exit_3_naming_the_step(tmp_path):
   assert "at step" in err and "non-finite" not in out
   bad = [e for e in events(tmp_path) if e.get("error") == "non-finite loss"]
   assert len(bad) == 1 and bad[0]["loss"] is None
+
+
+def test_plot_draws_the_train_loss_and_each_eval_metric_of_a_workdir(tmp_path, capsys):
+  from rankjax import training_curves
+  from rankjax.cli import main as cli_main
+  events = [{"step": s, "split": "train", "loss": 1.0 / s, "examples_per_sec": 10.0} for s in (1, 2, 3)]
+  events += [{"step": 3, "split": "eval", "loss": 0.5, "auc": 0.7, "auc_error_bound": 1e-5, "examples": 10,
+              "reliability": [{"bin_low": 0.0}]}]
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+  assert cli_main.main(["rankjax", "plot", "--workdir", str(tmp_path)]) == 0
+  png = tmp_path / training_curves.PLOT_FILE
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert training_curves._series(events, "eval").keys() == {"loss", "auc"}  # Counts and bounds left out.
+  assert cli_main.main(["rankjax", "plot", "--workdir", str(tmp_path / "none")]) == 2
+  assert "no metrics to plot" in capsys.readouterr().err

@@ -13,8 +13,10 @@ import pytest
 
 from helpers import task_batch_spec, tiny_config, train_five_steps_on
 from rankjax.cli import data as data_cli
+from rankjax.config import ConfigError, base_config
 from rankjax.data import layout, pipeline, table
 from rankjax.data.hashing import hash_to_rows
+from rankjax.tasks.ctr import ClickTask
 
 SPEC = {"label": "click", "dense": ["price", "age"],
         "categorical": [{"name": "user", "num_rows": 100}, {"name": "item", "num_rows": 50}],
@@ -237,3 +239,103 @@ def test_rankjax_train_runs_on_a_converted_table(tmp_path):
               "--spec", _spec_file(tmp_path), "--eval-fraction", 0.2) == 0
   summary = train_five_steps_on("table_example.py", tmp_path / 'data', tmp_path)
   assert summary["steps"] == 5 and 0 < summary["eval_auc"] < 1
+
+
+def _behaviour_rows(n: int, seed: int = 0) -> dict:
+  """A feed log: click and (only after a click) buy labels, a user, the shown item and the
+  user's recently clicked items (a list column of the same item ids)."""
+  rng = np.random.default_rng(seed)
+  click = rng.integers(0, 2, n)
+  return {"click": click.tolist(), "buy": (click * rng.integers(0, 2, n)).tolist(), "price": rng.random(n).tolist(),
+          "age": rng.integers(0, 90, n).tolist(), "user": [f"u{i}" for i in rng.integers(0, 500, n)],
+          "item": rng.integers(0, 300, n).tolist(),
+          "history": [rng.integers(0, 300, int(k)).tolist() for k in rng.integers(0, 6, n)]}
+
+
+BEHAVIOUR_SPEC = {"label": ["click", "buy"], "dense": ["price", "age"],
+                  "categorical": [{"name": "user", "num_rows": 500}, {"name": "item", "num_rows": 200}],
+                  "sequence": [{"name": "history", "num_rows": 200, "max_hotness": 5}]}
+
+
+def test_dense_stats_in_the_manifest_are_the_train_splits(tmp_path):
+  rows = _behaviour_rows(400)
+  assert _cli("--input", _write_parquet(tmp_path / "t.parquet", rows), "--output", tmp_path / "data",
+              "--spec", _spec_file(tmp_path, BEHAVIOUR_SPEC), "--eval-fraction", 0.25) == 0
+  stats = layout.read_manifest(tmp_path / "data")["dense_stats"]
+  train = np.array([rows["price"][:300], rows["age"][:300]], np.float32).T.astype(np.float64)
+  assert stats["count"] == 300
+  np.testing.assert_allclose(stats["mean"], train.mean(axis=0), rtol=1e-9)
+  np.testing.assert_allclose(stats["std"], train.std(axis=0), rtol=1e-9)
+
+
+@pytest.mark.slow
+def test_sequence_and_multi_task_zoo_models_train_on_a_converted_table(tmp_path):
+  assert _cli("--input", _write_parquet(tmp_path / "t.parquet", _behaviour_rows(3000)), "--output", tmp_path / "data",
+              "--spec", _spec_file(tmp_path, BEHAVIOUR_SPEC), "--eval-fraction", 0.2) == 0
+  (tmp_path / "din").mkdir(), (tmp_path / "esmm").mkdir()
+  din = train_five_steps_on("din.py", tmp_path / "data", tmp_path / "din", "--config.model.target_feature=cat_1",
+                            "--config.model.history_feature=cat_2", "--config.eval.group_feature=cat_0")
+  assert din["steps"] == 5 and 0 < din["eval_auc"] < 1 and din["eval_gauc_groups"] > 0
+  esmm = train_five_steps_on("esmm.py", tmp_path / "data", tmp_path / "esmm")
+  assert 0 < esmm["eval_click/auc"] < 1 and 0 < esmm["eval_conversion/auc"] < 1
+
+
+def test_a_history_hashed_into_other_rows_than_its_target_is_a_config_error(tmp_path):
+  spec = dict(BEHAVIOUR_SPEC, sequence=[{"name": "history", "num_rows": 300, "max_hotness": 5}])
+  assert _cli("--input", _write_parquet(tmp_path / "t.parquet", _behaviour_rows(200)), "--output", tmp_path / "data",
+              "--spec", _spec_file(tmp_path, spec), "--eval-fraction", 0.2) == 0
+  config = tiny_config()
+  config.model = base_config("din").model
+  config.model.target_feature, config.model.history_feature = "cat_1", "cat_2"
+  with pytest.raises(ConfigError, match="model.history_feature.*same num_rows"):
+    ClickTask.embedding_tables(config, layout.read_manifest(tmp_path / "data"))
+
+
+def _dataset_bytes(directory):
+  """Every file of a dataset directory (the manifest without its source and ingest counters' order)."""
+  out = {}
+  for path in sorted(directory.iterdir()):
+    if path.is_file():
+      out[path.name] = path.read_bytes()
+  manifest = json.loads(out.pop("manifest.json"))
+  return out, manifest
+
+
+@pytest.mark.parametrize("eval_fraction", [0.3, None], ids=["eval_fraction", "eval_files"])
+def test_several_workers_write_the_same_dataset_as_one(tmp_path, eval_fraction):
+  rows = _behaviour_rows(900, seed=1)
+  rows["click"][5] = None  # Malformed rows in two files, skipped and counted.
+  rows["click"][400] = None
+  inputs = []
+  for k, part in enumerate((slice(0, 250), slice(250, 600), slice(600, 900))):
+    piece = {name: values[part] for name, values in rows.items()}
+    write = _write_parquet if k != 1 else _write_csv
+    inputs.append(write(tmp_path / f"in{k}.{'csv' if k == 1 else 'parquet'}", piece))
+  (tmp_path / "inputs").mkdir()
+  for path in inputs:
+    path.rename(tmp_path / "inputs" / path.name)
+  split = ["--eval-fraction", eval_fraction] if eval_fraction else [
+      "--eval-input", _write_parquet(tmp_path / "eval.parquet", _behaviour_rows(100, seed=2))]
+  outputs = {}
+  for workers in (1, 3):
+    out = tmp_path / f"out{workers}"
+    assert _cli("--input", tmp_path / "inputs" / "*", "--output", out, "--spec", _spec_file(tmp_path, BEHAVIOUR_SPEC),
+                "--on-error", "skip", "--max-records-per-shard", 200, "--workers", workers, *split) == 0
+    outputs[workers] = _dataset_bytes(out)
+  (files1, manifest1), (files3, manifest3) = outputs[1], outputs[3]
+  assert files1 == files3 and len(files1) > 2
+  assert manifest1 == manifest3
+  assert manifest1["ingest"]["rows_skipped"] == 2 and manifest1["ingest"]["rows_read"] == 900 + (not eval_fraction) * 100
+
+
+def test_several_workers_in_strict_mode_name_the_first_bad_row_in_input_order(tmp_path, capsys):
+  (tmp_path / "inputs").mkdir()
+  for k in range(3):
+    rows = _behaviour_rows(50, seed=k)
+    if k:  # Files 1 and 2 each hold a row without a label; file 1's is the one one worker meets first.
+      rows["click"][10 + k] = None
+    _write_parquet(tmp_path / "inputs" / f"in{k}.parquet", rows)
+  assert _cli("--input", tmp_path / "inputs" / "*", "--output", tmp_path / "out", "--spec",
+              _spec_file(tmp_path, BEHAVIOUR_SPEC), "--eval-fraction", 0.2, "--workers", 3) == 2
+  err = capsys.readouterr().err
+  assert "in1.parquet:12" in err and "missing label" in err

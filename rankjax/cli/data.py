@@ -61,8 +61,8 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
 def _workers_argument(parser: argparse.ArgumentParser) -> None:
   from rankjax.data.parallel import workers_default
   parser.add_argument("--workers", type=int, default=workers_default(),
-                      help="processes converting in parallel (default: every core); the dataset is the same "
-                           "whatever the count")
+                      help="processes converting in parallel (default: every core; criteo: byte ranges of "
+                           "files, table: whole files); the dataset is the same whatever the count")
 
 
 def _criteo_parser() -> argparse.ArgumentParser:
@@ -85,6 +85,7 @@ def _table_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="rankjax data table", description=table.__doc__.split("\n\n")[0])
   _common_arguments(parser)
   parser.add_argument("--spec", required=True, help="JSON feature spec (see rankjax/data/table.py)")
+  _workers_argument(parser)
   return parser
 
 
@@ -127,7 +128,7 @@ def _run_table(argv: list[str]) -> tuple[str, dict]:
   args = _table_parser().parse_args(argv)
   spec = table.load_spec(pathlib.Path(args.spec))
   options = table.TableOptions(strict=args.on_error == "strict", max_records_per_shard=args.max_records_per_shard,
-                               **_split_options(args))
+                               workers=args.workers, **_split_options(args))
   return args.output, table.convert(expand_inputs(args.input), args.output, spec, options)
 
 

@@ -25,6 +25,7 @@ commands:
           XProf trace, HLO dumps and a roofline report of the train step
   config show --config CFG [--config.KEY=VALUE ...]
           every config key with its value, default and type
+  plot --workdir DIR          training_curves.png of a run's metrics (train does it at the end)
 
 `rankjax COMMAND --help` lists a command's flags.
 """
@@ -32,7 +33,8 @@ commands:
 # Command words -> the module (under rankjax.cli) whose main(argv) runs it.
 COMMANDS = {("train",): "train", ("plan",): "plan", ("profile",): "profile", ("data",): "data",
             ("bench", "embedding"): "bench_embedding", ("bench", "data"): "bench_data",
-            ("bench", "train"): "bench_train", ("config",): "config_show"}
+            ("bench", "train"): "bench_train", ("config",): "config_show",
+            ("plot",): "plot"}
 
 
 def main(argv: list[str] | None = None) -> int:

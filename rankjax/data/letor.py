@@ -37,12 +37,11 @@ import dataclasses
 import math
 import pathlib
 from collections.abc import Iterator, Sequence
-from typing import Any
-
 import numpy as np
 
 from rankjax.data import layout
 from rankjax.data.criteo import EMPTY_FILE, LONG_LINE, MAX_LINE_BYTES
+from rankjax.data.feature_stats import FeatureStats
 from rankjax.data.writer import INCOMPLETE_MARKER, DatasetWriter, IngestStats, ShardWriter, excerpt
 
 BAD_RELEVANCE, MISSING_QID, BAD_QID = "bad relevance", "missing qid", "bad qid"
@@ -191,38 +190,6 @@ def documents(files: Sequence[pathlib.Path], stats: IngestStats, num_features: i
       yield document
     if stats.rows_read == rows_before:
       stats.reject_file(str(path), 0, EMPTY_FILE, "no documents")
-
-
-class FeatureStats:
-  """Per-feature count, mean, sum of squared deviations (m2), min and max, in float64, merged one
-  batch of documents at a time (Chan, Golub and LeVeque's pairwise update)."""
-
-  def __init__(self, num_features: int):
-    self.count = 0
-    self.mean = np.zeros(num_features)
-    self.m2 = np.zeros(num_features)
-    self.min = np.full(num_features, np.inf)
-    self.max = np.full(num_features, -np.inf)
-
-  def add(self, features_df: np.ndarray) -> None:
-    """Adds documents: rows of `features_df` (documents, features)."""
-    n = len(features_df)
-    if n == 0:
-      return
-    x = features_df.astype(np.float64)
-    mean = x.mean(axis=0)
-    m2 = ((x - mean) ** 2).sum(axis=0)
-    total = self.count + n
-    delta = mean - self.mean
-    self.mean += delta * (n / total)
-    self.m2 += m2 + delta ** 2 * (self.count * n / total)
-    self.count = total
-    np.minimum(self.min, x.min(axis=0), out=self.min)
-    np.maximum(self.max, x.max(axis=0), out=self.max)
-
-  def as_dict(self) -> dict[str, Any]:
-    return {"count": self.count, "mean": self.mean.tolist(), "std": np.sqrt(self.m2 / self.count).tolist(),
-            "min": self.min.tolist(), "max": self.max.tolist()}
 
 
 def _measure(train_files: Sequence[pathlib.Path], eval_files: Sequence[pathlib.Path], options: LetorOptions

@@ -18,6 +18,7 @@ import shutil
 import numpy as np
 
 from rankjax.data import layout
+from rankjax.data.feature_stats import FeatureStats
 from rankjax.embedding.tables import scale_rows
 from rankjax.metrics import log_loss_from_logits, roc_auc
 
@@ -212,6 +213,9 @@ def generate(directory: str | pathlib.Path, spec: SyntheticSpec) -> dict:
     records["label"], records["dense"], records["cat"] = label, dense, cat
     splits[split] = layout.write_split(tmp, split, records)
     stats[split] = (label, logit)
+    if split == "train":
+      dense_stats = FeatureStats(spec.num_dense)
+      dense_stats.add(dense)
   eval_label, eval_logit = stats["eval"]
   by_label = {}
   if spec.conversion:
@@ -221,7 +225,7 @@ def generate(directory: str | pathlib.Path, spec: SyntheticSpec) -> dict:
   manifest = layout.write_manifest(
       tmp, dtype, splits,
       num_dense=spec.num_dense, vocab_sizes=list(spec.data_vocab_sizes), hotness=list(spec.data_hotness),
-      source={"kind": "synthetic", **spec.as_dict()},
+      dense_stats=dense_stats.as_dict(), source={"kind": "synthetic", **spec.as_dict()},
       eval_positive_rate=float(eval_label.mean()),
       bayes_optimal_eval_auc=roc_auc(eval_label, eval_logit),
       bayes_optimal_eval_logloss=log_loss_from_logits(eval_label, eval_logit), **by_label)

@@ -11,7 +11,8 @@ The spec (a JSON object):
 Records: label float32 (shape (k,) for k labels; training uses one, pipeline `label_index`,
 the first by default), dense float32[d], cat int32[categoricals + sum of max_hotness], and with
 a qid column, qid int64. Manifest: vocab_sizes = num_rows per feature, hotness = 1 per
-categorical and max_hotness per sequence feature.
+categorical and max_hotness per sequence feature, dense_stats = the dense columns' count, mean,
+std, min and max over the train split (training standardises with them, task.normalize).
 
 Ids: a value that is an integer (an integer column, or text of an optional '-' and digits) is
 that 64-bit integer; any other text is the first 8 bytes (little-endian) of its BLAKE2b digest.
@@ -32,6 +33,7 @@ import io
 import json
 import math
 import pathlib
+import shutil
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -41,9 +43,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from rankjax.data import criteo, layout
-from rankjax.data.writer import DEFAULT_RECORDS_PER_SHARD, DatasetWriter, IngestStats, excerpt
+from rankjax.data import criteo, layout, parallel
+from rankjax.data.feature_stats import FeatureStats
 from rankjax.data.hashing import MAX_ROWS, hash_to_rows
+from rankjax.data.writer import DEFAULT_RECORDS_PER_SHARD, DatasetWriter, IngestError, IngestStats, excerpt
 
 BATCH_ROWS = 1 << 16
 MISSING_LABEL, NON_NUMERIC_LABEL = "missing label", "non-numeric label"
@@ -444,15 +447,69 @@ class TableOptions:
   eval_fraction: float | None = None  # The last fraction of the rows (all files in order) is the eval split ...
   eval_inputs: tuple[pathlib.Path, ...] = ()  # ... or these files are.
   max_records_per_shard: int = DEFAULT_RECORDS_PER_SHARD
+  workers: int = 1  # Processes converting files in parallel (one file each at a time); the output is the same.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+  """One input file: its index, the split it feeds (None: train and eval by row position, the
+  file's first row being row `first_row` of all the train files) and the train rows."""
+  path: pathlib.Path
+  index: int
+  split: str | None
+  first_row: int
+  train_rows: int | None
+
+
+def _file_splits(job: _Job, spec: FeatureSpec, stats: IngestStats, truncated: dict[str, int]
+                 ) -> Iterator[tuple[str, np.ndarray]]:
+  """(split, records) of a file's good rows in order; malformed rows rejected into `stats`."""
+  line_offset = 1 if job.path.stat().st_size and _is_parquet(job.path) else 2
+  for records, ordinals, problems, cut in _file_rows(job.path, spec, stats):
+    stats.rows_read += len(records) + len(problems)
+    for ordinal, reason, text in problems:
+      stats.reject_rows(str(job.path), ordinal + line_offset, reason, text)
+    for name, count in cut.items():
+      truncated[name] += count
+    if job.split is not None:
+      yield job.split, records
+    else:
+      in_train = job.first_row + ordinals < job.train_rows
+      yield "train", records[in_train]
+      yield "eval", records[~in_train]
+
+
+_WORKER: dict = {}  # Set by the parent before forking: spec, strict, scratch directory.
+
+
+def _convert_job(job: _Job) -> dict:
+  """One file's records into scratch files per split, and its row accounting."""
+  spec, scratch = _WORKER["spec"], _WORKER["scratch"]
+  stats, truncated = IngestStats(strict=_WORKER["strict"]), {f.name: 0 for f in spec.sequence}
+  paths = {split: scratch / f"{job.index}-{split}.bin" for split in ("train", "eval")}
+  try:
+    with open(paths["train"], "wb") as train, open(paths["eval"], "wb") as evaluation:
+      files = {"train": train, "eval": evaluation}
+      for split, records in _file_splits(job, spec, stats, truncated):
+        files[split].write(records.tobytes())
+  except IngestError as e:  # Strict mode: the parent raises the first in input order.
+    return {"error": [e.file, e.line, e.reason, e.excerpt]}
+  return {"paths": {k: str(v) for k, v in paths.items()}, "rows_read": stats.rows_read,
+          "skipped_by_reason": dict(stats.skipped_by_reason), "file_errors": stats.file_errors,
+          "truncated": truncated}
 
 
 def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, spec: FeatureSpec,
             options: TableOptions) -> dict:
-  """Converts tables into a dataset directory; returns its manifest (see the module docstring)."""
+  """Converts tables into a dataset directory; returns its manifest (see the module docstring).
+  With options.workers > 1 and several files, files are converted by worker processes and
+  written in input order: the same dataset, byte for byte."""
   if bool(options.eval_inputs) == (options.eval_fraction is not None):
     raise ValueError("give exactly one of --eval-fraction and --eval-input")
   if options.eval_fraction is not None and not 0 < options.eval_fraction < 1:
     raise ValueError(f"--eval-fraction must be in (0, 1), got {options.eval_fraction}")
+  if options.workers < 1:
+    raise ValueError(f"--workers must be >= 1, got {options.workers}")
   train_files = [pathlib.Path(p) for p in train_files]
   eval_files = [pathlib.Path(p) for p in options.eval_inputs]
   train_rows, rows_before = None, {}
@@ -460,33 +517,52 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, spe
     counts = [count_rows(p) for p in train_files]
     rows_before = dict(zip(train_files, np.cumsum([0] + counts[:-1]).tolist()))
     train_rows = sum(counts) - math.floor(options.eval_fraction * sum(counts))
+  jobs = [_Job(p, i, "train" if train_rows is None else None, rows_before.get(p, 0), train_rows)
+          for i, p in enumerate(train_files)]
+  jobs += [_Job(p, len(jobs) + i, "eval", 0, None) for i, p in enumerate(eval_files)]
   dtype = spec.record_dtype()
   stats = IngestStats(strict=options.strict)
   truncated = {f.name: 0 for f in spec.sequence}
+  dense_stats = FeatureStats(len(spec.dense))  # Over the train split: what training standardises with.
   with DatasetWriter(output, dtype, options.max_records_per_shard) as writer:
     train, evaluation = writer.split("train"), writer.split("eval")
-    # Eval files go to eval; train files to train, or with eval_fraction, by row position (None).
-    for files, only_split in ((train_files, None if train_rows is not None else train), (eval_files, evaluation)):
-      for path in files:
-        line_offset = 1 if path.stat().st_size and _is_parquet(path) else 2
-        for records, ordinals, problems, cut in _file_rows(path, spec, stats):
-          stats.rows_read += len(records) + len(problems)
-          for ordinal, reason, text in problems:
-            stats.reject_rows(str(path), ordinal + line_offset, reason, text)
-          for name, count in cut.items():
+
+    def write(split: str, records: np.ndarray) -> None:
+      (train if split == "train" else evaluation).write(records)
+      if split == "train":
+        dense_stats.add(records["dense"])
+
+    if options.workers > 1 and len(jobs) > 1:
+      scratch = writer.directory / ".ingest-workers"
+      scratch.mkdir(exist_ok=True)
+      _WORKER.update(spec=spec, strict=options.strict, scratch=scratch)
+      try:
+        for result in parallel.map_in_order(_convert_job, jobs, options.workers):
+          if "error" in result:
+            raise IngestError(*result["error"])
+          stats.rows_read += result["rows_read"]
+          for reason, n in result["skipped_by_reason"].items():
+            stats.rows_skipped += n
+            stats.skipped_by_reason[reason] += n
+          stats.file_errors.extend(result["file_errors"])
+          for name, count in result["truncated"].items():
             truncated[name] += count
-          if only_split is not None:
-            only_split.write(records)
-          else:
-            in_train = rows_before[path] + ordinals < train_rows
-            train.write(records[in_train])
-            evaluation.write(records[~in_train])
+          for split, path in result["paths"].items():
+            parallel.copy_records(pathlib.Path(path), dtype, lambda records, split=split: write(split, records))
+      finally:
+        _WORKER.clear()
+        shutil.rmtree(scratch, ignore_errors=True)
+    else:
+      for job in jobs:
+        for split, records in _file_splits(job, spec, stats, truncated):
+          write(split, records)
     for name, split in (("train", train), ("eval", evaluation)):
       if split.num_records == 0:
         raise layout.DataError(f"{output}: the {name} split would be empty ({stats.summary()})")
     return writer.finish(
         stats, num_dense=len(spec.dense), vocab_sizes=spec.vocab_sizes, hotness=spec.hotness,
         labels=list(spec.labels), feature_spec=spec.as_dict(), sequences_truncated=truncated,
+        dense_stats=dense_stats.as_dict(),
         source={"kind": "table", "files": [str(p) for p in train_files], "eval_files": [str(p) for p in eval_files],
                 "on_error": "strict" if options.strict else "skip", "eval_fraction": options.eval_fraction,
                 "train_rows": train_rows})

@@ -1,7 +1,8 @@
 """The task seam: a Task knows what a batch holds and what is learned from it.
 
 It owns the BatchSpec (read by the pipeline, the partitioner, `profile`, `plan`, `bench`), the
-model's InputSpec, the optional embedding engine, and the pure init / train_step / eval_step;
+model's InputSpec, the optional embedding engine, and the pure init / train_step / eval_init /
+eval_step (eval metrics stream into fixed-size totals on device);
 on the host, the eval metrics, the metrics a checkpoint is ranked by, and the run summary. The
 trainer (rankjax/train.py) calls only this interface. Nothing here calls jax.jit: the
 Partitioner does.
@@ -21,7 +22,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from flax import nnx
 
@@ -69,7 +69,8 @@ class Task(abc.ABC):
     self.config = config
     self.manifest = manifest
     self.model = model_module(config.model.name)
-    self.dense_tx = dense_optimizer(config.train.dense_optimizer, config.train.dense_learning_rate)
+    self.dense_tx = dense_optimizer(config.train.dense_optimizer, config.train.dense_learning_rate,
+                                    config.train.lr_schedule, config.train.warmup_steps, config.train.steps)
     self.skip_non_finite = config.train.on_non_finite == "skip"  # Drop a step whose loss or grad is NaN/inf.
     # Mixed precision: params and tables stay float32 (the optimizers update those); the forward
     # and backward run in compute_dtype; the loss is computed in float32.
@@ -167,15 +168,19 @@ class Task(abc.ABC):
     return self.apply_model(state.params, self.model_inputs(batch, rows, routing))
 
   @abc.abstractmethod
-  def eval_step(self, state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """Per-example (per-list) arrays, batch dim first, that `eval_metrics` reduces on the host;
-    `batch` is an eval batch (its `weight` is 0 on padding)."""
+  def eval_init(self) -> Any:
+    """The eval totals before the first batch: a pytree of fixed-size arrays (zeros)."""
+
+  @abc.abstractmethod
+  def eval_step(self, state: TrainState, batch: dict[str, jax.Array], totals: Any) -> Any:
+    """`totals` with an eval batch added (its `weight` is 0 on padding). Run on device with the
+    totals replicated, so no per-example output leaves the devices."""
 
   # ---- Host side: metrics and summary.
 
   @abc.abstractmethod
-  def eval_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
-    """The eval event's fields (always `loss`) from the whole eval split's `eval_step` outputs."""
+  def eval_metrics(self, totals: Any) -> dict[str, Any]:
+    """The eval event's fields (always `loss`) from the whole eval split's totals (NumPy arrays)."""
 
   @abc.abstractmethod
   def checkpoint_metrics(self, evaluation: dict[str, float]) -> dict[str, float]:

@@ -3,7 +3,8 @@
 Batches hold `label` ([B], or [B, heads] for multitask), `dense` [B, num_dense] and `cat`
 [B, slots] ids (-1 = padding). The model receives the dense features and the pooled embeddings
 keyed by feature name and returns one logit per head; the loss is the per-head weighted sum of
-binary cross-entropies. Eval: AUC and log loss per head (host NumPy over the gathered logits).
+binary cross-entropies. Eval (per head): AUC, log loss, NE, calibration and a reliability table,
+and GAUC over eval.group_feature, accumulated on device (rankjax/streaming_metrics.py).
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from rankjax import streaming_metrics
 from rankjax.config import ConfigError, model_module
 from rankjax.data.batch import BatchSpec, Field
+from rankjax.data.feature_stats import standardization
 from rankjax.embedding.builder import build_engine
 from rankjax.embedding.engine import Routing
 from rankjax.embedding.tables import EmbeddingTableConfig, FeatureSlots, scale_rows
 from rankjax.losses import BINARY_LOSSES
-from rankjax.metrics import calibration, log_loss_from_logits, normalized_entropy, roc_auc
 from rankjax.model_inputs import EmbeddedFeature, InputSpec, KeyedEmbeddings, ModelInputs
 from rankjax.partitioner import Partitioner
 from rankjax.tasks.base import Task, cast_floating
@@ -68,6 +70,27 @@ class ClickTask(Task):
                                      pooled=c != "none")
                      for name, h, c in zip(self.engine.slots.names, self.engine.slots.hotness, self.engine.combiners))
     self.inputs = InputSpec(heads=self.heads, num_dense=manifest["num_dense"], embedded=embedded)
+    self.group_slot, self.num_groups = self._group_feature(config, manifest, hotness)
+    self.dense_mean_n, self.dense_std_n = standardization(manifest.get("dense_stats"), manifest["num_dense"],
+                                                          config.task.normalize)
+
+  def _group_feature(self, config, manifest: dict, hotness: tuple[int, ...]) -> tuple[int | None, int]:
+    """(the batch's `cat` column holding eval.group_feature's id, its vocabulary), or (None, 0) when off."""
+    name = config.eval.group_feature
+    if not name:
+      return None, 0
+    names = _feature_names(manifest)
+    if name not in names:
+      raise ConfigError("eval.group_feature", f"{name!r} is not a categorical feature of the data ({names[0]} .. "
+                        f"{names[-1]})")
+    index = names.index(name)
+    groups = int(manifest["vocab_sizes"][index])
+    size = len(self.heads) * groups * config.eval.group_bins * 8
+    if size > 2**30:
+      raise ConfigError("eval.group_feature", f"GAUC over {name!r} ({groups:,} groups x {config.eval.group_bins} "
+                        f"eval.group_bins x {len(self.heads)} heads) needs {size / 2**30:.1f} GiB per device: lower "
+                        "eval.group_bins")
+    return int(sum(hotness[:index])), groups
 
   @staticmethod
   def check_manifest(config: ml_collections.ConfigDict, manifest: dict) -> None:
@@ -119,7 +142,8 @@ class ClickTask(Task):
   def model_inputs(self, batch: dict[str, jax.Array], rows: dict[str, jax.Array], routing: Routing) -> ModelInputs:
     cast = cast_floating(self.compute_dtype)
     values, masks = self.engine.pool_by_dim(jax.tree.map(cast, rows), routing)
-    return ModelInputs(dense=cast(batch["dense"]), embedded=KeyedEmbeddings(self.inputs.embedded, values, masks))
+    dense_bn = (batch["dense"] - self.dense_mean_n) / self.dense_std_n
+    return ModelInputs(dense=cast(dense_bn), embedded=KeyedEmbeddings(self.inputs.embedded, values, masks))
 
   def _labels(self, batch: dict[str, jax.Array]) -> jax.Array:
     """[B, heads] labels."""
@@ -138,26 +162,40 @@ class ClickTask(Task):
     total = sum(w * per_head[h] for h, w in zip(self.heads, self.loss_weights.tolist()))
     return total, {f"loss/{h}": v for h, v in per_head.items()}
 
-  def eval_step(self, state, batch):
-    outputs = self.forward(state, batch)
-    if len(self.heads) == 1:
-      return {"logits": outputs[self.heads[0]], "label": batch["label"], "weight": batch["weight"]}
-    return {"logits": self._logits(outputs), "label": self._labels(batch), "weight": batch["weight"]}
+  def eval_init(self):
+    totals = {"binary": streaming_metrics.binary_init(len(self.heads), self.config.eval.auc_bins)}
+    if self.group_slot is not None:
+      totals["grouped"] = streaming_metrics.grouped_init(len(self.heads), self.num_groups,
+                                                         self.config.eval.group_bins)
+    return totals
+
+  def eval_step(self, state, batch, totals):
+    logits_bh, labels_bh, real_b = self._logits(self.forward(state, batch)), self._labels(batch), batch["weight"] > 0
+    new = {"binary": streaming_metrics.binary_update(totals["binary"], logits_bh, labels_bh, real_b)}
+    if self.group_slot is not None:
+      new["grouped"] = streaming_metrics.grouped_update(totals["grouped"], logits_bh, labels_bh,
+                                                        batch["cat"][:, self.group_slot], real_b)
+    return new
 
   # ---- Host side.
 
-  def eval_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
-    logits, labels, weights = outputs["logits"], outputs["label"], outputs["weight"]
+  def eval_metrics(self, totals) -> dict[str, Any]:
+    per_head = streaming_metrics.binary_metrics(totals["binary"])
+    if "grouped" in totals:
+      for head, grouped in zip(per_head, streaming_metrics.grouped_metrics(totals["grouped"])):
+        head.update(grouped)
+    if any(np.isnan(head["auc"]) for head in per_head):
+      missing = [h for h, m in zip(self.heads, per_head) if np.isnan(m["auc"])]
+      raise ValueError(f"eval AUC is undefined: the eval split has one class only for head(s) {missing}")
+    examples = per_head[0].pop("examples")
+    for head in per_head[1:]:
+      head.pop("examples")
     if len(self.heads) == 1:
-      return {"loss": log_loss_from_logits(labels, logits, weights), **_binary_metrics(labels, logits, weights),
-              "examples": int(weights.sum())}
-    per_head: dict[str, float] = {}
-    for i, head in enumerate(self.heads):
-      per_head.update({f"{head}/{k}": v for k, v in _binary_metrics(labels[:, i], logits[:, i], weights).items()})
-    loglosses = np.array([per_head[f"{h}/logloss"] for h in self.heads])
-    return {"loss": float(np.sum(loglosses * self.loss_weights)),
-            "auc": float(np.mean([per_head[f"{h}/auc"] for h in self.heads])),
-            "logloss": float(loglosses.mean()), **per_head, "examples": int(weights.sum())}
+      return {"loss": per_head[0]["logloss"], **per_head[0], "examples": examples}
+    named = {f"{h}/{k}": v for h, m in zip(self.heads, per_head) for k, v in m.items()}
+    loglosses = np.array([m["logloss"] for m in per_head])
+    return {"loss": float(np.sum(loglosses * self.loss_weights)), "auc": float(np.mean([m["auc"] for m in per_head])),
+            "logloss": float(loglosses.mean()), **named, "examples": examples}
 
   def checkpoint_metrics(self, evaluation: dict[str, float]) -> dict[str, float]:
     return {k: evaluation[k] for k in ("auc", "logloss")}
@@ -173,7 +211,7 @@ class ClickTask(Task):
 
   def summary(self, evaluation: dict[str, float]) -> dict[str, Any]:
     heads = {f"eval_{k}": v for k, v in evaluation.items() if "/" in k}
-    single = {f"eval_{k}": evaluation[k] for k in ("ne", "calibration") if k in evaluation}
+    single = {f"eval_{k}": evaluation[k] for k in _HEAD_FIELDS if k in evaluation}
     bayes = {f"bayes_optimal_eval_{h}/auc": v for h, v in self.bayes_optimal_auc().items()}
     return {"eval_auc": evaluation["auc"], "eval_logloss": evaluation["logloss"], **single, **heads,
             "bayes_optimal_eval_auc": self.manifest.get("bayes_optimal_eval_auc"), **bayes}
@@ -187,8 +225,9 @@ class ClickTask(Task):
         return ""
       bayes = summary.get(f"bayes_optimal_eval_{prefix}auc") if prefix else None
       ratio = f" (Bayes ratio {auc / bayes:.4f})" if bayes else ""
+      gauc = summary.get(f"eval_{prefix}gauc")
       return (f"auc={auc:.6f} logloss={summary[f'eval_{prefix}logloss']:.6f} ne={summary[f'eval_{prefix}ne']:.4f} "
-              f"calibration={summary[f'eval_{prefix}calibration']:.4f}{ratio}")
+              f"calibration={summary[f'eval_{prefix}calibration']:.4f}" + (f" gauc={gauc:.6f}" if gauc else "") + ratio)
 
     if len(self.heads) == 1:
       body = head_part("")
@@ -201,17 +240,8 @@ class ClickTask(Task):
                if bayes and len(self.heads) == 1 else ""))
 
 
-def _binary_metrics(labels: np.ndarray, logits: np.ndarray, weights: np.ndarray) -> dict[str, float]:
-  """AUC, log loss, normalized entropy and calibration of one head (NaN where a class is absent)."""
-  metrics = {"logloss": log_loss_from_logits(labels, logits, weights)}
-  for name, fn in (("auc", roc_auc), ("ne", normalized_entropy), ("calibration", calibration)):
-    try:
-      metrics[name] = fn(labels, logits, weights)
-    except ValueError:  # One class only in this eval set: undefined, reported as NaN.
-      if name == "auc":
-        raise
-      metrics[name] = float("nan")
-  return {k: metrics[k] for k in ("auc", "logloss", "ne", "calibration")}
+# Per-head eval fields beyond auc and logloss that summary.json carries.
+_HEAD_FIELDS = ("ne", "calibration", "auc_error_bound", "gauc", "gauc_error_bound", "gauc_groups", "reliability")
 
 
 class MultiTask(ClickTask):

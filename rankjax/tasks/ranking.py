@@ -13,28 +13,15 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
+from rankjax import streaming_metrics
 from rankjax.config import ConfigError
 from rankjax.data.batch import BatchSpec, Field
-from rankjax.losses import RANKING_LOSSES
-from rankjax.metrics import ndcg_at_k
+from rankjax.data.feature_stats import standardization
+from rankjax.losses import RANKING_LOSSES, mean_of
 from rankjax.model_inputs import InputSpec, ModelInputs
 from rankjax.partitioner import Partitioner
 from rankjax.tasks.base import Task, cast_floating
-
-STD_FLOOR = 1e-6  # A feature whose train std is below this is only centred, not scaled.
-
-
-def feature_normalization(manifest: dict, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
-  """(mean_n, std_n) float32 constants for (x - mean) / std; (0, 1) with normalisation off."""
-  num_features = manifest["num_features"]
-  if not normalize:
-    return np.zeros(num_features, np.float32), np.ones(num_features, np.float32)
-  stats = manifest["feature_stats"]
-  std = np.asarray(stats["std"], np.float64)
-  return np.asarray(stats["mean"], np.float32), np.where(std > STD_FLOOR, std, 1.0).astype(np.float32)
-
 
 class RankingTask(Task):
   """Query lists scored document by document (or list-wise) by a model with a `score` head."""
@@ -58,7 +45,8 @@ class RankingTask(Task):
         Field("mask", "float32", (list_size,), values="binary"),
     ))
     self.inputs = InputSpec(heads=(self.HEAD,), num_document_features=num_features, list_size=list_size)
-    self.feature_mean_n, self.feature_std_n = feature_normalization(manifest, config.task.normalize)
+    self.feature_mean_n, self.feature_std_n = standardization(manifest["feature_stats"], num_features,
+                                                              config.task.normalize)
 
   @classmethod
   def validate_config(cls, config: ml_collections.ConfigDict) -> None:
@@ -73,20 +61,31 @@ class RankingTask(Task):
     return ModelInputs(documents=cast_floating(self.compute_dtype)(normalized_bln), document_mask=batch["mask"] > 0)
 
   def loss(self, outputs, batch):
-    return self.loss_fn(outputs[self.HEAD], batch["relevance"], batch["mask"]), {}
+    return mean_of(self.loss_fn(outputs[self.HEAD], batch["relevance"], batch["mask"])), {}
 
-  def eval_step(self, state, batch):
-    return {"scores": self.forward(state, batch)[self.HEAD], "relevance": batch["relevance"],
-            "mask": batch["mask"], "weight": batch["weight"]}
+  def eval_init(self):
+    return {"ndcg": streaming_metrics.sum_init(), "lists": jnp.zeros((), jnp.int32),
+            "loss": streaming_metrics.sum_init(), "loss_count": streaming_metrics.sum_init()}
 
-  def eval_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
-    """NDCG@train.ndcg_k and the train.loss function over the eval lists (padding lists carry
-    weight 0 and are dropped)."""
-    lists = outputs["weight"] > 0
-    scores, relevance, mask = outputs["scores"][lists], outputs["relevance"][lists], outputs["mask"][lists]
-    loss = self.loss_fn(jnp.asarray(scores), jnp.asarray(relevance), jnp.asarray(mask))
-    return {self.ndcg_key: ndcg_at_k(relevance, scores, mask, self.config.train.ndcg_k), "loss": float(loss),
-            "queries": int(lists.sum())}
+  def eval_step(self, state, batch, totals):
+    """Adds the batch's lists (padding lists carry weight 0 and count nowhere)."""
+    mask_bl = batch["mask"] * (batch["weight"] > 0)[:, None]
+    scores_bl = self.forward(state, batch)[self.HEAD]
+    ndcg_b, list_b = streaming_metrics.ndcg_per_list(batch["relevance"], scores_bl, mask_bl, self.config.train.ndcg_k)
+    loss, count = self.loss_fn(scores_bl, batch["relevance"], mask_bl)
+    return {"ndcg": streaming_metrics.sum_add(totals["ndcg"], jnp.sum(ndcg_b * list_b)),
+            "lists": totals["lists"] + jnp.sum(list_b).astype(jnp.int32),
+            "loss": streaming_metrics.sum_add(totals["loss"], loss),
+            "loss_count": streaming_metrics.sum_add(totals["loss_count"], count)}
+
+  def eval_metrics(self, totals) -> dict[str, float]:
+    """NDCG@train.ndcg_k (mean over lists) and the train.loss function over the eval lists."""
+    lists = int(totals["lists"])
+    if not lists:
+      raise ValueError("NDCG needs at least one eval list with a document")
+    loss = streaming_metrics.sum_value(totals["loss"]) / max(streaming_metrics.sum_value(totals["loss_count"]), 1.0)
+    return {self.ndcg_key: float(streaming_metrics.sum_value(totals["ndcg"]) / lists), "loss": float(loss),
+            "queries": lists}
 
   def checkpoint_metrics(self, evaluation: dict[str, float]) -> dict[str, float]:
     return {"ndcg": evaluation[self.ndcg_key], "loss": evaluation["loss"]}

@@ -1,0 +1,194 @@
+"""Eval metrics accumulated on device, batch by batch, and reduced over the mesh.
+
+An eval step adds a batch to fixed-size totals (replicated, so XLA sums each device's part with
+one all-reduce of the totals, never of the logits); only the totals come to the host, once per
+evaluation, where NumPy turns them into metrics. Counts are int32 (exact); float sums carry a
+compensation term (TwoSum), so a float32 total over millions of examples keeps float64-like
+accuracy without enabling x64.
+
+AUC is computed from histograms of the logits of positives and negatives in `bins` equal-width
+bins over [-LOGIT_RANGE, LOGIT_RANGE] (logits outside land in the end bins). Pairs of a positive
+and a negative in one bin count one half (as tied scores do in the exact statistic), so the
+binned AUC is exact when every bin holds one distinct score and is otherwise within
+`auc_error_bound` = 0.5 * sum_b pos_b * neg_b / (P * N) of the exact AUC: the bound is reported
+with every eval. GAUC (impression-weighted mean of each group's AUC, groups with both classes
+only) uses per-group histograms, with its own bound.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LOGIT_RANGE = 16.0  # sigmoid(16) = 1 - 1.1e-7: beyond it float32 probabilities are 0 or 1 anyway.
+RELIABILITY_BINS = 10  # Equal-width bins of the predicted probability for the reliability table.
+
+
+# ---- Compensated float32 sums: (sum, compensation) pairs.
+
+def sum_init(shape=()) -> dict[str, jax.Array]:
+  return {"sum": jnp.zeros(shape, jnp.float32), "carry": jnp.zeros(shape, jnp.float32)}
+
+
+def sum_add(total: dict[str, jax.Array], x: jax.Array) -> dict[str, jax.Array]:
+  """total + x with the rounding error kept (Knuth's TwoSum)."""
+  x = x.astype(jnp.float32)
+  s = total["sum"] + x
+  b = s - total["sum"]
+  error = (total["sum"] - (s - b)) + (x - b)
+  return {"sum": s, "carry": total["carry"] + error}
+
+
+def sum_value(total: dict[str, np.ndarray]) -> np.ndarray:
+  return np.asarray(total["sum"], np.float64) + np.asarray(total["carry"], np.float64)
+
+
+def logit_bins(logits: jax.Array, bins: int) -> jax.Array:
+  """The histogram bin of each logit (int32, in [0, bins))."""
+  scaled = (logits.astype(jnp.float32) + LOGIT_RANGE) * (bins / (2.0 * LOGIT_RANGE))
+  return jnp.clip(jnp.floor(scaled), 0, bins - 1).astype(jnp.int32)
+
+
+# ---- Binary heads: AUC, log loss, NE, calibration, reliability table.
+
+def binary_init(heads: int, bins: int) -> dict[str, Any]:
+  zeros = lambda *shape: jnp.zeros(shape, jnp.int32)  # noqa: E731
+  return {"positives_hb": zeros(heads, bins), "negatives_hb": zeros(heads, bins),
+          "logloss_h": sum_init((heads,)), "predicted_h": sum_init((heads,)),
+          "reliability_examples_hr": zeros(heads, RELIABILITY_BINS),
+          "reliability_positives_hr": zeros(heads, RELIABILITY_BINS),
+          "reliability_predicted_hr": sum_init((heads, RELIABILITY_BINS))}
+
+
+def _histogram(heads: int, bins: int, which_bh: jax.Array, counts_bh: jax.Array) -> jax.Array:
+  """[heads, bins] int32 sums of counts_bh by (head, which_bh)."""
+  head_bh = jnp.broadcast_to(jnp.arange(heads)[None, :], which_bh.shape)
+  return jnp.zeros((heads, bins), jnp.int32).at[head_bh, which_bh].add(counts_bh.astype(jnp.int32))
+
+
+def binary_update(totals: dict[str, Any], logits_bh: jax.Array, labels_bh: jax.Array,
+                  real_b: jax.Array) -> dict[str, Any]:
+  """Adds a batch: logits and 0/1 labels [B, heads]; real_b is False on padding examples."""
+  heads, bins = totals["positives_hb"].shape
+  logits_bh = logits_bh.astype(jnp.float32)
+  real_bh = jnp.broadcast_to(real_b[:, None], logits_bh.shape)
+  positive_bh = real_bh & (labels_bh > 0.5)
+  negative_bh = real_bh & ~(labels_bh > 0.5)
+  which_bh = logit_bins(logits_bh, bins)
+  p_bh = jax.nn.sigmoid(logits_bh)
+  logloss_bh = jnp.logaddexp(0.0, logits_bh) - labels_bh.astype(jnp.float32) * logits_bh
+  reliability_bh = jnp.clip(jnp.floor(p_bh * RELIABILITY_BINS), 0, RELIABILITY_BINS - 1).astype(jnp.int32)
+  real_f = real_bh.astype(jnp.float32)
+  predicted_hr = jnp.zeros((heads, RELIABILITY_BINS), jnp.float32).at[
+      jnp.broadcast_to(jnp.arange(heads)[None, :], p_bh.shape), reliability_bh].add(p_bh * real_f)
+  return {
+      "positives_hb": totals["positives_hb"] + _histogram(heads, bins, which_bh, positive_bh),
+      "negatives_hb": totals["negatives_hb"] + _histogram(heads, bins, which_bh, negative_bh),
+      "logloss_h": sum_add(totals["logloss_h"], jnp.sum(logloss_bh * real_f, axis=0)),
+      "predicted_h": sum_add(totals["predicted_h"], jnp.sum(p_bh * real_f, axis=0)),
+      "reliability_examples_hr": totals["reliability_examples_hr"]
+      + _histogram(heads, RELIABILITY_BINS, reliability_bh, real_bh),
+      "reliability_positives_hr": totals["reliability_positives_hr"]
+      + _histogram(heads, RELIABILITY_BINS, reliability_bh, positive_bh),
+      "reliability_predicted_hr": sum_add(totals["reliability_predicted_hr"], predicted_hr),
+  }
+
+
+def auc_from_histograms(positives_xb: np.ndarray, negatives_xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(AUC, error bound) per row of [..., bins] histograms (NaN where a row lacks a class)."""
+  pos = np.asarray(positives_xb, np.float64)
+  neg = np.asarray(negatives_xb, np.float64)
+  pairs = pos.sum(-1) * neg.sum(-1)
+  neg_below = np.cumsum(neg, axis=-1) - neg
+  with np.errstate(invalid="ignore", divide="ignore"):
+    auc = np.sum(pos * (neg_below + 0.5 * neg), axis=-1) / pairs
+    bound = 0.5 * np.sum(pos * neg, axis=-1) / pairs
+  return np.where(pairs > 0, auc, np.nan), np.where(pairs > 0, bound, np.nan)
+
+
+def binary_metrics(totals: dict[str, Any]) -> list[dict[str, Any]]:
+  """Per head: auc, auc_error_bound, logloss, ne, calibration, examples and the reliability table
+  (NaN where a metric is undefined: one class only)."""
+  positives_hb, negatives_hb = (np.asarray(totals[k], np.int64) for k in ("positives_hb", "negatives_hb"))
+  auc_h, bound_h = auc_from_histograms(positives_hb, negatives_hb)
+  positives_h, examples_h = positives_hb.sum(-1), positives_hb.sum(-1) + negatives_hb.sum(-1)
+  logloss_h = sum_value(totals["logloss_h"]) / np.maximum(examples_h, 1)
+  rate_h = positives_h / np.maximum(examples_h, 1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    entropy_h = -(rate_h * np.log(rate_h) + (1 - rate_h) * np.log1p(-rate_h))
+    ne_h = np.where((rate_h > 0) & (rate_h < 1), logloss_h / entropy_h, np.nan)
+    calibration_h = np.where(positives_h > 0, sum_value(totals["predicted_h"]) / positives_h, np.nan)
+  reliability = (np.asarray(totals["reliability_examples_hr"], np.int64),
+                 np.asarray(totals["reliability_positives_hr"], np.int64),
+                 sum_value(totals["reliability_predicted_hr"]))
+  heads = []
+  for h in range(positives_hb.shape[0]):
+    examples_r, positives_r, predicted_r = (r[h] for r in reliability)
+    table = [{"bin_low": r / RELIABILITY_BINS, "bin_high": (r + 1) / RELIABILITY_BINS,
+              "examples": int(examples_r[r]), "mean_prediction": float(predicted_r[r] / examples_r[r]),
+              "observed_rate": float(positives_r[r] / examples_r[r])}
+             for r in range(RELIABILITY_BINS) if examples_r[r] > 0]
+    heads.append({"auc": float(auc_h[h]), "auc_error_bound": float(bound_h[h]), "logloss": float(logloss_h[h]),
+                  "ne": float(ne_h[h]), "calibration": float(calibration_h[h]), "examples": int(examples_h[h]),
+                  "reliability": table})
+  return heads
+
+
+# ---- GAUC: per-group histograms.
+
+def grouped_init(heads: int, groups: int, bins: int) -> dict[str, jax.Array]:
+  return {"positives_hgb": jnp.zeros((heads, groups, bins), jnp.int32),
+          "negatives_hgb": jnp.zeros((heads, groups, bins), jnp.int32)}
+
+
+def grouped_update(totals: dict[str, jax.Array], logits_bh: jax.Array, labels_bh: jax.Array,
+                   group_b: jax.Array, real_b: jax.Array) -> dict[str, jax.Array]:
+  """Adds a batch to the per-group histograms; group_b < 0 (a missing id) counts nowhere."""
+  heads, groups, bins = totals["positives_hgb"].shape
+  real_bh = jnp.broadcast_to((real_b & (group_b >= 0))[:, None], logits_bh.shape)
+  positive_bh = real_bh & (labels_bh > 0.5)
+  which_bh = logit_bins(logits_bh, bins)
+  head_bh = jnp.broadcast_to(jnp.arange(heads)[None, :], which_bh.shape)
+  group_bh = jnp.broadcast_to(jnp.clip(group_b, 0, groups - 1)[:, None], which_bh.shape)
+  add = lambda total, counts: total.at[head_bh, group_bh, which_bh].add(counts.astype(jnp.int32))  # noqa: E731
+  return {"positives_hgb": add(totals["positives_hgb"], positive_bh),
+          "negatives_hgb": add(totals["negatives_hgb"], real_bh & ~positive_bh)}
+
+
+def grouped_metrics(totals: dict[str, Any]) -> list[dict[str, float]]:
+  """Per head: gauc (groups weighted by their examples), gauc_error_bound and gauc_groups (the
+  groups with both classes, the only ones counted)."""
+  positives_hgb, negatives_hgb = (np.asarray(totals[k], np.int64) for k in ("positives_hgb", "negatives_hgb"))
+  auc_hg, bound_hg = auc_from_histograms(positives_hgb, negatives_hgb)
+  weight_hg = np.where(np.isnan(auc_hg), 0.0, (positives_hgb + negatives_hgb).sum(-1))
+  heads = []
+  for h in range(positives_hgb.shape[0]):
+    total = weight_hg[h].sum()
+    counted = weight_hg[h] > 0
+    heads.append({
+        "gauc": float(np.sum(weight_hg[h][counted] * auc_hg[h][counted]) / total) if total else float("nan"),
+        "gauc_error_bound": float(np.sum(weight_hg[h][counted] * bound_hg[h][counted]) / total) if total
+        else float("nan"),
+        "gauc_groups": int(counted.sum())})
+  return heads
+
+
+# ---- Ranking: NDCG@k per list.
+
+def ndcg_per_list(relevance_bl: jax.Array, scores_bl: jax.Array, mask_bl: jax.Array, k: int
+                  ) -> tuple[jax.Array, jax.Array]:
+  """(NDCG@k [B], has a document [B] float): gain 2^rel - 1, discount 1 / log2(rank + 1),
+  documents by descending score (ties: the earlier position first); padding (mask 0) is neither
+  ranked nor counted. A list with no relevant document has NDCG 0, as in rax.ndcg_metric."""
+  valid_bl = mask_bl > 0
+  gains_bl = jnp.where(valid_bl, jnp.exp2(relevance_bl.astype(jnp.float32)) - 1.0, 0.0)
+  ranks = jnp.arange(relevance_bl.shape[1])
+  discounts_l = jnp.where(ranks < k, 1.0 / jnp.log2(ranks + 2.0), 0.0)
+  order_bl = jnp.argsort(jnp.where(valid_bl, -scores_bl.astype(jnp.float32), jnp.inf), axis=1, stable=True)
+  dcg_b = jnp.sum(jnp.take_along_axis(gains_bl, order_bl, axis=1) * discounts_l, axis=1)
+  ideal_b = jnp.sum(-jnp.sort(-gains_bl, axis=1) * discounts_l, axis=1)
+  ndcg_b = jnp.where(ideal_b > 0, dcg_b / jnp.where(ideal_b > 0, ideal_b, 1.0), 0.0)
+  return ndcg_b, valid_bl.any(axis=1).astype(jnp.float32)
