@@ -682,8 +682,7 @@ def _convert_job(job: _Job) -> dict:
         in_train = global_line + block.good_lines < train_lines
         train.write(records[in_train].tobytes())
         evaluation.write(records[~in_train].tobytes())
-  return {"paths": {k: str(v) for k, v in paths.items()}, "rows_read": stats.rows_read,
-          "skipped_by_reason": dict(stats.skipped_by_reason), "file_errors": stats.file_errors}
+  return {"paths": {k: str(v) for k, v in paths.items()}, **stats.as_worker_result()}
 
 
 def _convert_worker(job: _Job) -> dict:  # Module level: the pool sends it by name.
@@ -698,13 +697,7 @@ def _convert_parallel(jobs: list[_Job], vocabulary, train_lines: int | None, opt
                  dtype=record_dtype())
   try:
     for result in parallel.map_in_order(_convert_worker, jobs, options.workers):
-      if "error" in result:
-        raise IngestError(*result["error"])
-      stats.rows_read += result["rows_read"]
-      for reason, n in result["skipped_by_reason"].items():
-        stats.rows_skipped += n
-        stats.skipped_by_reason[reason] += n
-      stats.file_errors.extend(result["file_errors"])
+      stats.merge_worker_result(result)
       for split, path in result["paths"].items():
         parallel.copy_records(pathlib.Path(path), record_dtype(), writer.split(split).write)
   finally:

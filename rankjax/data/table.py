@@ -494,9 +494,7 @@ def _convert_job(job: _Job) -> dict:
         files[split].write(records.tobytes())
   except IngestError as e:  # Strict mode: the parent raises the first in input order.
     return {"error": [e.file, e.line, e.reason, e.excerpt]}
-  return {"paths": {k: str(v) for k, v in paths.items()}, "rows_read": stats.rows_read,
-          "skipped_by_reason": dict(stats.skipped_by_reason), "file_errors": stats.file_errors,
-          "truncated": truncated}
+  return {"paths": {k: str(v) for k, v in paths.items()}, **stats.as_worker_result(), "truncated": truncated}
 
 
 def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, spec: FeatureSpec,
@@ -538,13 +536,7 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, spe
       _WORKER.update(spec=spec, strict=options.strict, scratch=scratch)
       try:
         for result in parallel.map_in_order(_convert_job, jobs, options.workers):
-          if "error" in result:
-            raise IngestError(*result["error"])
-          stats.rows_read += result["rows_read"]
-          for reason, n in result["skipped_by_reason"].items():
-            stats.rows_skipped += n
-            stats.skipped_by_reason[reason] += n
-          stats.file_errors.extend(result["file_errors"])
+          stats.merge_worker_result(result)
           for name, count in result["truncated"].items():
             truncated[name] += count
           for split, path in result["paths"].items():

@@ -71,6 +71,22 @@ class IngestStats:
       raise IngestError(file, line, reason, text)
     self.file_errors.append({"file": file, "line": line, "reason": reason})
 
+  def as_worker_result(self) -> dict[str, Any]:
+    """What an ingest worker process returns of its counts (merged by `merge_worker_result`)."""
+    return {"rows_read": self.rows_read, "skipped_by_reason": dict(self.skipped_by_reason),
+            "file_errors": self.file_errors}
+
+  def merge_worker_result(self, result: dict[str, Any]) -> None:
+    """Adds a worker's counts; a worker's strict-mode error ({"error": [file, line, reason,
+    excerpt]}) is raised here, so the first in input order wins, as with one worker."""
+    if "error" in result:
+      raise IngestError(*result["error"])
+    self.rows_read += result["rows_read"]
+    for reason, n in result["skipped_by_reason"].items():
+      self.rows_skipped += n
+      self.skipped_by_reason[reason] += n
+    self.file_errors.extend(result["file_errors"])
+
   def summary(self) -> str:
     """One line for the log: the skipped rows by reason and the file errors."""
     reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped_by_reason.items()))
