@@ -135,6 +135,11 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   # Memory: heads x the feature's vocabulary x group_bins x 8 bytes, replicated on each device.
   c.eval.group_feature = ""
   c.eval.group_bins = 2048
+  # Ranking eval: NDCG@k, DCG@k, precision@k and recall@k at these cutoffs (plus train.ndcg_k),
+  # MRR and MAP, each the mean over queries. A query without a relevant document has no ideal
+  # ranking: "skip" (left out and counted as queries_skipped), "zero" or "one" (scores that).
+  c.eval.ranking_cutoffs = (1, 3, 5, 10)
+  c.eval.no_relevant = "skip"
   c.train.progress_bar = True  # On a terminal; elsewhere (logs, SLURM, CI) a line every progress_every_s.
   c.train.progress_every_s = 30.0
   # Steps dispatched ahead of the host: a bound (2 processes' CPU collectives deadlocked with ~100;

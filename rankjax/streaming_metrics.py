@@ -176,19 +176,41 @@ def grouped_metrics(totals: dict[str, Any]) -> list[dict[str, float]]:
   return heads
 
 
-# ---- Ranking: NDCG@k per list.
+# ---- Ranking: per-list metrics.
 
-def ndcg_per_list(relevance_bl: jax.Array, scores_bl: jax.Array, mask_bl: jax.Array, k: int
-                  ) -> tuple[jax.Array, jax.Array]:
-  """(NDCG@k [B], has a document [B] float): gain 2^rel - 1, discount 1 / log2(rank + 1),
-  documents by descending score (ties: the earlier position first); padding (mask 0) is neither
-  ranked nor counted. A list with no relevant document has NDCG 0, as in rax.ndcg_metric."""
+def ranking_per_list(relevance_bl: jax.Array, scores_bl: jax.Array, mask_bl: jax.Array,
+                     cutoffs: tuple[int, ...]) -> tuple[dict[str, jax.Array], jax.Array, jax.Array]:
+  """Per list: ({"ndcg@k", "dcg@k", "precision@k", "recall@k" for k in cutoffs, "mrr", "map"} -> [B],
+  has a relevant document [B] bool, has a document [B] bool), as rax's metrics compute them:
+  documents ranked by descending score (ties: the earlier position first), padding (mask 0)
+  neither ranked nor counted; gain 2^rel - 1 and discount 1 / log2(rank + 1) for (N)DCG; a
+  document with relevance > 0 is relevant for MRR, MAP, precision and recall (LETOR grades are
+  integers, so this is rax's `labels >= 1`); precision@k divides by the documents retrieved,
+  min(k, list length). A list without a relevant document scores 0 on each."""
   valid_bl = mask_bl > 0
-  gains_bl = jnp.where(valid_bl, jnp.exp2(relevance_bl.astype(jnp.float32)) - 1.0, 0.0)
-  ranks = jnp.arange(relevance_bl.shape[1])
-  discounts_l = jnp.where(ranks < k, 1.0 / jnp.log2(ranks + 2.0), 0.0)
+  relevance_bl = jnp.where(valid_bl, relevance_bl.astype(jnp.float32), 0.0)
   order_bl = jnp.argsort(jnp.where(valid_bl, -scores_bl.astype(jnp.float32), jnp.inf), axis=1, stable=True)
-  dcg_b = jnp.sum(jnp.take_along_axis(gains_bl, order_bl, axis=1) * discounts_l, axis=1)
-  ideal_b = jnp.sum(-jnp.sort(-gains_bl, axis=1) * discounts_l, axis=1)
-  ndcg_b = jnp.where(ideal_b > 0, dcg_b / jnp.where(ideal_b > 0, ideal_b, 1.0), 0.0)
-  return ndcg_b, valid_bl.any(axis=1).astype(jnp.float32)
+  sorted_relevance_bl = jnp.take_along_axis(relevance_bl, order_bl, axis=1)
+  sorted_valid_bl = jnp.take_along_axis(valid_bl, order_bl, axis=1)
+  relevant_bl = (sorted_relevance_bl > 0) & sorted_valid_bl
+  ranks_l = jnp.arange(1, relevance_bl.shape[1] + 1, dtype=jnp.float32)
+  gains_bl = jnp.exp2(sorted_relevance_bl) - 1.0
+  ideal_gains_bl = -jnp.sort(-jnp.where(valid_bl, jnp.exp2(relevance_bl) - 1.0, 0.0), axis=1)
+  discounts_l = 1.0 / jnp.log2(ranks_l + 1.0)
+  num_relevant_b = relevant_bl.sum(axis=1).astype(jnp.float32)
+  num_valid_b = sorted_valid_bl.sum(axis=1).astype(jnp.float32)
+  hits_bl = jnp.cumsum(relevant_bl, axis=1).astype(jnp.float32)  # Relevant documents at rank <= r.
+  metrics = {}
+  for k in cutoffs:
+    in_top_l = ranks_l <= k
+    dcg_b = jnp.sum(gains_bl * discounts_l * in_top_l, axis=1)
+    ideal_b = jnp.sum(ideal_gains_bl * discounts_l * in_top_l, axis=1)
+    hits_b = jnp.sum(relevant_bl * in_top_l, axis=1).astype(jnp.float32)
+    metrics[f"ndcg@{k}"] = jnp.where(ideal_b > 0, dcg_b / jnp.where(ideal_b > 0, ideal_b, 1.0), 0.0)
+    metrics[f"dcg@{k}"] = dcg_b
+    metrics[f"precision@{k}"] = hits_b / jnp.maximum(jnp.minimum(float(k), num_valid_b), 1.0)
+    metrics[f"recall@{k}"] = hits_b / jnp.maximum(num_relevant_b, 1.0)
+  first_rank_b = jnp.min(jnp.where(relevant_bl, ranks_l, jnp.inf), axis=1)
+  metrics["mrr"] = jnp.where(jnp.isfinite(first_rank_b), 1.0 / first_rank_b, 0.0)
+  metrics["map"] = jnp.sum(jnp.where(relevant_bl, hits_bl / ranks_l, 0.0), axis=1) / jnp.maximum(num_relevant_b, 1.0)
+  return metrics, num_relevant_b > 0, num_valid_b > 0

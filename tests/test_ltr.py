@@ -174,8 +174,12 @@ def test_training_on_letor_lists_beats_random_order_ndcg_and_writes_checkpoints(
   workdir, out = straight_run
   (evaluation,) = _events(workdir, "eval")
   records = layout.open_split(letor_data, layout.read_manifest(letor_data), "eval")[:]
-  random_ndcg = _random_ndcg(records["relevance"], records["mask"], 10)
-  assert evaluation["step"] == 30 and evaluation["queries"] == 40 and evaluation["loss"] > 0
+  with_relevant = ((records["relevance"] > 0) & (records["mask"] > 0)).any(axis=1)  # eval.no_relevant=skip
+  random_ndcg = _random_ndcg(records["relevance"][with_relevant], records["mask"][with_relevant], 10)
+  assert evaluation["step"] == 30 and evaluation["loss"] > 0
+  assert evaluation["queries"] == with_relevant.sum() and evaluation["queries_skipped"] == 40 - with_relevant.sum()
+  for key in ("ndcg@1", "ndcg@3", "ndcg@5", "dcg@10", "precision@5", "recall@10", "mrr", "map"):
+    assert 0 < evaluation[key] and (key.startswith("dcg") or evaluation[key] <= 1), key
   assert evaluation["ndcg@10"] > random_ndcg + 0.1, (evaluation, random_ndcg)
   assert [e["step"] for e in _events(workdir, "train")] == list(range(1, 31))
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["20", "30"]
@@ -200,3 +204,30 @@ def test_raising_steps_continues_ranking_training_like_a_longer_run(letor_data, 
 def test_a_ctr_loss_on_letor_lists_exits_2_naming_train_loss(letor_data, tmp_path):
   p = _train(tmp_path, letor_data, "--config.train.loss=bce")
   assert p.returncode == 2 and "train.loss" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("policy", ("skip", "zero", "one"))
+def test_queries_without_a_relevant_document_follow_eval_no_relevant(tmp_path, policy):
+  import jax
+  from rankjax.experiment import build
+  from rankjax.train import evaluate
+  lines = [f"{0 if q % 4 == 0 else (q + d) % 3} qid:{q} 1:{d} 2:{q % 7} 3:{(d * q) % 5}" for q in range(40)
+           for d in range(5)]  # Queries 0, 4, 8, ... have no relevant document.
+  (tmp_path / "l.txt").write_text("\n".join(lines) + "\n")
+  assert data_cli.main(["letor", "--input", str(tmp_path / "l.txt"), "--eval-input", str(tmp_path / "l.txt"),
+                        "--output", str(tmp_path / "data")]) == 0
+  results = {}
+  for p in ("skip", policy):
+    config = load_config_file(LTR_CONFIG)
+    config.data.path, config.train.eval_batch_size, config.eval.no_relevant = str(tmp_path / "data"), 16, p
+    config.mesh.shape = (1, 1)
+    exp = build(config, None, jax.devices()[:1])
+    with jax.set_mesh(exp.partitioner.mesh):
+      results[p] = evaluate(exp, exp.init_fn(0))
+  skip, ours = results["skip"], results[policy]
+  assert skip["queries"] == 30 and skip["queries_skipped"] == 10
+  fill = {"skip": None, "zero": 0.0, "one": 1.0}[policy]
+  for key in ("ndcg@10", "mrr", "map", "precision@5", "recall@5"):
+    expected = skip[key] if fill is None else (30 * skip[key] + 10 * fill) / 40
+    assert ours[key] == pytest.approx(expected, rel=1e-6), key
+  assert ours["queries"] == (30 if policy == "skip" else 40)

@@ -1,6 +1,7 @@
 """Tests for rankjax/streaming_metrics.py: eval totals accumulated batch by batch on 8 simulated
-devices equal scikit-learn (AUC, log loss) and the NumPy references (NE, calibration, the
-reliability table, GAUC, NDCG), AUC and GAUC within the error bound they report."""
+devices equal scikit-learn (AUC, log loss), the NumPy references (NE, calibration, the
+reliability table, GAUC) and rax (NDCG, DCG, precision, recall, MRR, MAP per list), AUC and GAUC
+within the error bound they report."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import rax
 from jax.sharding import NamedSharding, PartitionSpec as P
 from sklearn.metrics import log_loss, roc_auc_score
 
@@ -119,16 +121,28 @@ def test_compensated_sum_keeps_what_a_float32_sum_loses():
   assert streaming_metrics.sum_value(jax.device_get(total)) == pytest.approx(1.0 + 1e-5, rel=1e-9)  # ... kept here.
 
 
-def test_ndcg_per_list_equals_the_numpy_reference_with_ties_padding_and_irrelevant_lists(mesh):
+@pytest.mark.parametrize("k", (1, 3, 5, 10))
+def test_ranking_metrics_per_list_equal_rax_with_ties_padding_and_irrelevant_lists(mesh, k):
   rng = np.random.default_rng(3)
   relevance = rng.integers(0, 4, (64, 12)).astype(np.float32)
-  relevance[:5] = 0.0  # Lists without a relevant document: NDCG 0, counted.
+  relevance[:5] = 0.0  # Lists without a relevant document: 0 on every metric, as in rax.
   scores = np.round(rng.normal(size=(64, 12)), 1).astype(np.float32)  # Ties.
-  mask = (rng.random((64, 12)) < 0.8).astype(np.float32)
-  mask[7] = 0.0  # A padding-only list: left out.
-  for k in (1, 5, 10):
-    ndcg_b, list_b = jax.jit(streaming_metrics.ndcg_per_list, static_argnums=3)(
-        *(_sharded(mesh, a) for a in (relevance, scores, mask)), k)
-    ours = float(np.sum(np.asarray(ndcg_b) * np.asarray(list_b)) / np.sum(list_b))
-    assert int(np.sum(list_b)) == 63
-    assert ours == pytest.approx(metrics.ndcg_at_k(relevance, scores, mask, k), abs=1e-6)
+  mask = rng.random((64, 12)) < 0.8
+  mask[7] = False  # A padding-only list.
+  mask[9, 1:] = False  # A single-document list.
+  per_list, relevant_b, has_doc_b = jax.jit(streaming_metrics.ranking_per_list, static_argnums=3)(
+      *(_sharded(mesh, a) for a in (relevance, scores, mask.astype(np.float32))), (k,))
+  has_doc_b = np.asarray(has_doc_b)
+  assert has_doc_b.sum() == 63 and not np.asarray(relevant_b)[:5].any()
+  args = (jnp.asarray(scores), jnp.asarray(relevance))
+  oracles = {f"ndcg@{k}": rax.ndcg_metric(*args, where=jnp.asarray(mask), topn=k, reduce_fn=None),
+             f"dcg@{k}": rax.dcg_metric(*args, where=jnp.asarray(mask), topn=k, reduce_fn=None),
+             f"precision@{k}": rax.precision_metric(*args, where=jnp.asarray(mask), topn=k, reduce_fn=None),
+             f"recall@{k}": rax.recall_metric(*args, where=jnp.asarray(mask), topn=k, reduce_fn=None),
+             "mrr": rax.mrr_metric(*args, where=jnp.asarray(mask), reduce_fn=None),
+             "map": rax.ap_metric(*args, where=jnp.asarray(mask), reduce_fn=None)}
+  for name, oracle in oracles.items():
+    np.testing.assert_allclose(np.asarray(per_list[name])[has_doc_b], np.asarray(oracle)[has_doc_b], atol=1e-5,
+                               err_msg=name)
+  ndcg = float(np.sum(np.asarray(per_list[f"ndcg@{k}"])[has_doc_b]) / has_doc_b.sum())
+  assert ndcg == pytest.approx(metrics.ndcg_at_k(relevance, scores, mask, k), abs=1e-6)

@@ -1,5 +1,6 @@
 """Learning to rank on query lists (`ranking`): a scorer of each list's documents trained with a
-listwise or pairwise loss (rankjax.losses), evaluated by NDCG@k; dense parameters only.
+listwise or pairwise loss (rankjax.losses), evaluated on device by NDCG@k, DCG@k, precision@k,
+recall@k, MRR and MAP (eval.ranking_cutoffs, eval.no_relevant); dense parameters only.
 
 Batches hold `relevance` [B, L], `features` [B, L, N] and `mask` [B, L] (0 = padding document).
 Features are standardised with the train split's statistics from the manifest (task.normalize),
@@ -23,6 +24,9 @@ from rankjax.model_inputs import InputSpec, ModelInputs
 from rankjax.partitioner import Partitioner
 from rankjax.tasks.base import Task, cast_floating
 
+NO_RELEVANT = ("skip", "zero", "one")  # eval.no_relevant: a query without a relevant document.
+
+
 class RankingTask(Task):
   """Query lists scored document by document (or list-wise) by a model with a `score` head."""
 
@@ -38,6 +42,7 @@ class RankingTask(Task):
                         "`rankjax data letor`, or use task.name='ctr'")
     self.loss_fn = RANKING_LOSSES[config.train.loss]
     self.ndcg_key = f"ndcg@{config.train.ndcg_k}"
+    self.cutoffs = tuple(sorted({*config.eval.ranking_cutoffs, config.train.ndcg_k}))
     list_size, num_features = manifest["max_list_size"], manifest["num_features"]
     self.batch_spec = BatchSpec((
         Field("relevance", "float32", (list_size,), values="nonnegative"),
@@ -55,6 +60,11 @@ class RankingTask(Task):
                         "data): give it a dataset from `rankjax data letor`")
     if config.train.ndcg_k < 1:
       raise ConfigError("train.ndcg_k", "must be >= 1")
+    cutoffs = tuple(config.eval.ranking_cutoffs)
+    if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in cutoffs):
+      raise ConfigError("eval.ranking_cutoffs", f"must be positive ints, got {cutoffs}")
+    if config.eval.no_relevant not in NO_RELEVANT:
+      raise ConfigError("eval.no_relevant", f"must be one of {NO_RELEVANT}, got {config.eval.no_relevant!r}")
 
   def model_inputs(self, batch: dict[str, jax.Array], rows: None, routing: None) -> ModelInputs:
     normalized_bln = (batch["features"] - self.feature_mean_n) / self.feature_std_n
@@ -64,36 +74,54 @@ class RankingTask(Task):
     return mean_of(self.loss_fn(outputs[self.HEAD], batch["relevance"], batch["mask"])), {}
 
   def eval_init(self):
-    return {"ndcg": streaming_metrics.sum_init(), "lists": jnp.zeros((), jnp.int32),
-            "loss": streaming_metrics.sum_init(), "loss_count": streaming_metrics.sum_init()}
+    names = self._metric_names()
+    return {"sums": {n: streaming_metrics.sum_init() for n in names}, "lists": jnp.zeros((), jnp.int32),
+            "skipped": jnp.zeros((), jnp.int32), "loss": streaming_metrics.sum_init(),
+            "loss_count": streaming_metrics.sum_init()}
+
+  def _metric_names(self) -> tuple[str, ...]:
+    return tuple(f"{m}@{k}" for k in self.cutoffs for m in ("ndcg", "dcg", "precision", "recall")) + ("mrr", "map")
 
   def eval_step(self, state, batch, totals):
-    """Adds the batch's lists (padding lists carry weight 0 and count nowhere)."""
+    """Adds the batch's lists (padding lists carry weight 0 and count nowhere; a list without a
+    relevant document follows eval.no_relevant)."""
     mask_bl = batch["mask"] * (batch["weight"] > 0)[:, None]
     scores_bl = self.forward(state, batch)[self.HEAD]
-    ndcg_b, list_b = streaming_metrics.ndcg_per_list(batch["relevance"], scores_bl, mask_bl, self.config.train.ndcg_k)
+    per_list, relevant_b, has_doc_b = streaming_metrics.ranking_per_list(batch["relevance"], scores_bl, mask_bl,
+                                                                         self.cutoffs)
+    policy = self.config.eval.no_relevant
+    counted_b = has_doc_b & (relevant_b | (policy != "skip"))
+    fill = 1.0 if policy == "one" else 0.0
+    sums = {n: streaming_metrics.sum_add(totals["sums"][n],
+                                         jnp.sum(jnp.where(counted_b, jnp.where(relevant_b, v, fill), 0.0)))
+            for n, v in per_list.items()}
     loss, count = self.loss_fn(scores_bl, batch["relevance"], mask_bl)
-    return {"ndcg": streaming_metrics.sum_add(totals["ndcg"], jnp.sum(ndcg_b * list_b)),
-            "lists": totals["lists"] + jnp.sum(list_b).astype(jnp.int32),
+    return {"sums": sums, "lists": totals["lists"] + jnp.sum(counted_b).astype(jnp.int32),
+            "skipped": totals["skipped"] + jnp.sum(has_doc_b & ~counted_b).astype(jnp.int32),
             "loss": streaming_metrics.sum_add(totals["loss"], loss),
             "loss_count": streaming_metrics.sum_add(totals["loss_count"], count)}
 
   def eval_metrics(self, totals) -> dict[str, float]:
-    """NDCG@train.ndcg_k (mean over lists) and the train.loss function over the eval lists."""
+    """Each metric's mean over the counted queries, the train.loss function over the eval lists,
+    and the queries counted and skipped (eval.no_relevant=skip)."""
     lists = int(totals["lists"])
     if not lists:
-      raise ValueError("NDCG needs at least one eval list with a document")
+      raise ValueError(f"no eval query to score: {int(totals['skipped'])} had no relevant document "
+                       "(eval.no_relevant=skip) and the rest no document")
     loss = streaming_metrics.sum_value(totals["loss"]) / max(streaming_metrics.sum_value(totals["loss_count"]), 1.0)
-    return {self.ndcg_key: float(streaming_metrics.sum_value(totals["ndcg"]) / lists), "loss": float(loss),
-            "queries": lists}
+    means = {n: float(streaming_metrics.sum_value(v) / lists) for n, v in totals["sums"].items()}
+    return {**means, "loss": float(loss), "queries": lists, "queries_skipped": int(totals["skipped"])}
 
   def checkpoint_metrics(self, evaluation: dict[str, float]) -> dict[str, float]:
     return {"ndcg": evaluation[self.ndcg_key], "loss": evaluation["loss"]}
 
   def summary(self, evaluation: dict[str, float]) -> dict[str, Any]:
-    return {f"eval_{self.ndcg_key}": evaluation[self.ndcg_key], "eval_loss": evaluation["loss"]}
+    return {f"eval_{k}": v for k, v in evaluation.items()}
 
   def final_line(self, summary: dict[str, Any]) -> str:
     rate = f"{summary['examples_per_sec']:,.0f}" if summary["examples_per_sec"] else "n/a"
-    return (f"rankjax: final eval {self.ndcg_key}={summary[f'eval_{self.ndcg_key}']:.6f} "
-            f"loss={summary['eval_loss']:.6f} steps={summary['steps']} lists/s={rate}")
+    shown = dict.fromkeys([self.ndcg_key, "ndcg@1", "ndcg@5", "ndcg@10", "mrr", "map"])
+    metrics = " ".join(f"{k}={summary[f'eval_{k}']:.6f}" for k in shown if f"eval_{k}" in summary)
+    return (f"rankjax: final eval {metrics} loss={summary['eval_loss']:.6f} queries={summary['eval_queries']} "
+            f"(skipped {summary['eval_queries_skipped']} without a relevant document) steps={summary['steps']} "
+            f"lists/s={rate}")
