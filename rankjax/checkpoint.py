@@ -45,6 +45,12 @@ class Checkpointer:
         enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True,
         preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies), async_options=async_options)
     self.manager = ocp.CheckpointManager(path, options=options, item_names=("state", "data"))
+    # Orbax removes uncommitted (temporary) step directories in a background thread that close()
+    # does not join (only the next save waits for it); an exit before that save, such as a data
+    # error found at start, raced it and printed a traceback. Wait for it now: it is quick.
+    await_cleanup = getattr(self.manager, "_maybe_await_cleanup_tmp_directory", None)
+    if await_cleanup is not None:
+      await_cleanup()
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
