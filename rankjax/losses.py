@@ -1,6 +1,8 @@
 """Training losses by name: binary cross-entropy for click heads, and learning-to-rank losses over
-batches of query lists (listwise softmax cross-entropy, pairwise logistic), whose scores,
-relevance and mask are [batch, list] with mask 0 marking padding."""
+batches of query lists (listwise softmax cross-entropy and ListMLE, pairwise logistic and hinge,
+pointwise sigmoid and squared error), whose scores, relevance and mask are [batch, list] with mask
+0 marking padding. Each ranking loss gives (sum, count), so eval can stream it; training uses the
+mean, which equals rax's loss of the same name."""
 
 from __future__ import annotations
 
@@ -43,6 +45,51 @@ def pairwise_logistic_loss_terms(scores_bl: jax.Array, relevance_bl: jax.Array, 
   return total, pairs_bll.sum().astype(total.dtype)
 
 
+def pairwise_hinge_loss_terms(scores_bl: jax.Array, relevance_bl: jax.Array, mask_bl: jax.Array
+                              ) -> tuple[jax.Array, jax.Array]:
+  """max(0, 1 - (s_i - s_j)) over every pair of documents (i, j) of a list with rel_i > rel_j:
+  (sum, count of such pairs) over the batch."""
+  valid_bl = mask_bl > 0
+  diff_bll = scores_bl[:, :, None] - scores_bl[:, None, :]
+  pairs_bll = (relevance_bl[:, :, None] > relevance_bl[:, None, :]) & valid_bl[:, :, None] & valid_bl[:, None, :]
+  total = jnp.sum(jnp.where(pairs_bll, jax.nn.relu(1.0 - diff_bll), 0.0))
+  return total, pairs_bll.sum().astype(total.dtype)
+
+
+def sigmoid_loss_terms(scores_bl: jax.Array, relevance_bl: jax.Array, mask_bl: jax.Array
+                       ) -> tuple[jax.Array, jax.Array]:
+  """Pointwise sigmoid cross-entropy of each document's score against its relevance clipped to
+  [0, 1]: (sum, count) over the batch's real documents."""
+  valid_bl = mask_bl > 0
+  loss_bl = optax.sigmoid_binary_cross_entropy(scores_bl, jnp.clip(relevance_bl, 0.0, 1.0))
+  return jnp.sum(jnp.where(valid_bl, loss_bl, 0.0)), valid_bl.sum().astype(scores_bl.dtype)
+
+
+def mse_loss_terms(scores_bl: jax.Array, relevance_bl: jax.Array, mask_bl: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Pointwise squared error of each document's score against its relevance: (sum, count) over
+  the batch's real documents."""
+  valid_bl = mask_bl > 0
+  return (jnp.sum(jnp.where(valid_bl, jnp.square(scores_bl - relevance_bl), 0.0)),
+          valid_bl.sum().astype(scores_bl.dtype))
+
+
+def listmle_loss_terms(scores_bl: jax.Array, relevance_bl: jax.Array, mask_bl: jax.Array
+                       ) -> tuple[jax.Array, jax.Array]:
+  """ListMLE (Xia et al. 2008): the negative log-likelihood of the list's order by relevance
+  (ties: the earlier position first) under the Plackett-Luce model of the scores, padding left
+  out: (sum, count) over lists with a document."""
+  valid_bl = mask_bl > 0
+  order_bl = jnp.argsort(jnp.where(valid_bl, -relevance_bl, jnp.inf), axis=1, stable=True)
+  sorted_bl = jnp.take_along_axis(scores_bl, order_bl, axis=1)
+  sorted_valid_bl = jnp.take_along_axis(valid_bl, order_bl, axis=1)
+  # log sum_{j >= i, valid} exp(s_j): a reversed cumulative logsumexp; padding adds exp(-inf) = 0.
+  masked_bl = jnp.where(sorted_valid_bl, sorted_bl, -jnp.inf)
+  suffix_lse_bl = jax.lax.cumlogsumexp(masked_bl, axis=1, reverse=True)
+  loss_b = -jnp.sum(jnp.where(sorted_valid_bl, sorted_bl - suffix_lse_bl, 0.0), axis=1)
+  lists_b = valid_bl.any(axis=1)
+  return jnp.sum(jnp.where(lists_b, loss_b, 0.0)), lists_b.sum().astype(scores_bl.dtype)
+
+
 def mean_of(terms: tuple[jax.Array, jax.Array]) -> jax.Array:
   """sum / count of a loss's terms; 0 when nothing was counted."""
   total, count = terms
@@ -63,6 +110,10 @@ def pairwise_logistic_loss(scores_bl: jax.Array, relevance_bl: jax.Array, mask_b
 RANKING_LOSSES: dict[str, Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]] = {
     "softmax": softmax_loss_terms,
     "pairwise_logistic": pairwise_logistic_loss_terms,
+    "pairwise_hinge": pairwise_hinge_loss_terms,
+    "listmle": listmle_loss_terms,
+    "sigmoid": sigmoid_loss_terms,
+    "mse": mse_loss_terms,
 }
 
 BINARY_LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
