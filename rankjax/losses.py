@@ -1,5 +1,5 @@
 """Training losses by name: binary cross-entropy for click heads, and learning-to-rank losses over
-batches of query lists (listwise softmax cross-entropy and ListMLE, pairwise logistic and hinge,
+batches of query lists (listwise softmax cross-entropy, its Poly-1 form and ListMLE, pairwise logistic and hinge,
 pointwise sigmoid and squared error), whose scores, relevance and mask are [batch, list] with mask
 0 marking padding. Each ranking loss gives (sum, count), so eval can stream it; training uses the
 mean, which equals rax's loss of the same name."""
@@ -18,20 +18,40 @@ def binary_cross_entropy(logits_b: jax.Array, labels_b: jax.Array) -> jax.Array:
   return jnp.mean(optax.sigmoid_binary_cross_entropy(logits_b, labels_b))
 
 
+def _log_softmax_over_documents(scores_bl: jax.Array, valid_bl: jax.Array) -> jax.Array:
+  """log p of each document under the softmax of its list's scores, padding taking no part."""
+  # A finite fill (not -inf) keeps an all-padding list free of NaN in the backward pass.
+  return jax.nn.log_softmax(jnp.where(valid_bl, scores_bl, jnp.finfo(scores_bl.dtype).min), axis=-1)
+
+
 def softmax_loss_terms(scores_bl: jax.Array, relevance_bl: jax.Array, mask_bl: jax.Array
                        ) -> tuple[jax.Array, jax.Array]:
-  """ListNet softmax cross-entropy: a list's relevance, normalised to a distribution over its
-  documents, against the softmax of its scores; padding takes no part. (sum, count) over lists
-  with a relevant document: a list without one has no target distribution and is left out."""
+  """Softmax cross-entropy, as rax.softmax_loss: -sum_i rel_i log p_i per list, p the softmax of
+  the list's scores over its documents (so a list weighs by its total relevance, and a list
+  without a relevant document adds 0): (sum, count of lists with a document)."""
   valid_bl = mask_bl > 0
+  log_p_bl = _log_softmax_over_documents(scores_bl, valid_bl)
+  loss_b = -jnp.sum(jnp.where(valid_bl, relevance_bl * log_p_bl, 0.0), axis=-1)
+  lists_b = valid_bl.any(axis=-1)
+  return jnp.sum(jnp.where(lists_b, loss_b, 0.0)), lists_b.sum().astype(loss_b.dtype)
+
+
+def poly1_softmax_loss_terms(scores_bl: jax.Array, relevance_bl: jax.Array, mask_bl: jax.Array,
+                             epsilon: float = 1.0) -> tuple[jax.Array, jax.Array]:
+  """PolyLoss (Leng et al. 2022) on the softmax loss, as rax.poly1_softmax_loss: the softmax loss
+  plus epsilon * (1 - p_t), p_t the softmax probability mass on the list's relevance normalised to
+  a distribution (uniform over the documents of a list without a relevant one): (sum, count of
+  lists with a document)."""
+  valid_bl = mask_bl > 0
+  log_p_bl = _log_softmax_over_documents(scores_bl, valid_bl)
   labels_bl = jnp.where(valid_bl, relevance_bl, 0.0)
   total_b1 = labels_bl.sum(axis=-1, keepdims=True)
-  target_bl = labels_bl / jnp.where(total_b1 > 0, total_b1, 1.0)
-  # A finite fill (not -inf) keeps an all-padding list free of NaN in the backward pass.
-  log_p_bl = jax.nn.log_softmax(jnp.where(valid_bl, scores_bl, jnp.finfo(scores_bl.dtype).min), axis=-1)
-  loss_b = -jnp.sum(jnp.where(valid_bl, target_bl * log_p_bl, 0.0), axis=-1)
-  counted_b = (total_b1[:, 0] > 0).astype(loss_b.dtype)
-  return jnp.sum(loss_b * counted_b), counted_b.sum()
+  documents_b1 = jnp.maximum(valid_bl.sum(axis=-1, keepdims=True), 1).astype(labels_bl.dtype)
+  target_bl = jnp.where(total_b1 != 0, labels_bl / jnp.where(total_b1 != 0, total_b1, 1.0), 1.0 / documents_b1)
+  p_t_b = jnp.sum(jnp.where(valid_bl, target_bl * jnp.exp(log_p_bl), 0.0), axis=-1)
+  loss_b = -jnp.sum(jnp.where(valid_bl, labels_bl * log_p_bl, 0.0), axis=-1) + epsilon * (1.0 - p_t_b)
+  lists_b = valid_bl.any(axis=-1)
+  return jnp.sum(jnp.where(lists_b, loss_b, 0.0)), lists_b.sum().astype(loss_b.dtype)
 
 
 def pairwise_logistic_loss_terms(scores_bl: jax.Array, relevance_bl: jax.Array, mask_bl: jax.Array
@@ -97,7 +117,7 @@ def mean_of(terms: tuple[jax.Array, jax.Array]) -> jax.Array:
 
 
 def softmax_loss(scores_bl: jax.Array, relevance_bl: jax.Array, mask_bl: jax.Array) -> jax.Array:
-  """The mean ListNet loss over the batch's lists with a relevant document (softmax_loss_terms)."""
+  """The mean softmax loss over the batch's lists with a document (softmax_loss_terms)."""
   return mean_of(softmax_loss_terms(scores_bl, relevance_bl, mask_bl))
 
 
@@ -109,6 +129,7 @@ def pairwise_logistic_loss(scores_bl: jax.Array, relevance_bl: jax.Array, mask_b
 # name -> (scores, relevance, mask) -> (sum, count): the mean trains, the terms stream over eval.
 RANKING_LOSSES: dict[str, Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]] = {
     "softmax": softmax_loss_terms,
+    "poly1_softmax": poly1_softmax_loss_terms,
     "pairwise_logistic": pairwise_logistic_loss_terms,
     "pairwise_hinge": pairwise_hinge_loss_terms,
     "listmle": listmle_loss_terms,
