@@ -1,5 +1,5 @@
 """Training losses by name: binary cross-entropy for click heads, and learning-to-rank losses over
-batches of query lists (listwise softmax cross-entropy, its Poly-1 form and ListMLE, pairwise logistic and hinge,
+batches of query lists (listwise softmax cross-entropy, its Poly-1 form, ListMLE and ApproxNDCG, pairwise logistic and hinge,
 pointwise sigmoid and squared error), whose scores, relevance and mask are [batch, list] with mask
 0 marking padding. Each ranking loss gives (sum, count), so eval can stream it; training uses the
 mean, which equals rax's loss of the same name."""
@@ -110,6 +110,25 @@ def listmle_loss_terms(scores_bl: jax.Array, relevance_bl: jax.Array, mask_bl: j
   return jnp.sum(jnp.where(lists_b, loss_b, 0.0)), lists_b.sum().astype(scores_bl.dtype)
 
 
+def approx_ndcg_loss_terms(scores_bl: jax.Array, relevance_bl: jax.Array, mask_bl: jax.Array,
+                          temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+  """ApproxNDCG (Qin et al. 2010), as rax.approx_t12n(rax.ndcg_metric): minus the NDCG of the
+  whole list with each document's rank smoothed to 1 + sum_j sigmoid((s_j - s_i) / temperature)
+  over the list's other documents; gain 2^rel - 1, discount 1 / log2(1 + rank), the ideal DCG
+  exact: (sum, count of lists with a document)."""
+  valid_bl = mask_bl > 0
+  pairs_bll = valid_bl[:, :, None] & valid_bl[:, None, :] & ~jnp.eye(scores_bl.shape[1], dtype=bool)
+  steps_bll = jax.nn.sigmoid((scores_bl[:, None, :] - scores_bl[:, :, None]) / temperature)  # [b, i, j]
+  ranks_bl = 1.0 + jnp.sum(jnp.where(pairs_bll, steps_bll, 0.0), axis=-1)
+  gains_bl = jnp.where(valid_bl, jnp.exp2(relevance_bl) - 1.0, 0.0)
+  dcg_b = jnp.sum(gains_bl / jnp.log2(1.0 + ranks_bl), axis=-1)
+  discounts_l = 1.0 / jnp.log2(jnp.arange(2, scores_bl.shape[1] + 2, dtype=scores_bl.dtype))
+  ideal_b = jnp.sum(-jnp.sort(-gains_bl, axis=-1) * discounts_l, axis=-1)
+  ndcg_b = dcg_b / jnp.where(ideal_b == 0.0, 1.0, ideal_b)
+  lists_b = valid_bl.any(axis=-1)
+  return -jnp.sum(jnp.where(lists_b, ndcg_b, 0.0)), lists_b.sum().astype(ndcg_b.dtype)
+
+
 def mean_of(terms: tuple[jax.Array, jax.Array]) -> jax.Array:
   """sum / count of a loss's terms; 0 when nothing was counted."""
   total, count = terms
@@ -133,6 +152,7 @@ RANKING_LOSSES: dict[str, Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.
     "pairwise_logistic": pairwise_logistic_loss_terms,
     "pairwise_hinge": pairwise_hinge_loss_terms,
     "listmle": listmle_loss_terms,
+    "approx_ndcg": approx_ndcg_loss_terms,
     "sigmoid": sigmoid_loss_terms,
     "mse": mse_loss_terms,
 }
