@@ -57,16 +57,16 @@ def logit_bins(logits: jax.Array, bins: int) -> jax.Array:
 def binary_init(heads: int, bins: int) -> dict[str, Any]:
   zeros = lambda *shape: jnp.zeros(shape, jnp.int32)  # noqa: E731
   return {"positives_hb": zeros(heads, bins), "negatives_hb": zeros(heads, bins),
-          "logloss_h": sum_init((heads,)), "predicted_h": sum_init((heads,)),
+          "logloss_h": sum_init((heads,)),
           "reliability_examples_hr": zeros(heads, RELIABILITY_BINS),
           "reliability_positives_hr": zeros(heads, RELIABILITY_BINS),
           "reliability_predicted_hr": sum_init((heads, RELIABILITY_BINS))}
 
 
-def _histogram(heads: int, bins: int, which_bh: jax.Array, counts_bh: jax.Array) -> jax.Array:
-  """[heads, bins] int32 sums of counts_bh by (head, which_bh)."""
+def _histogram(heads: int, bins: int, which_bh: jax.Array, values_bh: jax.Array, dtype=jnp.int32) -> jax.Array:
+  """[heads, bins] sums of values_bh by (head, which_bh), in `dtype` (int32 counts by default)."""
   head_bh = jnp.broadcast_to(jnp.arange(heads)[None, :], which_bh.shape)
-  return jnp.zeros((heads, bins), jnp.int32).at[head_bh, which_bh].add(counts_bh.astype(jnp.int32))
+  return jnp.zeros((heads, bins), dtype).at[head_bh, which_bh].add(values_bh.astype(dtype))
 
 
 def binary_update(totals: dict[str, Any], logits_bh: jax.Array, labels_bh: jax.Array,
@@ -82,18 +82,16 @@ def binary_update(totals: dict[str, Any], logits_bh: jax.Array, labels_bh: jax.A
   logloss_bh = jnp.logaddexp(0.0, logits_bh) - labels_bh.astype(jnp.float32) * logits_bh
   reliability_bh = jnp.clip(jnp.floor(p_bh * RELIABILITY_BINS), 0, RELIABILITY_BINS - 1).astype(jnp.int32)
   real_f = real_bh.astype(jnp.float32)
-  predicted_hr = jnp.zeros((heads, RELIABILITY_BINS), jnp.float32).at[
-      jnp.broadcast_to(jnp.arange(heads)[None, :], p_bh.shape), reliability_bh].add(p_bh * real_f)
   return {
       "positives_hb": totals["positives_hb"] + _histogram(heads, bins, which_bh, positive_bh),
       "negatives_hb": totals["negatives_hb"] + _histogram(heads, bins, which_bh, negative_bh),
       "logloss_h": sum_add(totals["logloss_h"], jnp.sum(logloss_bh * real_f, axis=0)),
-      "predicted_h": sum_add(totals["predicted_h"], jnp.sum(p_bh * real_f, axis=0)),
       "reliability_examples_hr": totals["reliability_examples_hr"]
       + _histogram(heads, RELIABILITY_BINS, reliability_bh, real_bh),
       "reliability_positives_hr": totals["reliability_positives_hr"]
       + _histogram(heads, RELIABILITY_BINS, reliability_bh, positive_bh),
-      "reliability_predicted_hr": sum_add(totals["reliability_predicted_hr"], predicted_hr),
+      "reliability_predicted_hr": sum_add(totals["reliability_predicted_hr"], _histogram(
+          heads, RELIABILITY_BINS, reliability_bh, p_bh * real_f, jnp.float32)),
   }
 
 
@@ -120,10 +118,11 @@ def binary_metrics(totals: dict[str, Any]) -> list[dict[str, Any]]:
   with np.errstate(invalid="ignore", divide="ignore"):
     entropy_h = -(rate_h * np.log(rate_h) + (1 - rate_h) * np.log1p(-rate_h))
     ne_h = np.where((rate_h > 0) & (rate_h < 1), logloss_h / entropy_h, np.nan)
-    calibration_h = np.where(positives_h > 0, sum_value(totals["predicted_h"]) / positives_h, np.nan)
   reliability = (np.asarray(totals["reliability_examples_hr"], np.int64),
                  np.asarray(totals["reliability_positives_hr"], np.int64),
                  sum_value(totals["reliability_predicted_hr"]))
+  with np.errstate(invalid="ignore", divide="ignore"):  # Every example is in one reliability bin.
+    calibration_h = np.where(positives_h > 0, reliability[2].sum(-1) / positives_h, np.nan)
   heads = []
   for h in range(positives_hb.shape[0]):
     examples_r, positives_r, predicted_r = (r[h] for r in reliability)

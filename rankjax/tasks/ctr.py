@@ -187,9 +187,8 @@ class ClickTask(Task):
     if any(np.isnan(head["auc"]) for head in per_head):
       missing = [h for h, m in zip(self.heads, per_head) if np.isnan(m["auc"])]
       raise ValueError(f"eval AUC is undefined: the eval split has one class only for head(s) {missing}")
-    examples = per_head[0].pop("examples")
-    for head in per_head[1:]:
-      head.pop("examples")
+    examples = per_head[0]["examples"]  # The same for every head.
+    per_head = [{k: v for k, v in m.items() if k != "examples"} for m in per_head]
     if len(self.heads) == 1:
       return {"loss": per_head[0]["logloss"], **per_head[0], "examples": examples}
     named = {f"{h}/{k}": v for h, m in zip(self.heads, per_head) for k, v in m.items()}
