@@ -8,4 +8,6 @@ from rankjax.config import base_config
 
 
 def get_config():
-  return base_config("dlrm")
+  c = base_config("dlrm")
+  c.eval.write_scores = True  # WORKDIR/eval_scores.parquet: what `rankjax predict` is checked against.
+  return c

@@ -17,6 +17,7 @@ import ml_collections
 from flax import nnx
 
 from rankjax.config import ConfigError
+from rankjax.layers import TransformerBlock
 from rankjax.embedding.tables import EmbeddingTableConfig
 from rankjax.model_inputs import InputSpec, ModelInputs
 from rankjax.models import _parts, _sequence
@@ -46,21 +47,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 def embedding_tables(config: ml_collections.ConfigDict, vocab_sizes: Sequence[int]) -> list[EmbeddingTableConfig]:
   return _sequence.embedding_tables(config, vocab_sizes)
-
-
-class TransformerBlock(nnx.Module):
-  def __init__(self, dim: int, num_heads: int, feed_forward_dim: int, *, rngs: nnx.Rngs):
-    self.attention = nnx.MultiHeadAttention(num_heads, dim, decode=False, rngs=rngs)
-    self.norm1 = nnx.LayerNorm(dim, rngs=rngs)
-    self.feed_forward = nnx.Linear(dim, feed_forward_dim, rngs=rngs)
-    self.feed_back = nnx.Linear(feed_forward_dim, dim, rngs=rngs)
-    self.norm2 = nnx.LayerNorm(dim, rngs=rngs)
-
-  def __call__(self, x_bld: jax.Array, mask_bl: jax.Array) -> jax.Array:
-    attention_mask = mask_bl[:, None, None, :]  # Queries attend to real positions only.
-    x_bld = self.norm1(x_bld + self.attention(x_bld, mask=attention_mask))
-    ffn = self.feed_back(jax.nn.leaky_relu(self.feed_forward(x_bld)))
-    return self.norm2(x_bld + ffn)
 
 
 class BST(nnx.Module):

@@ -32,8 +32,15 @@ def _delayed_barrier(delay_s: float):
 
 
 class Checkpointer:
-  def __init__(self, directory: str, *, max_to_keep: int, keep_best_metric: str = "", async_save: bool = True):
+  def __init__(self, directory: str, *, max_to_keep: int = 1, keep_best_metric: str = "", async_save: bool = True,
+               read_only: bool = False):
+    """read_only: restore only (`rankjax export`): nothing is saved, deleted or cleaned up, so a run
+    training in the same directory is never disturbed."""
     path = directory if "://" in directory else os.path.abspath(directory)
+    if read_only:
+      self.manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(
+          read_only=True, create=False, cleanup_tmp_directories=False), item_names=("state", "data"))
+      return
     policies = [checkpoint_managers.LatestN(max_to_keep)]
     if keep_best_metric:
       policies.append(checkpoint_managers.BestN(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import importlib.util
 import pathlib
 import pkgutil
@@ -140,6 +141,14 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   # ranking: "skip" (left out and counted as queries_skipped), "zero" or "one" (scores that).
   c.eval.ranking_cutoffs = (1, 3, 5, 10)
   c.eval.no_relevant = "skip"
+  # Write the final model's score of every eval record to WORKDIR/eval_scores.parquet (columns
+  # `row` and `score` / `score_<head>`; the layout `rankjax predict` writes).
+  c.eval.write_scores = False
+  # Eval (and an exported model) scores each device's share of an eval batch in blocks of this
+  # many rows (examples or lists) when they divide it, else at once; 0 = at once. An export scores
+  # in the same blocks, so its scores equal the trainer's bit for bit and a request of one row
+  # costs one block, not one eval batch.
+  c.eval.block_rows = 256
   c.train.progress_bar = True  # On a terminal; elsewhere (logs, SLURM, CI) a line every progress_every_s.
   c.train.progress_every_s = 30.0
   # Steps dispatched ahead of the host: a bound (2 processes' CPU collectives deadlocked with ~100;
@@ -401,3 +410,35 @@ def _validate_task(config: ml_collections.ConfigDict) -> None:
   if config.checkpoint.keep_best_metric not in ("", *task.EVAL_METRICS):
     raise ConfigError("checkpoint.keep_best_metric", f"must be '' or an eval metric of task {config.task.name!r}: "
                       f"one of {task.EVAL_METRICS}, got {config.checkpoint.keep_best_metric!r}")
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> str:
+  """The resolved config as JSON (tuples become lists): what a run records in WORKDIR/config.json."""
+  return json.dumps(config.to_dict(), indent=1, sort_keys=True)
+
+
+def config_from_json(text: str, source: str = "config.json") -> ml_collections.ConfigDict:
+  """A config recorded by `config_to_json`, rebuilt on the schema of its model (lists become the
+  schema's tuples); parsed, never executed. Raises ConfigError naming a key the schema lacks."""
+  try:
+    values = json.loads(text)
+    model = values["model"]["name"]
+  except (ValueError, KeyError, TypeError) as e:
+    raise ConfigError("config", f"{source}: not a recorded rankjax config ({e})") from None
+  config = base_config(model)
+
+  def as_tuples(v: Any) -> Any:
+    return tuple(as_tuples(x) for x in v) if isinstance(v, list) else v
+
+  def fill(node: ml_collections.ConfigDict, given: dict, prefix: str) -> None:
+    for key, value in given.items():
+      if key not in node:
+        raise ConfigError(prefix + key, f"{source}: unknown key for model {model!r}")
+      if isinstance(node[key], ml_collections.ConfigDict):
+        fill(node[key], value, f"{prefix}{key}.")
+      else:
+        with node.ignore_type():
+          node[key] = as_tuples(value)
+
+  fill(config, values, "")
+  return config

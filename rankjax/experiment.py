@@ -79,6 +79,8 @@ def build(config: ml_collections.ConfigDict, workdir: pathlib.Path | None, devic
   partitioner = Partitioner.from_config(config, devices)
   data_dir, manifest = (None, manifest) if manifest is not None else resolve_data(config, workdir)
   task = task_class(config.task.name)(config, manifest, partitioner)
+  shards = partitioner.axis_size("batch")
+  task.set_inference_blocks(shards, config.train.eval_batch_size // shards, config.eval.block_rows)
   replicated = partitioner.replicated
   abstract = jax.eval_shape(task.init, jax.random.key(0))
   state_shardings = TrainState(

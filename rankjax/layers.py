@@ -1,4 +1,5 @@
-"""Building blocks shared by the model zoo: MLP, the DLRM dot interaction, the DCNv2 cross network."""
+"""Building blocks shared by the model zoo: MLP, the DLRM dot interaction, the DCNv2 cross network,
+the transformer block (BST, the listwise ranking scorer)."""
 
 from __future__ import annotations
 
@@ -116,3 +117,22 @@ def factorization_machine(fields_bfd: jax.Array) -> jax.Array:
     square_of_sum = jnp.square(fields_bfd.sum(axis=1))
     sum_of_squares = jnp.square(fields_bfd).sum(axis=1)
     return 0.5 * (square_of_sum - sum_of_squares).sum(axis=1)
+
+
+class TransformerBlock(nnx.Module):
+  """Post-norm transformer encoder block: multi-head self-attention over the real positions
+  (padding is never attended to), residual + LayerNorm, a LeakyReLU feed-forward, residual +
+  LayerNorm. Without position inputs it is permutation-equivariant."""
+
+  def __init__(self, dim: int, num_heads: int, feed_forward_dim: int, *, rngs: nnx.Rngs):
+    self.attention = nnx.MultiHeadAttention(num_heads, dim, decode=False, rngs=rngs)
+    self.norm1 = nnx.LayerNorm(dim, rngs=rngs)
+    self.feed_forward = nnx.Linear(dim, feed_forward_dim, rngs=rngs)
+    self.feed_back = nnx.Linear(feed_forward_dim, dim, rngs=rngs)
+    self.norm2 = nnx.LayerNorm(dim, rngs=rngs)
+
+  def __call__(self, x_bld: jax.Array, mask_bl: jax.Array) -> jax.Array:
+    attention_mask = mask_bl[:, None, None, :]  # Queries attend to real positions only.
+    x_bld = self.norm1(x_bld + self.attention(x_bld, mask=attention_mask))
+    ffn = self.feed_back(jax.nn.leaky_relu(self.feed_forward(x_bld)))
+    return self.norm2(x_bld + ffn)

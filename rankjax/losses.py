@@ -1,5 +1,6 @@
 """Training losses by name: binary cross-entropy for click heads, and learning-to-rank losses over
 batches of query lists (listwise softmax cross-entropy, its Poly-1 form, ListMLE and ApproxNDCG, pairwise logistic and hinge,
+LambdaLoss with NDCG@k weights,
 pointwise sigmoid and squared error), whose scores, relevance and mask are [batch, list] with mask
 0 marking padding. Each ranking loss gives (sum, count), so eval can stream it; training uses the
 mean, which equals rax's loss of the same name."""
@@ -129,6 +130,35 @@ def approx_ndcg_loss_terms(scores_bl: jax.Array, relevance_bl: jax.Array, mask_b
   return -jnp.sum(jnp.where(lists_b, ndcg_b, 0.0)), lists_b.sum().astype(ndcg_b.dtype)
 
 
+def lambda_ndcg_loss_terms(scores_bl: jax.Array, relevance_bl: jax.Array, mask_bl: jax.Array,
+                           topn: int | None = 10) -> tuple[jax.Array, jax.Array]:
+  """LambdaLoss with NDCG@topn weights (Burges 2006; Wang et al. 2018), as rax.pairwise_logistic_loss
+  with lambdaweight_fn=rax.dcg_lambdaweight(normalize=True, topn=topn): the RankNet loss of each
+  pair (i, j) of a list with rel_i > rel_j weighted by |g_i - g_j| / IDCG@topn x |D(r_i) - D(r_j)| x
+  list size, gains 2^rel - 1, r the current rank by score (ties: the earlier position first;
+  padding last), D(r) = 1 / log2(1 + r) for r <= topn else 0. The weights are constants of the
+  step (no gradient through the ranks): (sum, count of such pairs)."""
+  valid_bl = mask_bl > 0
+  list_size = scores_bl.shape[1]
+  order_bl = jnp.argsort(jnp.where(valid_bl, -scores_bl, jnp.inf), axis=1, stable=True)
+  ranks_bl = (jnp.argsort(order_bl, axis=1) + 1).astype(scores_bl.dtype)
+  discounts_bl = 1.0 / jnp.log2(1.0 + ranks_bl)
+  positions_l = jnp.arange(1, list_size + 1, dtype=scores_bl.dtype)
+  if topn is not None:
+    discounts_bl = jnp.where(ranks_bl <= topn, discounts_bl, 0.0)
+  gains_bl = jnp.where(valid_bl, jnp.exp2(relevance_bl) - 1.0, 0.0)
+  ideal_discounts_l = jnp.where(positions_l <= (topn or list_size), 1.0 / jnp.log2(1.0 + positions_l), 0.0)
+  ideal_b1 = jnp.sum(-jnp.sort(-gains_bl, axis=-1) * ideal_discounts_l, axis=-1, keepdims=True)
+  gains_bl = gains_bl / jnp.where(ideal_b1 == 0.0, 1.0, ideal_b1)
+  weights_bll = (jnp.abs(gains_bl[:, :, None] - gains_bl[:, None, :])
+                 * jnp.abs(discounts_bl[:, :, None] - discounts_bl[:, None, :]) * list_size)
+  weights_bll = jax.lax.stop_gradient(weights_bll)
+  diff_bll = scores_bl[:, :, None] - scores_bl[:, None, :]
+  pairs_bll = (relevance_bl[:, :, None] > relevance_bl[:, None, :]) & valid_bl[:, :, None] & valid_bl[:, None, :]
+  total = jnp.sum(jnp.where(pairs_bll, jax.nn.softplus(-diff_bll) * weights_bll, 0.0))
+  return total, pairs_bll.sum().astype(total.dtype)
+
+
 def mean_of(terms: tuple[jax.Array, jax.Array]) -> jax.Array:
   """sum / count of a loss's terms; 0 when nothing was counted."""
   total, count = terms
@@ -153,6 +183,7 @@ RANKING_LOSSES: dict[str, Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.
     "pairwise_hinge": pairwise_hinge_loss_terms,
     "listmle": listmle_loss_terms,
     "approx_ndcg": approx_ndcg_loss_terms,
+    "lambda_ndcg": lambda_ndcg_loss_terms,  # Its topn is train.ndcg_k.
     "sigmoid": sigmoid_loss_terms,
     "mse": mse_loss_terms,
 }

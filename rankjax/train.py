@@ -22,8 +22,8 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from rankjax import checkpoint as checkpoint_lib
-from rankjax import checkpoint_integrity, training_curves
-from rankjax.config import ConfigError, validate
+from rankjax import checkpoint_integrity, eval_scores, training_curves
+from rankjax.config import ConfigError, config_to_json, validate
 from rankjax.data import pipeline
 from rankjax.experiment import Experiment, build, enable_compilation_cache
 from rankjax.metric_writers import MetricWriter
@@ -183,6 +183,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devic
   if not config.data.path and is_chief:
     _note(f"synthetic data ({config.data.synthetic.num_train:,} train records) in {workdir / 'data'}, generated if absent")
   exp = build(config, workdir, devices)
+  if is_chief:  # What `rankjax export` rebuilds the model from (parsed, never executed).
+    (workdir / "config.json.tmp").write_text(config_to_json(config))
+    (workdir / "config.json.tmp").replace(workdir / "config.json")
   checkpointer = checkpoint_lib.Checkpointer(
       str(workdir / "checkpoints"), max_to_keep=config.checkpoint.max_to_keep,
       keep_best_metric=config.checkpoint.keep_best_metric, async_save=config.checkpoint.async_save)
@@ -232,6 +235,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devic
 
     def save(step: int, iterator_state: dict, metrics: dict | None = None):
       checkpointer.save(step, state, {"iterator": iterator_state, "embedding_layout": embedding_layout,
+                                      "inference_block": exp.task.inference_block,
                                       "log_window": log_window, "fingerprint": fingerprint,
                                       "digests": checkpoint_integrity.digests(state)},
                         metrics=exp.task.checkpoint_metrics(metrics) if metrics else None)
@@ -334,6 +338,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devic
       if final is None:
         final = evaluate(exp, state)
         writer.write(start, "eval", **final)
+      if config.eval.write_scores:
+        written = eval_scores.write(exp, state, workdir / "eval_scores.parquet")
+        if is_chief:
+          _note(f"wrote the scores of {written:,} eval records to {workdir / 'eval_scores.parquet'}")
       checkpointer.wait()
     checkpointer.close()
   writer.close()

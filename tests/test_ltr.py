@@ -258,6 +258,21 @@ def test_ranking_loss_value_and_gradient_equal_rax(name):
   np.testing.assert_allclose(grad_ours, grad_theirs, atol=1e-5)
 
 
+@pytest.mark.parametrize("topn", (1, 3, 10, None))
+def test_lambda_ndcg_value_and_gradient_equal_rax_lambdaloss(topn):
+  import jax
+  import rax
+  ours = lambda s, r, m: losses.mean_of(losses.lambda_ndcg_loss_terms(s, r, m.astype(jnp.float32), topn=topn))  # noqa: E731
+  weights = functools.partial(rax.dcg_lambdaweight, topn=topn, normalize=True)
+  theirs = lambda s, r, m: rax.pairwise_logistic_loss(s, r, where=m, lambdaweight_fn=weights)  # noqa: E731
+  for ties in (True, False):
+    scores, relevance, mask = _loss_lists(1, ties)
+    np.testing.assert_allclose(ours(scores, relevance, mask), theirs(scores, relevance, mask), rtol=1e-5)
+    np.testing.assert_allclose(jax.grad(ours)(scores, relevance, mask), jax.grad(theirs)(scores, relevance, mask),
+                               atol=1e-6)
+  assert float(ours(scores, relevance, mask)) > 0
+
+
 def test_listmle_gradient_at_tied_scores_is_the_derivative():
   import jax
   scores, relevance, mask = _loss_lists(0, ties=True)
@@ -273,17 +288,62 @@ def test_listmle_gradient_at_tied_scores_is_the_derivative():
 
 @pytest.mark.parametrize("loss", sorted(losses.RANKING_LOSSES))
 def test_every_ranking_loss_trains_the_ranker_by_name(letor_data, loss):
-  import jax
-  from rankjax.experiment import build
   config = load_config_file(LTR_CONFIG)
   config.data.path, config.train.loss, config.train.batch_size = str(letor_data), loss, 16
+  for loss_value in _three_step_losses(config):
+    assert np.isfinite(loss_value) and loss_value != 0  # approx_ndcg: minus an NDCG.
+
+
+def _three_step_losses(config) -> list[float]:
+  """The losses of three train steps of `config` on one device."""
+  import jax
+  from rankjax.experiment import build
   config.mesh.shape = (1, 1)
   validate(config, 1)
   exp = build(config, None, jax.devices()[:1])
-  batches = pipeline.train_iterator(exp.data_dir, exp.manifest, global_batch_size=16, num_batches=3, seed=0,
-                                    spec=exp.task.batch_spec)
+  batches = pipeline.train_iterator(exp.data_dir, exp.manifest, global_batch_size=config.train.batch_size,
+                                    num_batches=3, seed=0, spec=exp.task.batch_spec)
+  out = []
   with jax.set_mesh(exp.partitioner.mesh):
     state = exp.init_fn(0)
     for batch in batches:
       state, metrics = exp.train_fn(state, exp.partitioner.place_batch(batch, exp.batch_shardings))
-      assert np.isfinite(float(metrics["loss"])) and float(metrics["loss"]) != 0  # approx_ndcg: minus an NDCG.
+      out.append(float(metrics["loss"]))
+  return out
+
+
+def _attention_scorer(list_size=7, features=5):
+  from flax import nnx
+  from rankjax.config import base_config, model_module
+  from rankjax.model_inputs import InputSpec
+  config = base_config("ltr_attention")
+  config.model.document_mlp, config.model.num_heads, config.model.feed_forward_dim = (16, 8), 2, 16
+  spec = InputSpec(heads=("score",), num_document_features=features, list_size=list_size)
+  return model_module("ltr_attention").create(config, spec, rngs=nnx.Rngs(0))
+
+
+def test_listwise_attention_scorer_is_permutation_equivariant_and_ignores_padding():
+  from rankjax.model_inputs import ModelInputs
+  model = _attention_scorer()
+  rng = np.random.default_rng(0)
+  documents = rng.normal(size=(3, 7, 5)).astype(np.float32)
+  mask = np.ones((3, 7), bool)
+  mask[1, 5:] = False
+  score = lambda d, m: np.asarray(model(ModelInputs(documents=jnp.asarray(d), document_mask=jnp.asarray(m)))["score"])  # noqa: E731
+  base = score(documents, mask)
+  permutation = rng.permutation(7)
+  np.testing.assert_allclose(score(documents[:, permutation], mask[:, permutation]), base[:, permutation], atol=1e-5)
+  changed = documents.copy()
+  changed[1, 5:] = 100.0  # Padding documents' features never reach a real document's score.
+  np.testing.assert_allclose(score(changed, mask)[1, :5], base[1, :5], atol=1e-5)
+  other = documents.copy()
+  other[0, 6] += 1.0  # But another real document of the list does: the score has context.
+  assert np.abs(score(other, mask)[0, :6] - base[0, :6]).max() > 1e-4
+
+
+@pytest.mark.parametrize("scorer", ("ltr_mlp", "ltr_attention"))
+def test_ltr_letor_config_trains_either_scorer_with_lambda_ndcg(letor_data, scorer):
+  config = load_config_file(str(REPO / "configs" / "ltr_letor.py"), scorer)
+  config.data.path, config.train.loss, config.train.batch_size = str(letor_data), "lambda_ndcg", 16
+  for loss_value in _three_step_losses(config):
+    assert np.isfinite(loss_value) and loss_value > 0

@@ -26,6 +26,12 @@ commands:
   config show --config CFG [--config.KEY=VALUE ...]
           every config key with its value, default and type
   plot --workdir DIR          training_curves.png of a run's metrics (train does it at the end)
+  export --workdir RUN --out DIR [--step N] [--quantize bf16|int8]
+          a trained run as a serving artifact (jax.export StableHLO + tensorstore weights)
+  predict --model DIR --input DATASET_DIR --output scores.parquet
+          score a dataset split with an exported model
+  serve --model DIR [--port P]  an exported model behind a loopback HTTP JSON endpoint
+  bench serve --model DIR     p50/p99 latency and rows/s of an exported model per batch size
 
 `rankjax COMMAND --help` lists a command's flags.
 """
@@ -34,7 +40,8 @@ commands:
 COMMANDS = {("train",): "train", ("plan",): "plan", ("profile",): "profile", ("data",): "data",
             ("bench", "embedding"): "bench_embedding", ("bench", "data"): "bench_data",
             ("bench", "train"): "bench_train", ("config",): "config_show",
-            ("plot",): "plot"}
+            ("plot",): "plot", ("export",): "export", ("predict",): "predict",
+            ("serve",): "serve", ("bench", "serve"): "bench_serve"}
 
 
 def main(argv: list[str] | None = None) -> int:

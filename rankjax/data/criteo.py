@@ -481,6 +481,17 @@ class FrequencyVocabulary:
       if max_rows_per_table is not None:
         by_frequency = by_frequency[:max_rows_per_table - 1]
       self.ids_by_row.append(ids[kept][by_frequency])
+    self._index()
+
+  @classmethod
+  def from_rows(cls, ids_by_row: Sequence[np.ndarray]) -> "FrequencyVocabulary":
+    """The vocabulary a conversion wrote (vocab/C*.u64: table t's id of row r + 1)."""
+    vocabulary = cls.__new__(cls)
+    vocabulary.ids_by_row = [np.asarray(ids, np.uint64) for ids in ids_by_row]
+    vocabulary._index()
+    return vocabulary
+
+  def _index(self) -> None:
     self.vocab_sizes = [1 + len(ids) for ids in self.ids_by_row]
     self._table = _IdTable(np.repeat(np.arange(NUM_CATEGORICAL, dtype=np.uint8), [len(i) for i in self.ids_by_row]),
                            np.concatenate(self.ids_by_row),

@@ -18,6 +18,7 @@ import pathlib
 import sys
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import grain
 import numpy as np
@@ -115,6 +116,14 @@ def _open(directory: str | pathlib.Path, manifest: dict, split: str, spec: Batch
       (report or (lambda r: print(f"rankjax: {r.line()}", file=sys.stderr)))(result)
     _OPENED[key] = records
   return _OPENED[key]
+
+
+def open_checked(directory: str | pathlib.Path, manifest: dict, split: str, spec: BatchSpec, *, verify: bool = True,
+                 invalid_records: str = "error") -> tuple[Any, np.ndarray]:
+  """(a split's records as the iterators read them, each one's index in the split): under
+  invalid_records="skip" the bad records are left out (and reported), so the indices skip them."""
+  records = _open(directory, manifest, split, spec, verify, invalid_records, None)
+  return records, (records.indices if isinstance(records, validation.SelectedRecords) else np.arange(len(records)))
 
 
 def _iterate(source, length: int, read_threads: int, prefetch: int) -> grain.DatasetIterator:

@@ -147,6 +147,12 @@ def load_spec(path: pathlib.Path) -> FeatureSpec:
     raise layout.DataError(f"{path}: cannot read the spec: {e.strerror}") from None
   except json.JSONDecodeError as e:
     raise layout.DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+  return spec_from_dict(raw, path)
+
+
+def spec_from_dict(raw: Any, path: pathlib.Path | str) -> FeatureSpec:
+  """A spec from its JSON object (a spec file, or the one a manifest records); DataError names
+  `path` and the key."""
   if not isinstance(raw, dict):
     raise layout.DataError(f"{path}: the spec must be a JSON object")
   unknown = set(raw) - {"label", "dense", "categorical", "sequence", "qid"}

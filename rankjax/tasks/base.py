@@ -162,10 +162,49 @@ class Task(abc.ABC):
     new_state = state.replace(step=step, params=params, opt_state=opt_state, embedding=embedding)
     return new_state, {"loss": loss, "skipped": skip, **extra}
 
+  # Inference in blocks (set by `set_inference_blocks`): each of `inference_shards` batch shards
+  # scores its rows `inference_block` at a time; 0 = a shard's rows at once.
+  inference_shards: int = 1
+  inference_block: int = 0
+
+  def set_inference_blocks(self, shards: int, device_batch: int, block_rows: int) -> int:
+    """Scores an eval batch split over `shards` devices (`device_batch` rows each) in blocks of
+    `block_rows` where they divide it, else whole; returns the block used (what an export of
+    the model must score in to give the same results: XLA's results depend on the rows per call)."""
+    block = block_rows if block_rows and device_batch % block_rows == 0 else device_batch
+    self.inference_shards, self.inference_block = shards, block
+    return block
+
   def forward(self, state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """The model's named outputs for a batch (inference)."""
-    routing, rows = self._route_and_lookup(state, batch)
-    return self.apply_model(state.params, self.model_inputs(batch, rows, routing))
+    """The model's named outputs for a batch (inference), block by block (see set_inference_blocks):
+    the batch [shards x blocks x block] is regrouped (locally: each shard keeps its rows) into
+    blocks of [shards x block] mapped over in turn, so every device computes `block` rows a call."""
+    def whole(batch):
+      routing, rows = self._route_and_lookup(state, batch)
+      return self.apply_model(state.params, self.model_inputs(batch, rows, routing))
+
+    rows = next(iter(batch.values())).shape[0]
+    shards, block = self.inference_shards, self.inference_block
+    if not block or (isinstance(rows, int) and rows == shards * block):
+      return whole(batch)
+
+    def to_blocks(x):  # [S*N*K, ...] -> [N, S*K, ...]
+      x = x.reshape(shards, -1, block, *x.shape[1:]).swapaxes(0, 1)
+      return x.reshape(x.shape[0], shards * block, *x.shape[3:])
+
+    def from_blocks(y):  # [N, S*K, ...] -> [S*N*K, ...]
+      y = y.reshape(y.shape[0], shards, block, *y.shape[2:]).swapaxes(0, 1)
+      return y.reshape(-1, *y.shape[3:])
+
+    return jax.tree.map(from_blocks, jax.lax.map(whole, jax.tree.map(to_blocks, batch)))
+
+  # ---- Serving (rankjax export / predict, eval.write_scores).
+
+  SERVING_FIELDS: ClassVar[tuple[str, ...]]  # The batch fields `forward` reads: a served request's inputs.
+
+  def serving_scores(self, outputs: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Head name -> the score served for it (per example, or per document of a list)."""
+    return outputs
 
   @abc.abstractmethod
   def eval_init(self) -> Any:

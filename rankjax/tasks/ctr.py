@@ -43,6 +43,7 @@ class ClickTask(Task):
 
   LOSSES: ClassVar[dict] = BINARY_LOSSES
   EVAL_METRICS: ClassVar[tuple[str, ...]] = ("auc", "logloss")
+  SERVING_FIELDS: ClassVar[tuple[str, ...]] = ("dense", "cat")
 
   def __init__(self, config: ml_collections.ConfigDict, manifest: dict, partitioner: Partitioner):
     super().__init__(config, manifest)
@@ -153,6 +154,10 @@ class ClickTask(Task):
   def _logits(self, outputs: dict[str, jax.Array]) -> jax.Array:
     """[B, heads] logits."""
     return jnp.stack([outputs[h] for h in self.heads], axis=1)
+
+  def serving_scores(self, outputs):
+    """Each head's probability, sigmoid(logit), in float32."""
+    return {h: jax.nn.sigmoid(outputs[h]) for h in self.heads}
 
   def loss(self, outputs, batch):
     if len(self.heads) == 1:

@@ -9,6 +9,8 @@ constants applied in float32 before the model, never trained.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any, ClassVar
 
 import jax
@@ -32,6 +34,7 @@ class RankingTask(Task):
 
   LOSSES: ClassVar[dict] = RANKING_LOSSES
   EVAL_METRICS: ClassVar[tuple[str, ...]] = ("ndcg",)
+  SERVING_FIELDS: ClassVar[tuple[str, ...]] = ("features", "mask")
   HEAD = "score"
 
   def __init__(self, config: ml_collections.ConfigDict, manifest: dict, partitioner: Partitioner):
@@ -41,6 +44,9 @@ class RankingTask(Task):
                         f"{manifest.get('source', {}).get('kind')} examples: give data.path a dataset from "
                         "`rankjax data letor`, or use task.name='ctr'")
     self.loss_fn = RANKING_LOSSES[config.train.loss]
+    if "topn" in inspect.signature(self.loss_fn).parameters:  # lambda_ndcg: NDCG@train.ndcg_k weights.
+      self.loss_fn = functools.partial(self.loss_fn, topn=config.train.ndcg_k)
+    self.heads = (self.HEAD,)
     self.ndcg_key = f"ndcg@{config.train.ndcg_k}"
     self.cutoffs = tuple(sorted({*config.eval.ranking_cutoffs, config.train.ndcg_k}))
     list_size, num_features = manifest["max_list_size"], manifest["num_features"]

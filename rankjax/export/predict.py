@@ -1,0 +1,67 @@
+"""Batch scoring with an exported model to Parquet, streamed (one batch in memory at a time), in
+the layout of eval_scores.parquet: a dataset split in record order, or a raw file (a Criteo TSV,
+a table's Parquet/CSV) converted row by row as the model's training data was."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Iterator
+
+import numpy as np
+
+from rankjax.data import layout, pipeline, raw_rows
+from rankjax.data.writer import IngestStats
+from rankjax.eval_scores import ScoreFile, to_table
+from rankjax.export.artifact import DATA_FILES, serving_task
+from rankjax.export.serving import ServingModel, read_batches
+
+
+def _rebatched(blocks: Iterator[tuple[np.ndarray, np.ndarray]], batch_size: int
+               ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """(rows, records) blocks of any size -> blocks of exactly `batch_size` (the last may be short)."""
+  rows_parts, record_parts, held = [], [], 0
+  for rows, records in blocks:
+    rows_parts.append(rows)
+    record_parts.append(records)
+    held += len(rows)
+    while held >= batch_size:
+      rows_all, records_all = np.concatenate(rows_parts), np.concatenate(record_parts)
+      yield rows_all[:batch_size], records_all[:batch_size]
+      rows_parts, record_parts, held = [rows_all[batch_size:]], [records_all[batch_size:]], held - batch_size
+  if held:
+    yield np.concatenate(rows_parts), np.concatenate(record_parts)
+
+
+def predict(model_dir: str | pathlib.Path, source: str | pathlib.Path, output: str | pathlib.Path, *,
+            split: str = "eval", batch_size: int = 4096, invalid_records: str = "error", log=print) -> int:
+  """Scores `source` (a dataset directory's `split`, or a raw file) into `output`; returns the
+  records scored. Bad records: "error" stops naming the first, "skip" leaves them out and counts."""
+  model = ServingModel(model_dir)
+  task = serving_task(model_dir)
+  source, output = pathlib.Path(source), pathlib.Path(output)
+  fields, batch_size = tuple(model.inputs), model.aligned(batch_size)
+  if source.is_dir():
+    manifest = layout.read_manifest(source)
+    records, indices = pipeline.open_checked(source, manifest, split, task.batch_spec,
+                                             invalid_records=invalid_records)
+    if len(indices) < len(records.records if hasattr(records, "records") else records):
+      log(f"rankjax predict: {len(records.records) - len(indices):,} invalid records of {split} left out")
+    batches = read_batches(records, indices, task.batch_spec, fields, batch_size)
+    stats = None
+  elif source.is_file():
+    stats = IngestStats(strict=invalid_records == "error")
+    found = raw_rows.records(source, task.manifest, pathlib.Path(model_dir) / DATA_FILES, stats)
+    batches = ((rows, {k: v for k, v in task.batch_spec.read(r).items() if k in fields})
+               for rows, r in _rebatched(found, batch_size))
+  else:
+    raise FileNotFoundError(f"--input {source}: no such file or directory")
+  listwise = "mask" in model.inputs
+  with ScoreFile(output) as scores_file:
+    for rows, inputs in batches:
+      if len(rows):
+        scores_file.write(to_table(rows, model.heads, model.score(inputs), inputs["mask"] if listwise else None))
+    if not scores_file.rows:
+      raise ValueError(f"{source}: no record to score")
+  if stats is not None and stats.rows_skipped:
+    log(f"rankjax predict: {stats.summary()}")
+  return scores_file.rows
