@@ -120,7 +120,7 @@ def test_export_from_a_2x4_mesh_gathers_every_table_and_parameter_exactly(mesh_r
             for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}
   for name, value in params.items():
     np.testing.assert_array_equal(stored[name], value)
-  assert manifest["step"] == 20 and manifest["platforms"] == ["cpu", "cuda"]
+  assert manifest["step"] == 20 and manifest["platforms"] == ["cpu", "cuda"] and manifest["block_rows"] == 64  # 512 eval rows over 8 devices
   _assert_bitwise_parity(root / "run", root / "model", data_dir, batch_size=1000)
 
 

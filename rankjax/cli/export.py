@@ -55,7 +55,8 @@ def main(argv: list[str]) -> int:
   weights = sum(1 for w in manifest["weights"])
   print(f"rankjax export: step {manifest['step']} of {args.workdir} -> {args.out} ({manifest['model']}, heads "
         f"{manifest['heads']}, {weights} weight arrays, platforms {manifest['platforms']}, tables stored as "
-        f"{manifest['quantize']}, scored in blocks of {manifest['batch_multiple']} rows)")
+        f"{manifest['quantize']}, " + (f"scored in blocks of {manifest['block_rows']} rows)" if manifest["block_rows"]
+                                        else "a request scored at once)"))
   for head, error in manifest.get("quantization_error", {}).items():
     print(f"rankjax export: {manifest['quantize']} tables change {head} scores by max {error['max_abs']:.3g}, "
           f"mean {error['mean_abs']:.3g} over {error['records']} eval records")

@@ -204,7 +204,7 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path, *, step: int | 
       "workdir": str(workdir.resolve()), "step": int(step), "task": config.task.name, "model": config.model.name,
       "heads": list(task.heads), "score": "probability" if config.task.name in ("ctr", "multitask") else "score",
       "function": FUNCTION, "platforms": list(exported.platforms), "inputs": specs,
-      "batch_multiple": max(block_rows, 1), "weights": entries,
+      "batch_multiple": max(block_rows, 1), "block_rows": block_rows, "weights": entries,
       "tables": table_locations(task), "quantize": quantize, "fingerprint": data_state.get("fingerprint"),
       "features": _feature_spec(exp.manifest),
   }
