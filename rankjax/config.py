@@ -124,6 +124,10 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   # cosine / linear decay to 0 at train.steps (embedding tables keep embedding.learning_rate).
   c.train.lr_schedule = "constant"
   c.train.warmup_steps = 0
+  # Dense parameters: decoupled (AdamW-style) weight decay of the kernels, and clipping of the
+  # dense gradients to this global norm; 0 = off (the optimizer is then exactly optax's).
+  c.train.weight_decay = 0.0
+  c.train.grad_clip_norm = 0.0
   # The task's loss (its LOSSES): bce for ctr/multitask; softmax | pairwise_logistic for ranking.
   c.train.loss = next(iter(task_class(c.task.name).LOSSES))
   c.train.ndcg_k = 10  # Ranking eval: NDCG@k.
@@ -337,6 +341,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError("train.dense_optimizer", f"must be one of {DENSE_OPTIMIZERS}")
   if config.train.lr_schedule not in LR_SCHEDULES:
     raise ConfigError("train.lr_schedule", f"must be one of {LR_SCHEDULES}, got {config.train.lr_schedule!r}")
+  for key in ("weight_decay", "grad_clip_norm"):
+    if not config.train[key] >= 0:  # Also rejects NaN.
+      raise ConfigError(f"train.{key}", f"must be >= 0 (0 = off), got {config.train[key]!r}")
   if not 0 <= config.train.warmup_steps <= config.train.steps:
     raise ConfigError("train.warmup_steps", f"must be in [0, train.steps={config.train.steps}], "
                       f"got {config.train.warmup_steps}")

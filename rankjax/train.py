@@ -299,7 +299,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devic
           rate = len(losses) * train_config.batch_size / (now - window_time)
           means = _window_means(log_window)
           last_loss = means["loss"]
-          writer.write(done, "train", **means, examples_per_sec=rate,
+          writer.write(done, "train", **means, **{exp.task.RATE_KEY: rate},
                        **({"skipped_steps": sum(bool(m["skipped"]) for m in log_window)}
                           if train_config.on_non_finite == "skip" else {}))
           progress.set_postfix(loss=f"{last_loss if last_loss is not None else float('nan'):.4f}",
@@ -346,7 +346,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devic
     checkpointer.close()
   writer.close()
   summary = {"steps": int(_host(state.step)), **exp.task.summary(final),
-             "examples_per_sec": trained_examples / trained_time if trained_time else None,
+             exp.task.RATE_KEY: trained_examples / trained_time if trained_time else None,
              "skipped_steps": skipped_total}
   if is_chief:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

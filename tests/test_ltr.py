@@ -171,6 +171,7 @@ def test_training_on_letor_lists_beats_random_order_ndcg_and_writes_checkpoints(
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["20", "30"]
   summary = json.loads((workdir / "summary.json").read_text())
   assert summary["steps"] == 30 and summary["eval_ndcg@10"] == evaluation["ndcg@10"]
+  assert summary["lists_per_sec"] > 0 and "examples_per_sec" not in summary  # A ranking batch holds lists.
   assert [l for l in out.splitlines() if l.startswith("rankjax: final eval ndcg@10=")]
 
 

@@ -60,6 +60,7 @@ class Task(abc.ABC):
   LOSSES: ClassVar[dict[str, Callable]]  # train.loss name -> loss function (the registry).
   EVAL_METRICS: ClassVar[tuple[str, ...]]  # Metrics checkpoint.keep_best_metric may rank by.
   LOWER_IS_BETTER: ClassVar[tuple[str, ...]] = ("logloss", "loss")
+  RATE_KEY: ClassVar[str] = "examples_per_sec"  # Training speed in train events and summary.json.
 
   batch_spec: BatchSpec  # What a train batch holds (an eval batch adds `weight`).
   inputs: InputSpec  # What the model is built from.
@@ -70,7 +71,8 @@ class Task(abc.ABC):
     self.manifest = manifest
     self.model = model_module(config.model.name)
     self.dense_tx = dense_optimizer(config.train.dense_optimizer, config.train.dense_learning_rate,
-                                    config.train.lr_schedule, config.train.warmup_steps, config.train.steps)
+                                    config.train.lr_schedule, config.train.warmup_steps, config.train.steps,
+                                    config.train.weight_decay, config.train.grad_clip_norm)
     self.skip_non_finite = config.train.on_non_finite == "skip"  # Drop a step whose loss or grad is NaN/inf.
     # Mixed precision: params and tables stay float32 (the optimizers update those); the forward
     # and backward run in compute_dtype; the loss is computed in float32.

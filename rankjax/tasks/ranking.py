@@ -35,6 +35,7 @@ class RankingTask(Task):
   LOSSES: ClassVar[dict] = RANKING_LOSSES
   EVAL_METRICS: ClassVar[tuple[str, ...]] = ("ndcg",)
   SERVING_FIELDS: ClassVar[tuple[str, ...]] = ("features", "mask")
+  RATE_KEY: ClassVar[str] = "lists_per_sec"  # A batch holds query lists.
   HEAD = "score"
 
   def __init__(self, config: ml_collections.ConfigDict, manifest: dict, partitioner: Partitioner):
@@ -125,7 +126,7 @@ class RankingTask(Task):
     return {f"eval_{k}": v for k, v in evaluation.items()}
 
   def final_line(self, summary: dict[str, Any]) -> str:
-    rate = f"{summary['examples_per_sec']:,.0f}" if summary["examples_per_sec"] else "n/a"
+    rate = f"{summary['lists_per_sec']:,.0f}" if summary["lists_per_sec"] else "n/a"
     shown = dict.fromkeys([self.ndcg_key, "ndcg@1", "ndcg@5", "ndcg@10", "mrr", "map"])
     metrics = " ".join(f"{k}={summary[f'eval_{k}']:.6f}" for k in shown if f"eval_{k}" in summary)
     return (f"rankjax: final eval {metrics} loss={summary['eval_loss']:.6f} queries={summary['eval_queries']} "
