@@ -341,6 +341,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError("train.dense_optimizer", f"must be one of {DENSE_OPTIMIZERS}")
   if config.train.lr_schedule not in LR_SCHEDULES:
     raise ConfigError("train.lr_schedule", f"must be one of {LR_SCHEDULES}, got {config.train.lr_schedule!r}")
+  block_rows = config.eval.block_rows
+  if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 0:
+    raise ConfigError("eval.block_rows", f"must be an int >= 0 (0 = a device's eval batch at once), got {block_rows!r}")
   for key in ("weight_decay", "grad_clip_norm"):
     if not config.train[key] >= 0:  # Also rejects NaN.
       raise ConfigError(f"train.{key}", f"must be >= 0 (0 = off), got {config.train[key]!r}")

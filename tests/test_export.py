@@ -240,8 +240,10 @@ def test_serve_scores_a_json_request_as_the_model_does(server):
     ({"inputs": {"dense": [["a"] * 13], "cat": [[1] * 6]}}, 400, "input 'dense': float32 values expected"),
     ({"inputs": {"dense": [[0.0] * 13], "cat": [[0.5] * 6]}}, 400, "input 'cat': int32 values expected"),
     ({"inputs": {"dense": [[0.0] * 12], "cat": [[1] * 6]}}, 400, "input 'dense': shape [1, 12], expected"),
-    ({"inputs": {"dense": [[0.0] * 13] * 2, "cat": [[1] * 6]}}, 400, "batch 1, other inputs have 2"),
+    ({"inputs": {"dense": [[0.0] * 13] * 2, "cat": [[1] * 6]}}, 400, "input 'cat': batch 1, input 'dense' has 2"),
     ({"inputs": {"dense": [[0.0] * 13] * 101, "cat": [[1] * 6] * 101}}, 413, "over the limit of 100"),
+    ({"inputs": {"dense": [[0.0] * 13], "cat": [[1, 1, 1, 7, 1, 1]]}}, 400,
+     "row 0 column 3: id 7 outside [0, 7) and not -1"),
 ))
 def test_serve_answers_bad_requests_with_a_4xx_naming_the_problem(server, body, status, message):
   _, url, _ = server
@@ -344,3 +346,37 @@ def test_export_of_a_run_without_config_json_takes_its_config_and_checks_it(mesh
   p = _cli("export", "--workdir", str(run), "--out", str(tmp_path / "m"), "--config", str(REPO / "configs" / "tiny.py"),
            "--config.mesh.shape=(2,4)", "--block-rows", "16", data, cwd=tmp_path)
   assert p.returncode == 0 and "scored in blocks of 16 rows" in p.stdout, p.stderr
+
+
+def test_export_replaces_an_old_artifact_only_when_complete_and_refuses_a_file(mesh_run, tmp_path):
+  root, _ = mesh_run
+  first = artifact.export(root / "run", tmp_path / "model", block_rows=16)
+  second = artifact.export(root / "run", tmp_path / "model")
+  assert first["block_rows"] == 16 and second["block_rows"] == 64
+  assert json.loads((tmp_path / "model" / "serving.json").read_text())["block_rows"] == 64
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # No staging or backup left behind.
+  (tmp_path / "file").write_text("x")
+  p = _cli("export", "--workdir", str(root / "run"), "--out", str(tmp_path / "file"), cwd=tmp_path)
+  assert p.returncode == 2 and "is a file, not a directory" in p.stderr, p.stderr
+
+
+def test_predict_refuses_a_dataset_encoded_differently_from_the_training_data(criteo_model, tmp_path):
+  from rankjax.cli import data as data_cli
+  root, tsv = criteo_model
+  manifest = json.loads((root / "data" / "manifest.json").read_text())
+  other = ["--vocab", "hash", "--max-rows-per-table", "99"]
+  if manifest["source"]["vocab"] == "frequency":
+    other = ["--vocab", "frequency", "--min-count", "2"]
+  assert data_cli.main(["criteo", "--input", str(tsv), "--eval-input", str(tsv), "--output", str(tmp_path / "other"),
+                        *other]) == 0
+  p = _cli("predict", "--model", str(root / "model"), "--input", str(tmp_path / "other"), "--output",
+           str(tmp_path / "s.parquet"), cwd=tmp_path)
+  assert p.returncode == 2 and "encoded differently" in p.stderr and "vocab_sizes" in p.stderr, p.stderr
+
+
+def test_eval_block_rows_must_be_a_non_negative_int():
+  from rankjax.config import ConfigError, validate
+  config = tiny_config()
+  config.eval.block_rows = -32
+  with pytest.raises(ConfigError, match="eval.block_rows"):
+    validate(config, 8)

@@ -119,6 +119,8 @@ def input_specs(task: Task) -> dict[str, dict[str, Any]]:
     if task.inputs.list_size:
       shape[0] = "list"
     out[name] = {"shape": ["batch", *shape], "dtype": f.dtype}
+    if f.id_bounds is not None:  # Each column's ids: -1 (missing) or in [0, bound).
+      out[name]["id_bounds"] = [int(b) for b in f.id_bounds]
   return out
 
 
@@ -169,7 +171,11 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path, *, step: int | 
   the block the trainer's eval scored in, which gives the trainer's scores bit for bit; 0 = the
   whole batch at once). With `quantize` (bf16 | int8) the tables are stored so, and the score
   difference against float32 tables over the first eval records is measured and recorded."""
-  workdir, out = pathlib.Path(workdir), pathlib.Path(out)
+  workdir, out = pathlib.Path(workdir), pathlib.Path(out).resolve()
+  if out.exists() and not out.is_dir():
+    raise UsageError(f"--out {out}: is a file, not a directory")
+  if out.is_dir() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+    raise UsageError(f"--out {out}: exists, is not empty and holds no rankjax export (not overwritten)")
   if quantize not in weights_lib.QUANTIZE:
     raise UsageError(f"--quantize {quantize}: must be one of {weights_lib.QUANTIZE}")
   config = config if config is not None else run_config(workdir)
@@ -177,18 +183,14 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path, *, step: int | 
   task = exp.task
   named = named_weights(task, state)
   specs = input_specs(task)
-  if block_rows is None:  # The block the trainer scored in (older runs: a device's eval batch, the most).
-    block_rows = int(data_state.get("inference_block") or config.train.eval_batch_size)
+  if block_rows is None:  # The block the trainer scored in (a run before blocks: none, a request at once).
+    block_rows = int(data_state.get("inference_block") or 0)
   task.set_inference_blocks(1, block_rows, block_rows)
   infer = inference_function(task, state)
   abstract_weights = [jax.ShapeDtypeStruct(x.shape, x.dtype) for _, x in named]
   exported = jax.export.export(jit(infer), platforms=platforms)(abstract_weights,
                                                                     abstract_inputs(specs, block_rows))
 
-  if out.exists():
-    if not (out / MANIFEST).is_file() and any(out.iterdir()):
-      raise UsageError(f"--out {out}: exists, is not empty and holds no rankjax export (not overwritten)")
-    shutil.rmtree(out)
   staging = out.with_name(out.name + ".tmp")
   shutil.rmtree(staging, ignore_errors=True)
   (staging / "weights").mkdir(parents=True)
@@ -218,7 +220,13 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path, *, step: int | 
   if quantize != "none":
     manifest["quantization_error"] = _quantization_error(exp, state, infer, named, staging, entries)
   (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+  # The old artifact, if any, is replaced only once the new one is complete.
+  old = out.with_name(out.name + ".old")
+  shutil.rmtree(old, ignore_errors=True)
+  if out.exists():
+    out.rename(old)
   staging.rename(out)
+  shutil.rmtree(old, ignore_errors=True)
   return manifest
 
 
@@ -226,7 +234,7 @@ def _feature_spec(data_manifest: dict) -> dict[str, Any]:
   """What a caller must send, as the data manifest records it: feature names, vocabularies,
   hashing, normalisation statistics."""
   keep = ("source", "num_dense", "vocab_sizes", "hotness", "labels", "dense_stats", "num_features", "feature_stats",
-          "max_list_size", "hashing", "features", "spec")
+          "max_list_size", "feature_spec")
   return {k: data_manifest[k] for k in keep if k in data_manifest}
 
 
@@ -236,13 +244,16 @@ def _quantization_error(exp: Experiment, state: TrainState, infer, named, stagin
   first `records` eval records, per head."""
   task = exp.task
   found, indices = pipeline.open_checked(exp.data_dir, exp.manifest, "eval", task.batch_spec, invalid_records="skip")
+  if not len(indices):
+    raise UsageError(f"{exp.data_dir}: the eval split has no record to measure the --quantize error on")
   _, batch = next(read_batches(found, indices[:records], task.batch_spec, task.SERVING_FIELDS, records))
   n = len(next(iter(batch.values())))
   block = max(task.inference_block, 1)
   batch = padded(batch, -(-n // block) * block)
   exact = jit(infer)([x for _, x in named], batch)
   stored = jit(infer)([weights_lib.read(staging, e) for e in entries], batch)
-  difference = {h: np.abs(np.asarray(exact[h]) - np.asarray(stored[h]))[:n] for h in exact}
+  real = np.asarray(batch["mask"])[:n] > 0 if "mask" in batch else slice(None)  # Documents of lists, not padding.
+  difference = {h: np.abs(np.asarray(exact[h]) - np.asarray(stored[h]))[:n][real] for h in exact}
   return {h: {"max_abs": float(d.max()), "mean_abs": float(d.mean()), "records": n} for h, d in difference.items()}
 
 

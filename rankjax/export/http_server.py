@@ -22,6 +22,9 @@ import numpy as np
 from rankjax.export.serving import ServingModel
 
 
+MAX_BODY_BYTES = 256 << 20  # A JSON body larger than this is refused (413) unread.
+
+
 class RequestError(ValueError):
   def __init__(self, status: int, message: str):
     super().__init__(message)
@@ -49,7 +52,10 @@ def score_request(model: ServingModel, body: bytes, max_batch: int) -> dict[str,
     arrays = model.check(inputs)
   except ValueError as e:
     raise RequestError(400, str(e)) from None
-  scores = model.score(arrays)
+  try:
+    scores = model.score(arrays)
+  except Exception as e:  # The client gets a reply whatever failed; the server keeps serving.
+    raise RequestError(500, f"scoring failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
   return {"scores": {h: np.asarray(v).tolist() for h, v in scores.items()}}
 
 
@@ -64,6 +70,7 @@ def make_server(model: ServingModel, host: str = "127.0.0.1", port: int = 8500,
   """The server (not yet serving); port 0 picks a free port (server.server_address has it)."""
 
   class Handler(http.server.BaseHTTPRequestHandler):
+    timeout = 30  # Seconds a client may stall a read: one request at a time, so none may hold the server.
     def _send(self, status: int, payload: dict) -> None:
       data = json.dumps(payload).encode()
       self.send_response(status)
@@ -91,6 +98,9 @@ def make_server(model: ServingModel, host: str = "127.0.0.1", port: int = 8500,
         length = -1
       if length < 0:
         self._send(400, {"error": "a Content-Length header is required"})
+        return
+      if length > MAX_BODY_BYTES:
+        self._send(413, {"error": f"a body of {length:,} bytes is over the limit of {MAX_BODY_BYTES:,}"})
         return
       try:
         self._send(200, score_request(model, self.rfile.read(length), max_batch))

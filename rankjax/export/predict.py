@@ -32,6 +32,27 @@ def _rebatched(blocks: Iterator[tuple[np.ndarray, np.ndarray]], batch_size: int
     yield np.concatenate(rows_parts), np.concatenate(record_parts)
 
 
+# What must match between the model's training data and a dataset it scores: the same features,
+# the same id encoding (hashing, vocabulary files by sha256) and the same value transforms.
+_ENCODING_KEYS = ("num_dense", "vocab_sizes", "hotness", "num_features", "feature_spec", "labels")
+_SOURCE_KEYS = ("kind", "vocab", "min_count", "max_rows_per_table")
+
+
+def check_same_encoding(trained: dict, given: dict, where: pathlib.Path) -> None:
+  """Raises DataError naming the first manifest field in which dataset `given` encodes its records
+  differently from the model's training data (`trained`): its ids would mean other rows."""
+  pairs = [(k, trained.get(k), given.get(k)) for k in _ENCODING_KEYS]
+  pairs += [(f"source.{k}", trained.get("source", {}).get(k), given.get("source", {}).get(k)) for k in _SOURCE_KEYS]
+  pairs += [(f"files.{k}", v.get("sha256"), given.get("files", {}).get(k, {}).get("sha256"))
+            for k, v in trained.get("files", {}).items()]
+  for key, want, got in pairs:
+    if want != got:
+      shown = lambda v: (str(v)[:60] + "...") if len(str(v)) > 60 else str(v)  # noqa: E731
+      raise layout.DataError(f"{where / layout.MANIFEST}: {key} is {shown(got)}, the model was trained on "
+                             f"{shown(want)}: its records are encoded differently (convert the raw rows with the "
+                             "model's settings, or pass the raw file to predict)")
+
+
 def predict(model_dir: str | pathlib.Path, source: str | pathlib.Path, output: str | pathlib.Path, *,
             split: str = "eval", batch_size: int = 4096, invalid_records: str = "error", log=print) -> int:
   """Scores `source` (a dataset directory's `split`, or a raw file) into `output`; returns the
@@ -42,6 +63,7 @@ def predict(model_dir: str | pathlib.Path, source: str | pathlib.Path, output: s
   fields, batch_size = tuple(model.inputs), model.aligned(batch_size)
   if source.is_dir():
     manifest = layout.read_manifest(source)
+    check_same_encoding(task.manifest, manifest, source)
     records, indices = pipeline.open_checked(source, manifest, split, task.batch_spec,
                                              invalid_records=invalid_records)
     if len(indices) < len(records.records if hasattr(records, "records") else records):

@@ -55,7 +55,7 @@ class ServingModel:
     unknown = sorted(set(inputs) - set(self.inputs))
     if unknown:
       raise ValueError(f"unknown input {unknown[0]!r} (the model takes {sorted(self.inputs)})")
-    out, batch = {}, None
+    out, sizes = {}, {}
     for name, spec in self.inputs.items():
       if name not in inputs:
         raise ValueError(f"missing input {name!r} (the model takes {sorted(self.inputs)})")
@@ -64,18 +64,27 @@ class ServingModel:
       except (ValueError, TypeError) as e:
         raise ValueError(f"input {name!r}: not a {len(spec['shape'])}-d array ({e})") from None
       kind = np.dtype(spec["dtype"]).kind
-      if x.dtype.kind not in ({"i", "u"} if kind in "iu" else {"i", "u", "f"}) or x.dtype == bool:
+      allowed = {"i", "u"} if kind in "iu" else {"i", "u", "f", "b"}  # Float inputs take true/false (a mask).
+      if x.dtype.kind not in allowed:
         raise ValueError(f"input {name!r}: {spec['dtype']} values expected, got {x.dtype} "
                          f"({'integer ids' if kind in 'iu' else 'numbers'})")
       if x.ndim != len(spec["shape"]) or any(isinstance(d, int) and d != s for d, s in zip(spec["shape"], x.shape)):
         raise ValueError(f"input {name!r}: shape {list(x.shape)}, expected {spec['shape']}")
-      if kind in "iu" and x.size and (x.min() < np.iinfo(spec["dtype"]).min or x.max() > np.iinfo(spec["dtype"]).max):
-        raise ValueError(f"input {name!r}: ids outside {spec['dtype']}")
+      for dim, size in zip(spec["shape"], x.shape):  # Named dims ("batch", "list") agree across inputs.
+        if isinstance(dim, str):
+          if dim != "batch" and size < 1:
+            raise ValueError(f"input {name!r}: its {dim} dimension is empty")
+          if sizes.setdefault(dim, (size, name))[0] != size:
+            raise ValueError(f"input {name!r}: {dim} {size}, input {sizes[dim][1]!r} has {sizes[dim][0]}")
+      if kind in "iu" and "id_bounds" in spec and x.size:
+        bounds = np.asarray(spec["id_bounds"])
+        bad = (x < -1) | (x >= bounds)
+        if bad.any():
+          row, column = (int(i) for i in np.argwhere(bad)[0][:2])
+          raise ValueError(f"input {name!r}: row {row} column {column}: id {int(x[row, column])} outside "
+                           f"[0, {int(bounds[column])}) and not -1 (missing)")
       if kind == "f" and not np.isfinite(x).all():
         raise ValueError(f"input {name!r}: values must be finite")
-      batch = len(x) if batch is None else batch
-      if len(x) != batch:
-        raise ValueError(f"input {name!r}: batch {len(x)}, other inputs have {batch}")
       out[name] = x.astype(spec["dtype"])
     return out
 
