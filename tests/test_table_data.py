@@ -128,6 +128,24 @@ def test_several_labels_are_one_field_and_the_pipeline_trains_on_the_chosen_one(
     pipeline.eval_iterator(tmp_path / "out", manifest, global_batch_size=8, spec=_click_spec(manifest, 2))
 
 
+def test_embedding_overrides_may_name_the_spec_columns(tmp_path):
+  import jax
+  from rankjax.experiment import build
+  spec = _spec_file(tmp_path)
+  assert _cli("--input", _write_parquet(tmp_path / "t.parquet", ROWS), "--output", tmp_path / "out",
+              "--spec", spec, "--eval-input", _write_parquet(tmp_path / "e.parquet", ROWS)) == 0
+  manifest = layout.read_manifest(tmp_path / "out")
+  config = tiny_config()
+  config.mesh.shape = (1, 1)
+  config.embedding.overrides = ("user:optimizer=sgd", "history:initializer=zeros", "cat_1:optimizer=sgd")
+  engine = build(config, None, jax.devices()[:1], manifest=manifest).task.engine
+  tables = {t.name: t for t in engine.user_tables}
+  assert (tables["cat_0"].optimizer, tables["cat_1"].optimizer, tables["cat_2"].initializer) == ("sgd", "sgd", "zeros")
+  config.embedding.overrides = ("price:optimizer=sgd",)  # A dense column has no table.
+  with pytest.raises(ConfigError, match="no table 'price'.*columns: user, item, history"):
+    build(config, None, jax.devices()[:1], manifest=manifest)
+
+
 def _click_spec(manifest, label_index):
   """The batch the ctr task trains on with data.label_index=label_index."""
   config = tiny_config()

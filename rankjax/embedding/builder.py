@@ -15,16 +15,20 @@ from rankjax.partitioner import Partitioner
 
 
 def configured_tables(config: ml_collections.ConfigDict, tables: Sequence[EmbeddingTableConfig],
-                      num_shards: int) -> list[EmbeddingTableConfig]:
-  """Tables with config defaults, `embedding.overrides` and (for sharding "auto") the planner applied."""
+                      num_shards: int, aliases: dict[str, str] | None = None) -> list[EmbeddingTableConfig]:
+  """Tables with config defaults, `embedding.overrides` and (for sharding "auto") the planner
+  applied. An override may name a table or, through `aliases`, the data's column of its feature."""
   e = config.embedding
   by_name = {t.name: t for t in tables}
+  aliases = aliases or {}
   overrides: dict[str, dict] = {}
   for entry in e.overrides:
     name, _, rest = entry.partition(":")
     key, _, value = rest.partition("=")
+    name = aliases.get(name, name)
     if name not in by_name:
-      raise ConfigError("embedding.overrides", f"{entry!r}: no table {name!r} (tables: {', '.join(by_name)})")
+      columns = f"; columns: {', '.join(aliases)}" if aliases else ""
+      raise ConfigError("embedding.overrides", f"{entry!r}: no table {name!r} (tables: {', '.join(by_name)}{columns})")
     overrides.setdefault(name, {})[key] = int(value) if key == "qr_buckets" else value
   out = []
   for t in tables:
@@ -46,8 +50,9 @@ def optimizer_args(config: ml_collections.ConfigDict) -> dict[str, dict]:
 
 
 def build_engine(config: ml_collections.ConfigDict, tables: Sequence[EmbeddingTableConfig], slots: FeatureSlots,
-                 partitioner: Partitioner, fold_ids: bool = False) -> EmbeddingEngine:
-  tables = configured_tables(config, tables, partitioner.axis_size("table_rows"))
+                 partitioner: Partitioner, fold_ids: bool = False, aliases: dict[str, str] | None = None
+                 ) -> EmbeddingEngine:
+  tables = configured_tables(config, tables, partitioner.axis_size("table_rows"), aliases)
   try:
     return EmbeddingEngine(tables, slots, partitioner.mesh, batch_axes=partitioner.rules.get("batch", ()),
                            shard_axes=partitioner.rules.get("table_rows", ()),

@@ -12,6 +12,7 @@ from rankjax.config import task_class, validate
 from rankjax.embedding import planner
 from rankjax.embedding.builder import configured_tables
 from rankjax.experiment import compile_abstract, data_shape
+from rankjax.tasks.ctr import column_aliases
 
 
 def compiled_memory(config: ml_collections.ConfigDict, shape: dict) -> dict | None:
@@ -29,7 +30,7 @@ def print_plan(config: ml_collections.ConfigDict, devices: int | None, device_me
   validate(config, num_devices)
   shape = data_shape(config)
   tables = task_class(config.task.name).embedding_tables(config, shape)
-  tables = configured_tables(config, tables, num_devices)
+  tables = configured_tables(config, tables, num_devices, column_aliases(shape))
   if not tables:
     print(f"task {config.task.name!r} with model {config.model.name!r} has no embedding tables: "
           "dense parameters only, replicated on every device")

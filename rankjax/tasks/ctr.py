@@ -38,6 +38,17 @@ def _feature_names(manifest: dict) -> tuple[str, ...]:
   return tuple(f"cat_{i}" for i in range(len(manifest["vocab_sizes"])))
 
 
+def column_aliases(manifest: dict) -> dict[str, str]:
+  """The data's categorical column names (a table spec's, or Criteo's C1..C26) -> the feature
+  (`cat_i`) holding them, so config may name a column where it names a feature's table."""
+  spec = manifest.get("feature_spec") or {}
+  entries = [*spec.get("categorical", []), *spec.get("sequence", [])]
+  columns = [c["name"] if isinstance(c, dict) else c for c in entries]
+  if len(columns) != len(manifest.get("vocab_sizes", ())):
+    return {}
+  return {column: feature for column, feature in zip(columns, _feature_names(manifest)) if column != feature}
+
+
 class ClickTask(Task):
   """One binary label per example (`ctr`)."""
 
@@ -66,7 +77,7 @@ class ClickTask(Task):
     slots = FeatureSlots(_feature_names(manifest) + tuple(c.name for c in self.crosses),
                          hotness + (1,) * len(self.crosses))
     self.engine = build_engine(config, self.embedding_tables(config, manifest), slots, partitioner,
-                               fold_ids=fold_ids)
+                               fold_ids=fold_ids, aliases=column_aliases(manifest))
     embedded = tuple(EmbeddedFeature(name, self.engine.feature_dim(name), length=h if c == "none" else 1,
                                      pooled=c != "none")
                      for name, h, c in zip(self.engine.slots.names, self.engine.slots.hotness, self.engine.combiners))
