@@ -128,7 +128,7 @@ def test_several_labels_are_one_field_and_the_pipeline_trains_on_the_chosen_one(
     pipeline.eval_iterator(tmp_path / "out", manifest, global_batch_size=8, spec=_click_spec(manifest, 2))
 
 
-def test_embedding_overrides_may_name_the_spec_columns(tmp_path):
+def test_embedding_overrides_and_the_gauc_group_may_name_the_spec_columns(tmp_path):
   import jax
   from rankjax.experiment import build
   spec = _spec_file(tmp_path)
@@ -143,6 +143,12 @@ def test_embedding_overrides_may_name_the_spec_columns(tmp_path):
   assert (tables["cat_0"].optimizer, tables["cat_1"].optimizer, tables["cat_2"].initializer) == ("sgd", "sgd", "zeros")
   config.embedding.overrides = ("price:optimizer=sgd",)  # A dense column has no table.
   with pytest.raises(ConfigError, match="no table 'price'.*columns: user, item, history"):
+    build(config, None, jax.devices()[:1], manifest=manifest)
+  config.embedding.overrides = ()
+  config.eval.group_feature = "item"  # GAUC per item: the column names the feature.
+  assert build(config, None, jax.devices()[:1], manifest=manifest).task.group_slot == 1
+  config.eval.group_feature = "price"
+  with pytest.raises(ConfigError, match="eval.group_feature.*or a column: user, item, history"):
     build(config, None, jax.devices()[:1], manifest=manifest)
 
 

@@ -91,10 +91,12 @@ class ClickTask(Task):
     name = config.eval.group_feature
     if not name:
       return None, 0
-    names = _feature_names(manifest)
+    names, aliases = _feature_names(manifest), column_aliases(manifest)
+    name = aliases.get(name, name)  # A data column's name (a table spec's `user`) names its feature.
     if name not in names:
-      raise ConfigError("eval.group_feature", f"{name!r} is not a categorical feature of the data ({names[0]} .. "
-                        f"{names[-1]})")
+      columns = f", or a column: {', '.join(aliases)}" if aliases else ""
+      raise ConfigError("eval.group_feature", f"{config.eval.group_feature!r} is not a categorical feature of the "
+                        f"data ({names[0]} .. {names[-1]}{columns})")
     index = names.index(name)
     groups = int(manifest["vocab_sizes"][index])
     size = len(self.heads) * groups * config.eval.group_bins * 8
