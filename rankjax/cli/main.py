@@ -28,8 +28,8 @@ commands:
   plot --workdir DIR          training_curves.png of a run's metrics (train does it at the end)
   export --workdir RUN --out DIR [--step N] [--quantize bf16|int8]
           a trained run as a serving artifact (jax.export StableHLO + tensorstore weights)
-  predict --model DIR --input DATASET_DIR --output scores.parquet
-          score a dataset split with an exported model
+  predict --model DIR --input DATASET_DIR|FILE --output scores.parquet
+          score a dataset split, or a raw Criteo TSV / Parquet / CSV file, with an exported model
   serve --model DIR [--port P]  an exported model behind a loopback HTTP JSON endpoint
   bench serve --model DIR     p50/p99 latency and rows/s of an exported model per batch size
 

@@ -44,8 +44,8 @@ def column_aliases(manifest: dict) -> dict[str, str]:
   spec = manifest.get("feature_spec") or {}
   entries = [*spec.get("categorical", []), *spec.get("sequence", [])]
   columns = [c["name"] if isinstance(c, dict) else c for c in entries]
-  if len(columns) != len(manifest.get("vocab_sizes", ())):
-    return {}
+  if not columns or len(columns) != len(manifest.get("vocab_sizes", ())):
+    return {}  # Not a table or Criteo data (LETOR lists, synthetic features named cat_i).
   return {column: feature for column, feature in zip(columns, _feature_names(manifest)) if column != feature}
 
 
