@@ -64,10 +64,9 @@ def predict(model_dir: str | pathlib.Path, source: str | pathlib.Path, output: s
   if source.is_dir():
     manifest = layout.read_manifest(source)
     check_same_encoding(task.manifest, manifest, source)
+    # Records left out under "skip" are counted and reported by the pipeline, as in training.
     records, indices = pipeline.open_checked(source, manifest, split, task.batch_spec,
                                              invalid_records=invalid_records)
-    if len(indices) < len(records.records if hasattr(records, "records") else records):
-      log(f"rankjax predict: {len(records.records) - len(indices):,} invalid records of {split} left out")
     batches = read_batches(records, indices, task.batch_spec, fields, batch_size)
     stats = None
   elif source.is_file():
