@@ -27,6 +27,9 @@ from rankjax.data import layout, validation
 from rankjax.data.batch import BatchSpec
 
 
+_CACHED_EPOCHS = 4
+
+
 class ShuffledBatches:
   """Random access to the training stream: index i -> this process's share of global batch i.
 
@@ -49,15 +52,19 @@ class ShuffledBatches:
     self.seed = seed
     self.batches_per_epoch = len(records) // global_batch_size
     self._lock = threading.Lock()
-    self._permutations: dict[int, np.ndarray] = {}  # The last two epochs: readers straddle a boundary.
+    # The epochs readers asked for most recently. Prefetch threads run ahead of each other, so with
+    # few batches per epoch they may ask for an epoch older than the newest ones cached.
+    self._permutations: dict[int, np.ndarray] = {}
 
   def permutation(self, epoch: int) -> np.ndarray:
     with self._lock:
-      if epoch not in self._permutations:
-        self._permutations[epoch] = np.random.default_rng([self.seed, epoch]).permutation(len(self.records))
-        for old in sorted(self._permutations)[:-2]:
-          del self._permutations[old]
-      return self._permutations[epoch]
+      permutation = self._permutations.pop(epoch, None)
+      if permutation is None:
+        permutation = np.random.default_rng([self.seed, epoch]).permutation(len(self.records))
+      self._permutations[epoch] = permutation  # Now the most recently used (dicts keep insertion order).
+      while len(self._permutations) > _CACHED_EPOCHS:
+        del self._permutations[next(iter(self._permutations))]
+      return permutation
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     epoch, position = divmod(int(index), self.batches_per_epoch)
