@@ -9,6 +9,7 @@ removed on the next start. Retention: the latest `max_to_keep` plus the best by 
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any
@@ -33,19 +34,25 @@ def _delayed_barrier(delay_s: float):
 
 class Checkpointer:
   def __init__(self, directory: str, *, max_to_keep: int = 1, keep_best_metric: str = "", async_save: bool = True,
-               read_only: bool = False):
-    """read_only: restore only (`rankjax export`): nothing is saved, deleted or cleaned up, so a run
-    training in the same directory is never disturbed."""
+               read_only: bool = False, keep_best: dict[str, bool] | None = None):
+    """keep_best_metric: also keep the step whose saved metrics rank best by this one (lower is
+    better for losses); keep_best: more such metrics, each with whether lower is better (a step
+    saved without one ranks last by it). read_only: restore only (`rankjax export`): nothing is
+    saved, deleted or cleaned up, so a run training in the same directory is never disturbed."""
     path = directory if "://" in directory else os.path.abspath(directory)
     if read_only:
       self.manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(
           read_only=True, create=False, cleanup_tmp_directories=False), item_names=("state", "data"))
       return
     policies = [checkpoint_managers.LatestN(max_to_keep)]
+    keep_best = dict(keep_best or {})
     if keep_best_metric:
+      keep_best[keep_best_metric] = keep_best_metric in ("logloss", "loss")
+    for name, lower_is_better in keep_best.items():
+      worst = math.inf if lower_is_better else -math.inf
       policies.append(checkpoint_managers.BestN(
-          get_metric_fn=lambda metrics: metrics[keep_best_metric], reverse=keep_best_metric == "logloss", n=1,
-          keep_checkpoints_without_metrics=False))
+          get_metric_fn=lambda metrics, name=name, worst=worst: metrics.get(name, worst), reverse=lower_is_better,
+          n=1, keep_checkpoints_without_metrics=False))
     delay = float(os.environ.get(COMMIT_DELAY_ENV, "0"))
     async_options = ocp.options.AsyncOptions(barrier_sync_fn=_delayed_barrier(delay)) if delay else None
     options = ocp.CheckpointManagerOptions(

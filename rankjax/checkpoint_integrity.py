@@ -75,6 +75,9 @@ def fingerprint(config: ml_collections.ConfigDict, manifest: dict, state_shapes:
   else:
     data = {"data.path": {"fields": manifest.get("fields"), "vocab_sizes": manifest.get("vocab_sizes"),
                           "splits": manifest.get("splits")}}
+  if config.data.validation_fraction:  # The records held out for validation are not trained on.
+    data["data.validation"] = {"fraction": config.data.validation_fraction, "order": config.data.validation_order,
+                               "seed": config.data.shuffle_seed}
   shapes = {jax.tree_util.keystr(p): [list(x.shape), str(x.dtype)]
             for p, x in jax.tree_util.tree_flatten_with_path(state_shapes)[0]}
   return json.loads(json.dumps({"data": data, "model": config.model.to_dict(), "task": config.task.to_dict(),

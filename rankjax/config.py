@@ -93,6 +93,11 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   # (left out, counted and reported).
   c.data.invalid_records = "error"
   c.data.verify_checksums = True  # sha256 of every shard on first open (then cached per file).  # Global shuffle permutation is a function of (shuffle_seed, epoch).
+  # The validation split (periodic evals, early stopping, the best step) when the dataset has none:
+  # this fraction of the train split, held out from training; 0 = none (periodic evals then score
+  # the eval split). Order "last" (the newest records of time-ordered input) or "random".
+  c.data.validation_fraction = 0.0
+  c.data.validation_order = "last"
   c.data.read_threads = 2  # Grain threads that gather batches.
   c.data.prefetch_batches = 4  # Grain prefetch buffer, in batches.
   c.data.synthetic = ml_collections.ConfigDict()
@@ -118,6 +123,14 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 8192
   c.train.log_every = 100
   c.train.eval_every = 0  # 0 = evaluate only at the end.
+  # Early stopping on the validation split (see data.validation_fraction): the metric of the evals
+  # every train.eval_every steps to select by ("" = off; e.g. auc, logloss, ndcg@10, click/auc);
+  # stop once it has not improved by min_delta for `patience` evals (0 = train all steps). The best
+  # step is kept, and the test (eval) split is scored at it at the end.
+  c.train.early_stopping = ml_collections.ConfigDict()
+  c.train.early_stopping.metric = ""
+  c.train.early_stopping.patience = 0
+  c.train.early_stopping.min_delta = 0.0
   c.train.dense_optimizer = "adam"  # adam | adagrad | sgd
   c.train.dense_learning_rate = 1e-3
   # The dense learning rate over the run: linear warm-up over warmup_steps, then constant, or a
@@ -324,6 +337,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if not config.data.path and config.data.synthetic.num_train < config.train.batch_size:
     raise ConfigError("data.synthetic.num_train", f"{config.data.synthetic.num_train} records is less than one "
                       f"batch (train.batch_size={config.train.batch_size})")
+  if not 0 <= config.data.validation_fraction < 1:
+    raise ConfigError("data.validation_fraction", f"must be in [0, 1), got {config.data.validation_fraction}")
+  if config.data.validation_order not in ("last", "random"):
+    raise ConfigError("data.validation_order", f"must be 'last' or 'random', got {config.data.validation_order!r}")
+  stopping = config.train.early_stopping
+  if stopping.patience < 0 or stopping.min_delta < 0:
+    raise ConfigError("train.early_stopping.patience" if stopping.patience < 0 else "train.early_stopping.min_delta",
+                      "must be >= 0")
+  if stopping.metric and not config.train.eval_every:
+    raise ConfigError("train.early_stopping.metric", "needs evaluations during training: set train.eval_every")
   if config.train.eval_every < 0:
     raise ConfigError("train.eval_every", "must be >= 0 (0 = only at the end)")
   if config.data.invalid_records not in INVALID_RECORD_POLICIES:

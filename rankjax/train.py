@@ -25,6 +25,7 @@ from rankjax import checkpoint as checkpoint_lib
 from rankjax import checkpoint_integrity, eval_scores, training_curves
 from rankjax.config import ConfigError, config_to_json, validate
 from rankjax.data import pipeline
+from rankjax.early_stopping import EarlyStopping
 from rankjax.experiment import Experiment, build, enable_compilation_cache
 from rankjax.metric_writers import MetricWriter
 from rankjax.partitioner import Partitioner
@@ -41,15 +42,27 @@ class NonFiniteLossError(RuntimeError):
   """Training stopped because the loss became NaN or infinite."""
 
 
-def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
-  """The task's eval metrics over the whole eval split (padding examples or lists carry weight 0):
-  each batch is added to the task's totals on device; only the totals come to the host."""
+def holdout(config: ml_collections.ConfigDict) -> pipeline.Holdout | None:
+  """The validation records cut from the train split (data.validation_fraction), or None."""
+  data = config.data
+  return pipeline.Holdout(data.validation_fraction, data.validation_order, data.shuffle_seed) \
+      if data.validation_fraction else None
+
+
+def has_validation(config: ml_collections.ConfigDict, manifest: dict) -> bool:
+  return bool(config.data.validation_fraction) or "validation" in manifest["splits"]
+
+
+def evaluate(exp: Experiment, state: TrainState, split: str = "eval") -> dict[str, float]:
+  """The task's eval metrics over a whole split, "eval" (the test split) or "validation" (padding
+  examples or lists carry weight 0): each batch is added to the task's totals on device; only the
+  totals come to the host."""
   config = exp.config
   it = pipeline.eval_iterator(exp.data_dir, exp.manifest, global_batch_size=config.train.eval_batch_size,
                               read_threads=config.data.read_threads, prefetch=config.data.prefetch_batches,
                               process_index=jax.process_index(), process_count=jax.process_count(),
                               spec=exp.task.batch_spec, verify=config.data.verify_checksums,
-                              invalid_records=config.data.invalid_records)
+                              invalid_records=config.data.invalid_records, split=split, holdout=holdout(config))
   eval_shardings = exp.task.batch_spec.with_weight().shardings(exp.partitioner)
   totals = exp.eval_init_fn()
   for batch in it:
@@ -136,20 +149,41 @@ def _restore_latest_good(exp: Experiment, config: ml_collections.ConfigDict, wor
       _note(f"checkpoint step {step} cannot be trusted ({type(e).__name__}: {' '.join(str(e).split())[:300]}); "
             f"moved aside to {aside}; trying the previous one")
       checkpointer.close()
-      checkpointer = checkpoint_lib.Checkpointer(
-          str(workdir / "checkpoints"), max_to_keep=config.checkpoint.max_to_keep,
-          keep_best_metric=config.checkpoint.keep_best_metric, async_save=config.checkpoint.async_save)
+      checkpointer = _checkpointer(config, workdir, exp.task.LOWER_IS_BETTER)
   return None, None, False, None, checkpointer
 
 
-def _finished_summary(workdir: pathlib.Path, steps: int, latest: int | None, log) -> dict[str, Any] | None:
-  """The summary of a workdir already trained to `steps` (nothing is redone or appended), or None."""
+def _checkpointer(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                  lower_is_better: tuple[str, ...]) -> checkpoint_lib.Checkpointer:
+  """The run's checkpoints: the latest checkpoint.max_to_keep, plus the best step by
+  checkpoint.keep_best_metric or by the early-stopping metric."""
+  stopping = EarlyStopping.from_config(config, lower_is_better)
+  return checkpoint_lib.Checkpointer(
+      str(workdir / "checkpoints"), max_to_keep=config.checkpoint.max_to_keep,
+      keep_best_metric=config.checkpoint.keep_best_metric, async_save=config.checkpoint.async_save,
+      keep_best={stopping.checkpoint_metric: stopping.lower_is_better} if stopping else None)
+
+
+def _finished_summary(workdir: pathlib.Path, steps: int, latest: int | None,
+                      checkpointer: checkpoint_lib.Checkpointer, log) -> dict[str, Any] | None:
+  """The summary of a workdir already trained to `steps`, or stopped early (nothing is redone or
+  appended), or None."""
   summary_path = workdir / "summary.json"
-  if latest is None or latest < steps or not summary_path.is_file():
+  if latest is None or not summary_path.is_file():
     return None
   summary = json.loads(summary_path.read_text())
   if summary.get("steps") != latest:
     return None
+  if latest < steps:
+    # Stopped early? (An unreadable checkpoint is reported by the restore that follows.)
+    try:
+      stopped = checkpointer.restore_data(latest).get("early_stopping", {}).get("stopped", False)
+    except Exception:  # noqa: BLE001 - the resume path names the damage and falls back.
+      stopped = False
+    if not stopped:
+      return None
+    log(f"rankjax: {workdir} stopped early at step {latest} (summary.json); nothing to do.")
+    return summary
   log(f"rankjax: {workdir} is already trained to step {latest} (summary.json); nothing to do. "
       "Raise --config.train.steps to train further.")
   return summary
@@ -186,19 +220,25 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devic
   if is_chief:  # What `rankjax export` rebuilds the model from (parsed, never executed).
     (workdir / "config.json.tmp").write_text(config_to_json(config))
     (workdir / "config.json.tmp").replace(workdir / "config.json")
-  checkpointer = checkpoint_lib.Checkpointer(
-      str(workdir / "checkpoints"), max_to_keep=config.checkpoint.max_to_keep,
-      keep_best_metric=config.checkpoint.keep_best_metric, async_save=config.checkpoint.async_save)
+  validating = has_validation(config, exp.manifest)
+  stopping = EarlyStopping.from_config(config, exp.task.LOWER_IS_BETTER)
+  if stopping and not validating:
+    raise ConfigError("train.early_stopping.metric", "needs a validation split: set data.validation_fraction "
+                      "(or use a dataset converted with one); the eval split is the test split")
+  if stopping:  # A misspelt metric is named now, not at the first evaluation.
+    stopping.check_metric(exp.task.eval_metric_names())
+  checkpointer = _checkpointer(config, workdir, exp.task.LOWER_IS_BETTER)
   latest = checkpointer.latest_step()
-  finished = _finished_summary(workdir, train_config.steps, latest, log)
+  finished = _finished_summary(workdir, train_config.steps, latest, checkpointer, log)
   if finished is not None:
     checkpointer.close()
     return finished
-  # The eval split is opened (and checked) now, not first at the end of training.
-  pipeline.eval_iterator(exp.data_dir, exp.manifest, global_batch_size=train_config.eval_batch_size,
-                         process_index=jax.process_index(), process_count=jax.process_count(),
-                         spec=exp.task.batch_spec, verify=config.data.verify_checksums,
-                         invalid_records=config.data.invalid_records)
+  # The eval (and validation) splits are opened (and checked) now, not first at the end of training.
+  for split in ("eval", "validation") if validating else ("eval",):
+    pipeline.eval_iterator(exp.data_dir, exp.manifest, global_batch_size=train_config.eval_batch_size,
+                           process_index=jax.process_index(), process_count=jax.process_count(),
+                           spec=exp.task.batch_spec, verify=config.data.verify_checksums,
+                           invalid_records=config.data.invalid_records, split=split, holdout=holdout(config))
   writer = MetricWriter(workdir, enabled=is_chief)
   embedding_layout = exp.task.engine.layout_descriptor() if exp.task.engine else None
   fingerprint = checkpoint_integrity.fingerprint(config, exp.manifest, jax.eval_shape(exp.init_fn, config.seed).params)
@@ -225,20 +265,24 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devic
         prefetch=config.data.prefetch_batches,
         process_index=jax.process_index(), process_count=jax.process_count(),
         spec=exp.task.batch_spec, verify=config.data.verify_checksums,
-        invalid_records=config.data.invalid_records)
+        invalid_records=config.data.invalid_records, holdout=holdout(config))
     # The current log window's step metrics: a checkpoint between log steps carries them, so a
     # resumed run logs the same means as an uninterrupted one.
     log_window: list[dict[str, float]] = []
     if data_state is not None:
       train_iter.set_state(data_state["iterator"])
       log_window = list(data_state.get("log_window", []))
+      if stopping and "early_stopping" in data_state:
+        stopping.load(data_state["early_stopping"])
+    end = start if stopping and stopping.stopped else train_config.steps
 
     def save(step: int, iterator_state: dict, metrics: dict | None = None):
       checkpointer.save(step, state, {"iterator": iterator_state, "embedding_layout": embedding_layout,
                                       "inference_block": exp.task.inference_block,
                                       "log_window": log_window, "fingerprint": fingerprint,
-                                      "digests": checkpoint_integrity.digests(state)},
-                        metrics=exp.task.checkpoint_metrics(metrics) if metrics else None)
+                                      "digests": checkpoint_integrity.digests(state),
+                                      **({"early_stopping": stopping.state()} if stopping else {})},
+                        metrics=metrics)
 
     # ---- Train: dispatch steps asynchronously; sync only to log, evaluate or checkpoint.
     batches = _DeviceBatches(train_iter, exp.partitioner, exp.batch_shardings)
@@ -249,12 +293,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devic
     in_flight: list[tuple[int, jax.Array]] = []
     last_line, last_loss = time.monotonic(), None
     consumed_state = train_iter.get_state()
-    if start < train_config.steps:
+    if start < end:
       if is_chief:
-        _note(f"compiling the train step, then training steps {start + 1}..{train_config.steps}")
+        _note(f"compiling the train step, then training steps {start + 1}..{train_config.steps}"
+              + (f", evaluating the validation split every {train_config.eval_every}" if validating else "")
+              + (f", stopping early when validation {stopping.metric} has not improved for "
+                 f"{stopping.patience} evals" if stopping and stopping.patience else ""))
       batch, batch_state = next(batches)
     stall_at, sigterm_at = int(os.environ.get(STALL_ENV, "0")), int(os.environ.get(SIGTERM_ENV, "0"))
-    for step in range(start, train_config.steps):
+    for step in range(start, end):
       if step + 1 == stall_at:  # Test hook: a step that never finishes.
         time.sleep(1e9)
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -315,15 +362,25 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devic
               + (f", loss {last_loss:.4f}" if last_loss is not None else "")
               + (f", ETA {eta:,.0f} s" if eta is not None else ""))
         last_line = time.monotonic()
-      evaluation = None
+      checkpoint_metrics = None
       if done == train_config.steps or (train_config.eval_every and done % train_config.eval_every == 0):
         with guard.paused():
-          evaluation = evaluate(exp, state)
-        writer.write(done, "eval", **evaluation)
-        final = evaluation
+          evaluation = evaluate(exp, state, "validation" if validating else "eval")
+        writer.write(done, "validation" if validating else "eval", **evaluation)
+        final = None if validating else evaluation
+        if config.checkpoint.keep_best_metric:
+          checkpoint_metrics = exp.task.checkpoint_metrics(evaluation)
+        if stopping:
+          is_ckpt = True  # Every evaluated step may become the best one, which the end restores.
+          if stopping.update(done, evaluation):
+            checkpoint_metrics = {**(checkpoint_metrics or {}), stopping.checkpoint_metric: stopping.best_value}
         window_time = time.perf_counter()
       if is_ckpt:
-        save(done, consumed_state, evaluation)
+        save(done, consumed_state, checkpoint_metrics)
+      if stopping and stopping.stopped:
+        if is_chief:
+          _note(f"early stopping at step {done}: {stopping.describe()}")
+        break
       if preempted and done < train_config.steps:
         with guard.paused():
           checkpointer.wait()
@@ -333,23 +390,38 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devic
                         "Rerun the same command to resume.")
     progress.close()
 
-    # ---- Final evaluation (if this run trained no step) and summary.
+    # ---- Final evaluation: the test split at the best validation step (with early stopping), else
+    # at the last step (already done when there is no validation split), and the summary.
+    trained_step = int(_host(state.step))
     with guard.paused():
+      scored = state
+      if stopping and stopping.best_step is not None and stopping.best_step != trained_step:
+        checkpointer.wait()
+        scored, _ = _restore(exp, checkpointer, stopping.best_step, config.seed,
+                             checkpointer.restore_data(stopping.best_step))
       if final is None:
-        final = evaluate(exp, state)
-        writer.write(start, "eval", **final)
+        final = evaluate(exp, scored)
+        writer.write(trained_step, "eval", **final,
+                     **({"best_step": stopping.best_step} if stopping and stopping.best_step is not None else {}))
       if config.eval.write_scores:
-        written = eval_scores.write(exp, state, workdir / "eval_scores.parquet")
+        written = eval_scores.write(exp, scored, workdir / "eval_scores.parquet")
         if is_chief:
           _note(f"wrote the scores of {written:,} eval records to {workdir / 'eval_scores.parquet'}")
       checkpointer.wait()
     checkpointer.close()
   writer.close()
-  summary = {"steps": int(_host(state.step)), **exp.task.summary(final),
+  summary = {"steps": trained_step, **exp.task.summary(final),
              exp.task.RATE_KEY: trained_examples / trained_time if trained_time else None,
              "skipped_steps": skipped_total}
+  if stopping:
+    summary.update({"best_step": stopping.best_step, f"best_validation_{stopping.metric}": stopping.best_value,
+                    "stopped_early": stopping.stopped})
   if is_chief:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _plot_curves(workdir)
-  log(exp.task.final_line(summary))
+  line = exp.task.final_line(summary)
+  if stopping:
+    line += f" [test split scored at step {stopping.best_step if stopping.best_step is not None else trained_step}: " \
+            f"{stopping.describe()}]"
+  log(line)
   return summary

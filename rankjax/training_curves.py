@@ -42,13 +42,16 @@ def write(workdir: str | pathlib.Path) -> pathlib.Path:
     raise ValueError(f"{path}: no metrics to plot (run `rankjax train` first)")
   events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
   train = {k: v for k, v in _series(events, "train").items() if k == "loss" or k.startswith("loss/")}
-  evaluation = _series(events, "eval")
+  # The periodic evaluations: of the validation split when the run has one (the eval split is then
+  # the test split, scored once at the end).
+  split = "validation" if any(e.get("split") == "validation" for e in events) else "eval"
+  evaluation = _series(events, split)
   if not train and not evaluation:
     raise ValueError(f"{path}: no train or eval events to plot")
   losses = {f"train {k}": v for k, v in train.items()}
   if "loss" in evaluation:
-    losses["eval loss"] = evaluation.pop("loss")
-  panels = [("loss", losses)] + [(f"eval {name}", {name: series}) for name, series in evaluation.items()]
+    losses[f"{split} loss"] = evaluation.pop("loss")
+  panels = [("loss", losses)] + [(f"{split} {name}", {name: series}) for name, series in evaluation.items()]
   columns = min(3, len(panels))
   rows = math.ceil(len(panels) / columns)
   figure, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.2 * rows), squeeze=False)

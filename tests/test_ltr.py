@@ -348,3 +348,28 @@ def test_ltr_letor_config_trains_either_scorer_with_lambda_ndcg(letor_data, scor
   config.data.path, config.train.loss, config.train.batch_size = str(letor_data), "lambda_ndcg", 16
   for loss_value in _three_step_losses(config):
     assert np.isfinite(loss_value) and loss_value > 0
+
+
+@pytest.mark.slow
+def test_a_letor_validation_file_selects_the_best_step_and_the_eval_file_is_scored_once(tmp_path):
+  rng = np.random.default_rng(5)
+  weights = rng.normal(size=8)
+  files = {name: _write_letor(tmp_path / f"{name}.txt", first, n, weights, rng)
+           for name, first, n in (("train", 1, 160), ("vali", 500, 30), ("test", 1000, 40))}
+  data = tmp_path / "data"
+  assert data_cli.main(["letor", "--input", str(files["train"]), "--eval-input", str(files["test"]),
+                        "--validation-input", str(files["vali"]), "--output", str(data)]) == 0
+  manifest = layout.read_manifest(data)
+  assert {k: v["num_records"] for k, v in manifest["splits"].items()} == {"train": 160, "eval": 40, "validation": 30}
+  assert manifest["source"]["validation_files"] == [str(files["vali"])]
+  workdir = tmp_path / "run"
+  p = _train(workdir, data, "--config.train.steps=30", "--config.train.eval_every=10",
+             "--config.train.early_stopping.metric=ndcg@10")
+  assert p.returncode == 0, p.stderr
+  validation, (test,) = _events(workdir, "validation"), _events(workdir, "eval")
+  assert [e["step"] for e in validation] == [10, 20, 30] and all(e["queries"] <= 30 for e in validation)
+  best = max(validation, key=lambda e: e["ndcg@10"])["step"]
+  records = layout.open_split(data, manifest, "eval")[:]
+  with_relevant = ((records["relevance"] > 0) & (records["mask"] > 0)).any(axis=1).sum()
+  assert test["best_step"] == best and test["queries"] == with_relevant  # eval.no_relevant=skip
+  assert f"test split scored at step {best}" in p.stdout

@@ -95,6 +95,9 @@ def _letor_parser() -> argparse.ArgumentParser:
   parser.add_argument("--input", required=True, help="train file or glob (files are read in sorted order)")
   parser.add_argument("--output", required=True, help="dataset directory to write (new, empty or a dataset)")
   parser.add_argument("--eval-input", default=None, help="file or glob of an eval split (default: none)")
+  parser.add_argument("--validation-input", default=None,
+                      help="file or glob of a validation split, e.g. MSLR's vali.txt (default: none; training "
+                           "can hold one out with --config.data.validation_fraction)")
   parser.add_argument("--num-features", type=int, default=None,
                       help="features per document; a larger feature id is malformed (default: the largest id seen)")
   parser.add_argument("--max-list-size", type=int, default=None,
@@ -138,6 +141,8 @@ def _run_letor(argv: list[str]) -> tuple[str, dict]:
   eval_inputs = tuple(expand_inputs(args.eval_input)) if args.eval_input is not None else ()
   options = letor.LetorOptions(num_features=args.num_features, max_list_size=args.max_list_size,
                                strict=args.on_error == "strict", eval_inputs=eval_inputs,
+                               validation_inputs=tuple(expand_inputs(args.validation_input))
+                               if args.validation_input is not None else (),
                                max_records_per_shard=args.max_records_per_shard)
   return args.output, letor.convert(expand_inputs(args.input), args.output, options)
 

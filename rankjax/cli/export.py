@@ -15,7 +15,7 @@ def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="rankjax export", description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", required=True, help="the training run's workdir")
   parser.add_argument("--out", required=True, help="the artifact directory to write (replaced if it is one)")
-  parser.add_argument("--step", type=int, default=None, help="the checkpoint step (default: the latest)")
+  parser.add_argument("--step", type=int, default=None, help="the checkpoint step (default: the latest; with train.early_stopping, the best validation step)")
   parser.add_argument("--quantize", default="none", choices=("none", "bf16", "int8"),
                       help="how the embedding tables are stored; the score difference is measured and recorded")
   parser.add_argument("--block-rows", type=int, default=None,

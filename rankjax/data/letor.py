@@ -67,6 +67,7 @@ class LetorOptions:
   max_list_size: int | None = None  # None: the longest query list in the input.
   strict: bool = True  # The first malformed line stops the conversion; otherwise skipped and counted.
   eval_inputs: tuple[pathlib.Path, ...] = ()  # Files of an eval split; none: only a train split.
+  validation_inputs: tuple[pathlib.Path, ...] = ()  # Files of a validation split (e.g. MSLR's vali.txt).
   max_records_per_shard: int | None = None  # None: shards of about SHARD_BYTES.
 
 
@@ -192,13 +193,12 @@ def documents(files: Sequence[pathlib.Path], stats: IngestStats, num_features: i
       stats.reject_file(str(path), 0, EMPTY_FILE, "no documents")
 
 
-def _measure(train_files: Sequence[pathlib.Path], eval_files: Sequence[pathlib.Path], options: LetorOptions
-             ) -> tuple[int, int]:
+def _measure(split_files: Sequence[Sequence[pathlib.Path]], options: LetorOptions) -> tuple[int, int]:
   """(largest feature id, longest query list) over the valid documents of all files. Strict mode
   raises the first malformed line here; the write pass counts skips."""
   stats, counts = IngestStats(strict=options.strict), collections.Counter()
   largest_id, longest = 0, 0
-  for files in (train_files, eval_files):
+  for files in split_files:
     qid, run = None, 0
     for document in documents(files, stats, options.num_features or MAX_FEATURES, counts):
       run = run + 1 if document.qid == qid else 1
@@ -268,17 +268,19 @@ def _check_options(options: LetorOptions) -> None:
 
 
 def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, options: LetorOptions) -> dict:
-  """Converts LETOR/SVMlight files into a dataset directory (a train split, and an eval split
-  with `options.eval_inputs`); returns its manifest.
+  """Converts LETOR/SVMlight files into a dataset directory (a train split, an eval (test) split
+  with `options.eval_inputs`, a validation split with `options.validation_inputs`); returns its
+  manifest. Feature statistics are of the train split only.
 
   Raises IngestError (strict) for the first malformed line or file, DataError for unusable input.
   """
   _check_options(options)
   train_files = [pathlib.Path(p) for p in train_files]
   eval_files = [pathlib.Path(p) for p in options.eval_inputs]
+  validation_files = [pathlib.Path(p) for p in options.validation_inputs]
   num_features, max_list_size = options.num_features, options.max_list_size
   if num_features is None or max_list_size is None:
-    largest_id, longest = _measure(train_files, eval_files, options)
+    largest_id, longest = _measure((train_files, eval_files, validation_files), options)
     if num_features is None and largest_id == 0 and longest > 0:
       raise layout.DataError(f"{train_files[0]}: no feature in any document; give --num-features")
     num_features = num_features or largest_id or 1
@@ -291,7 +293,9 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, opt
     writers = {"train": _ListWriter(writer.split("train"), dtype, feature_stats)}
     if eval_files:
       writers["eval"] = _ListWriter(writer.split("eval"), dtype, None)
-    for name, files in (("train", train_files), ("eval", eval_files)):
+    if validation_files:
+      writers["validation"] = _ListWriter(writer.split("validation"), dtype, None)
+    for name, files in (("train", train_files), ("eval", eval_files), ("validation", validation_files)):
       if name in writers:
         _write_lists(documents(files, stats, num_features, counts), writers[name])
         if writers[name].split.num_records == 0:
@@ -308,6 +312,7 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, opt
               "queries_truncated": sum(w.queries_truncated for w in writers.values()),
               "blank_or_comment_lines": counts["blank_or_comment_lines"]}
     source = {"kind": "letor", "files": [str(p) for p in train_files], "eval_files": [str(p) for p in eval_files],
+              **({"validation_files": [str(p) for p in validation_files]} if validation_files else {}),
               "on_error": "strict" if options.strict else "skip",
               "num_features_given": options.num_features is not None,
               "max_list_size_given": options.max_list_size is not None}

@@ -9,6 +9,10 @@ Each of P processes reads its own contiguous 1/P of every global batch.
 A batch holds the fields of a BatchSpec (rankjax.data.batch: the task's description of its batch,
 e.g. label/dense/cat for click models, relevance/features/mask for query lists); without one,
 every record field as stored. Records are checked against the spec when the split is opened.
+
+Splits: "train", "eval" (the test split, scored at the end) and "validation" (model selection and
+early stopping): a split of the dataset when its converter wrote one, else a Holdout of the train
+split's records that training never reads.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import pathlib
 import sys
 import threading
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -100,15 +105,56 @@ class SequentialBatches:
     return batch
 
 
+@dataclasses.dataclass(frozen=True)
+class Holdout:
+  """The validation split cut from the train split: `fraction` of its records, the last ones
+  (order="last": converters keep the input order, so with time-ordered input these are the newest)
+  or a random sample (order="random", drawn from `seed`). A record is a whole query list for
+  ranking data, so LETOR lists are held out whole. Records the value rules reject are left out
+  before the cut."""
+  fraction: float
+  order: str = "last"
+  seed: int = 0
+
+  ORDERS = ("last", "random")
+
+  def indices(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) record positions among `count` records, each sorted."""
+    held = int(round(self.fraction * count))
+    if not 0 < held < count:
+      raise layout.DataError(f"data.validation_fraction={self.fraction} of {count:,} train records holds out "
+                             f"{held:,}: leave at least one record in each of train and validation")
+    if self.order == "last":
+      cut = np.arange(count - held, count)
+    else:
+      cut = np.sort(np.random.default_rng([self.seed, 0x7a11d]).choice(count, held, replace=False))
+    train = np.setdiff1d(np.arange(count), cut, assume_unique=True)
+    return train, cut
+
+
+def _held_out(records, holdout: Holdout, split: str):
+  train, validation_rows = holdout.indices(len(records))
+  rows = train if split == "train" else validation_rows
+  if isinstance(records, validation.SelectedRecords):  # Positions among the kept records -> in the split.
+    return validation.SelectedRecords(records.records, records.indices[rows])
+  return validation.SelectedRecords(records, rows)
+
+
 # Splits opened and checked in this process: an evaluation every N steps reuses the memmaps and
 # the check instead of scanning the split again (and reports skipped records once).
 _OPENED: dict[tuple, object] = {}
 
 
 def _open(directory: str | pathlib.Path, manifest: dict, split: str, spec: BatchSpec | None, verify: bool,
-          invalid_records: str, report: Callable[[validation.ValidationReport], None] | None):
+          invalid_records: str, report: Callable[[validation.ValidationReport], None] | None,
+          holdout: Holdout | None = None):
   """A split's records, checked against the spec's value rules (see rankjax.data.validation);
-  records left out under "skip" are reported through `report` (default: one line on stderr)."""
+  records left out under "skip" are reported through `report` (default: one line on stderr).
+  With a `holdout`, "train" and "validation" are its two parts of the train split."""
+  if holdout is not None and split in ("train", "validation"):
+    if "validation" in manifest["splits"]:
+      raise layout.DataError(f"{directory} has a validation split of its own; leave data.validation_fraction at 0")
+    return _held_out(_open(directory, manifest, "train", spec, verify, invalid_records, report, None), holdout, split)
   if spec is None:
     return layout.open_split(directory, manifest, split, verify)
   # The manifest's split entry (shard names, counts, sha256) in the key: a rewritten dataset reopens.
@@ -143,13 +189,15 @@ def train_iterator(directory: str | pathlib.Path, manifest: dict, *, global_batc
                    seed: int, read_threads: int = 2, prefetch: int = 4,
                    process_index: int = 0, process_count: int = 1, spec: BatchSpec | None = None,
                    verify: bool = True, invalid_records: str = "error",
-                   report: Callable[[validation.ValidationReport], None] | None = None) -> grain.DatasetIterator:
+                   report: Callable[[validation.ValidationReport], None] | None = None,
+                   holdout: Holdout | None = None) -> grain.DatasetIterator:
   """A checkpointable iterator over `num_batches` shuffled training batches (several epochs if needed).
 
   `verify`: check the shards' sha256 on open (see layout.open_split; cached after the first time).
   `invalid_records`: "error" or "skip" for records the spec's value rules reject.
+  `holdout`: the validation records, never trained on.
   """
-  records = _open(directory, manifest, "train", spec, verify, invalid_records, report)
+  records = _open(directory, manifest, "train", spec, verify, invalid_records, report, holdout)
   source = ShuffledBatches(records, global_batch_size, seed, process_index, process_count, spec)
   return _iterate(source, num_batches, read_threads, prefetch)
 
@@ -158,8 +206,9 @@ def eval_iterator(directory: str | pathlib.Path, manifest: dict, *, global_batch
                   read_threads: int = 2, prefetch: int = 4,
                   process_index: int = 0, process_count: int = 1, spec: BatchSpec | None = None,
                   verify: bool = True, invalid_records: str = "error",
-                  report: Callable[[validation.ValidationReport], None] | None = None) -> grain.DatasetIterator:
-  """The eval split in order, every (valid) record once (see SequentialBatches)."""
-  records = _open(directory, manifest, "eval", spec, verify, invalid_records, report)
+                  report: Callable[[validation.ValidationReport], None] | None = None,
+                  split: str = "eval", holdout: Holdout | None = None) -> grain.DatasetIterator:
+  """The eval (test) or validation split in order, every (valid) record once (see SequentialBatches)."""
+  records = _open(directory, manifest, split, spec, verify, invalid_records, report, holdout)
   source = SequentialBatches(records, global_batch_size, process_index, process_count, spec)
   return _iterate(source, len(source), read_threads, prefetch)

@@ -69,8 +69,8 @@ def single_device(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
 
 def restore(workdir: pathlib.Path, step: int | None, config: ml_collections.ConfigDict,
             device: jax.Device) -> tuple[Experiment, TrainState, int, dict]:
-  """(the experiment on `device`, the verified state of checkpoint `step` (default: the latest)
-  there, the step, the checkpoint's data state)."""
+  """(the experiment on `device`, the verified state of checkpoint `step` (default: the latest, or
+  the best validation step of an early-stopped run) there, the step, the checkpoint's data state)."""
   data_dir = pathlib.Path(config.data.path) if config.data.path else workdir / "data" / "synthetic"
   manifest = layout.read_manifest(data_dir)
   exp = dataclasses.replace(build(single_device(config), None, devices=[device], manifest=manifest), data_dir=data_dir)
@@ -87,7 +87,10 @@ def restore(workdir: pathlib.Path, step: int | None, config: ml_collections.Conf
     steps = checkpointer.all_steps()
     if not steps:
       raise UsageError(f"{directory}: no committed checkpoint")
-    step = max(steps) if step is None else step
+    if step is None:  # The latest, or with early stopping the best validation step it recorded.
+      step = max(steps)
+      best = checkpointer.restore_data(step).get("early_stopping", {}).get("best_step")
+      step = best if best in steps else step
     if step not in steps:
       raise UsageError(f"--step {step}: not a checkpoint in {directory} (has {sorted(steps)})")
     data_state = checkpointer.restore_data(step)

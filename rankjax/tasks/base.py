@@ -224,6 +224,10 @@ class Task(abc.ABC):
     """The eval event's fields (always `loss`) from the whole eval split's totals (NumPy arrays)."""
 
   @abc.abstractmethod
+  def eval_metric_names(self) -> tuple[str, ...]:
+    """The numeric fields of eval_metrics' result (what train.early_stopping.metric may name)."""
+
+  @abc.abstractmethod
   def checkpoint_metrics(self, evaluation: dict[str, float]) -> dict[str, float]:
     """The eval metrics a checkpoint records (what checkpoint.keep_best_metric ranks by)."""
 

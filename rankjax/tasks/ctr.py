@@ -214,6 +214,13 @@ class ClickTask(Task):
     return {"loss": float(np.sum(loglosses * self.loss_weights)), "auc": float(np.mean([m["auc"] for m in per_head])),
             "logloss": float(loglosses.mean()), **named, "examples": examples}
 
+  def eval_metric_names(self) -> tuple[str, ...]:
+    per_head = ("auc", "auc_error_bound", "logloss", "ne", "calibration") \
+        + (("gauc", "gauc_error_bound", "gauc_groups") if self.group_slot is not None else ())
+    if len(self.heads) == 1:
+      return ("loss", *per_head, "examples")
+    return ("loss", "auc", "logloss", *(f"{h}/{k}" for h in self.heads for k in per_head), "examples")
+
   def checkpoint_metrics(self, evaluation: dict[str, float]) -> dict[str, float]:
     return {k: evaluation[k] for k in ("auc", "logloss")}
 

@@ -119,6 +119,9 @@ class RankingTask(Task):
     means = {n: float(streaming_metrics.sum_value(v) / lists) for n, v in totals["sums"].items()}
     return {**means, "loss": float(loss), "queries": lists, "queries_skipped": int(totals["skipped"])}
 
+  def eval_metric_names(self) -> tuple[str, ...]:
+    return (*self._metric_names(), "loss", "queries", "queries_skipped")
+
   def checkpoint_metrics(self, evaluation: dict[str, float]) -> dict[str, float]:
     return {"ndcg": evaluation[self.ndcg_key], "loss": evaluation["loss"]}
 
