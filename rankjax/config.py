@@ -144,6 +144,10 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   # The task's loss (its LOSSES): bce for ctr/multitask; softmax | pairwise_logistic for ranking.
   c.train.loss = next(iter(task_class(c.task.name).LOSSES))
   c.train.ndcg_k = 10  # Ranking eval: NDCG@k.
+  # Ranking: documents per training list; a longer list is a uniform sample of its documents, drawn
+  # afresh each step (without replacement, from the run's seed and the step). 0 = whole lists.
+  # Evaluation always scores whole lists.
+  c.train.list_size = 0
 
   c.eval = ml_collections.ConfigDict()
   # Click heads' AUC comes from on-device histograms of the logits in this many bins (see

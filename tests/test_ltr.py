@@ -373,3 +373,36 @@ def test_a_letor_validation_file_selects_the_best_step_and_the_eval_file_is_scor
   with_relevant = ((records["relevance"] > 0) & (records["mask"] > 0)).any(axis=1).sum()
   assert test["best_step"] == best and test["queries"] == with_relevant  # eval.no_relevant=skip
   assert f"test split scored at step {best}" in p.stdout
+
+
+def test_train_list_size_samples_each_long_list_without_replacement_and_keeps_short_lists_whole(letor_data):
+  import jax
+  from rankjax.experiment import build
+  config = load_config_file(LTR_CONFIG)
+  config.data.path, config.train.list_size, config.mesh.shape = str(letor_data), 6, (1, 1)
+  validate(config, 1)
+  exp = build(config, None, jax.devices()[:1])
+  records = layout.open_split(letor_data, exp.manifest, "train")[:32]
+  batch = exp.task.batch_spec.read(records)
+  batch["features"][..., 0] = np.arange(batch["mask"].shape[1])  # Feature 0 names the document's position.
+  state = exp.init_fn(0)
+  samples = [jax.device_get(exp.task.train_batch(state.replace(step=state.step + s), batch)) for s in (0, 0, 1)]
+  np.testing.assert_array_equal(samples[0]["features"], samples[1]["features"])  # Deterministic per step.
+  assert not np.array_equal(samples[0]["features"], samples[2]["features"])  # Afresh each step.
+  real = batch["mask"].sum(axis=1).astype(int)
+  assert real.max() > 6 > real.min()  # Lists of 3..20 documents: both kinds present.
+  for sample in samples:
+    assert sample["mask"].shape == (32, 6)
+    for i in range(32):
+      positions = sample["features"][i, :, 0][sample["mask"][i] > 0].astype(int)
+      assert len(positions) == min(real[i], 6) and len(set(positions)) == len(positions)
+      assert (positions < real[i]).all()  # Real documents only, never padding.
+      np.testing.assert_array_equal(sample["relevance"][i][sample["mask"][i] > 0], batch["relevance"][i, positions])
+
+
+@pytest.mark.slow
+def test_a_sampled_train_list_size_still_scores_whole_eval_lists(letor_data, straight_run, tmp_path):
+  p = _train(tmp_path, letor_data, "--config.train.steps=30", "--config.train.list_size=4")
+  assert p.returncode == 0, p.stderr
+  (sampled,), (whole,) = _events(tmp_path, "eval"), _events(straight_run[0], "eval")
+  assert sampled["queries"] == whole["queries"] and sampled["ndcg@10"] != whole["ndcg@10"]

@@ -143,7 +143,13 @@ class Task(abc.ABC):
     routing = self.engine.route(self.sparse_ids(batch))
     return routing, self.engine.lookup_groups(state.embedding, routing)
 
+  def train_batch(self, state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """The batch a train step learns from (a task may sample it, e.g. documents of long lists)."""
+    del state
+    return batch
+
   def train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+    batch = self.train_batch(state, batch)
     routing, rows = self._route_and_lookup(state, batch)
 
     def loss_fn(params, rows):

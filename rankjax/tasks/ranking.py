@@ -67,11 +67,27 @@ class RankingTask(Task):
                         "data): give it a dataset from `rankjax data letor`")
     if config.train.ndcg_k < 1:
       raise ConfigError("train.ndcg_k", "must be >= 1")
+    if config.train.list_size < 0:
+      raise ConfigError("train.list_size", "must be >= 0 (0 = whole lists)")
     cutoffs = tuple(config.eval.ranking_cutoffs)
     if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in cutoffs):
       raise ConfigError("eval.ranking_cutoffs", f"must be positive ints, got {cutoffs}")
     if config.eval.no_relevant not in NO_RELEVANT:
       raise ConfigError("eval.no_relevant", f"must be one of {NO_RELEVANT}, got {config.eval.no_relevant!r}")
+
+  def train_batch(self, state, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Lists of at most train.list_size documents: where a list has more, a uniform sample of them
+    without replacement, drawn from (the run's key, the step); shorter lists are kept whole."""
+    keep = self.config.train.list_size
+    if not keep or keep >= batch["mask"].shape[1]:
+      return batch
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    noise_bl = jax.random.uniform(key, batch["mask"].shape)
+    # Real documents rank above padding (noise - 2 < -1 <= noise), each in random order.
+    _, chosen_bk = jax.lax.top_k(jnp.where(batch["mask"] > 0, noise_bl, noise_bl - 2.0), keep)
+    take = lambda x: jnp.take_along_axis(x, chosen_bk.reshape(chosen_bk.shape + (1,) * (x.ndim - 2)), axis=1)
+    return {**batch, "relevance": take(batch["relevance"]), "features": take(batch["features"]),
+            "mask": take(batch["mask"])}
 
   def model_inputs(self, batch: dict[str, jax.Array], rows: None, routing: None) -> ModelInputs:
     normalized_bln = (batch["features"] - self.feature_mean_n) / self.feature_std_n
