@@ -80,6 +80,8 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   # Standardise dense inputs with the train split's mean/std from the manifest (ranking: document
   # features; ctr/multitask: dense features, where the manifest records dense_stats).
   c.task.normalize = True
+  # retrieval: lower each in-batch negative's logit by log of its share of the train split (Yi et al. 2019).
+  c.task.log_q_correction = True
 
   c.data = ml_collections.ConfigDict()
   c.data.path = ""  # A dataset directory (manifest.json + binary splits); "" = synthetic under workdir.
@@ -101,6 +103,15 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   c.data.read_threads = 2  # Grain threads that gather batches.
   c.data.prefetch_batches = 4  # Grain prefetch buffer, in batches.
   c.data.synthetic = ml_collections.ConfigDict()
+  # "ctr": labelled examples with a planted click model (below); "retrieval": users picking items
+  # by a planted two-tower preference (rankjax/data/synthetic_retrieval.py; num_train, num_eval,
+  # seed, latent_dim, zipf_exponent, signal_scale and the sizes under `retrieval` apply).
+  c.data.synthetic.kind = "ctr"
+  c.data.synthetic.retrieval = ml_collections.ConfigDict()
+  c.data.synthetic.retrieval.num_users = 5000
+  c.data.synthetic.retrieval.num_segments = 20
+  c.data.synthetic.retrieval.num_items = 2000
+  c.data.synthetic.retrieval.num_categories = 40
   c.data.synthetic.seed = 1234
   c.data.synthetic.num_train = 3_000_000
   c.data.synthetic.num_eval = 100_000
@@ -341,6 +352,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if not config.data.path and config.data.synthetic.num_train < config.train.batch_size:
     raise ConfigError("data.synthetic.num_train", f"{config.data.synthetic.num_train} records is less than one "
                       f"batch (train.batch_size={config.train.batch_size})")
+  if config.data.synthetic.kind not in ("ctr", "retrieval"):
+    raise ConfigError("data.synthetic.kind", f"must be 'ctr' or 'retrieval', got {config.data.synthetic.kind!r}")
+  for key in ("num_users", "num_segments", "num_items", "num_categories"):
+    _positive(config, f"data.synthetic.retrieval.{key}")
   if not 0 <= config.data.validation_fraction < 1:
     raise ConfigError("data.validation_fraction", f"must be in [0, 1), got {config.data.validation_fraction}")
   if config.data.validation_order not in ("last", "random"):

@@ -17,7 +17,7 @@ import ml_collections
 from jax.experimental import multihost_utils
 
 from rankjax.config import task_class
-from rankjax.data import layout, pipeline, synthetic
+from rankjax.data import layout, pipeline, synthetic, synthetic_retrieval
 from rankjax.partitioner import Partitioner
 from rankjax.tasks.base import Task, TrainState
 
@@ -38,6 +38,7 @@ class Experiment:
   train_fn: Any
   eval_init_fn: Any
   eval_fn: Any
+  eval_prepare_fn: Any
 
 
 def enable_compilation_cache(config: ml_collections.ConfigDict) -> None:
@@ -57,7 +58,9 @@ def resolve_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tu
     directory = pathlib.Path(config.data.path)
     return directory, layout.read_manifest(directory)
   directory = workdir / "data" / "synthetic"
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and config.data.synthetic.kind == "retrieval":
+    synthetic_retrieval.ensure(directory, synthetic_retrieval.RetrievalSpec.from_config(config.data.synthetic))
+  elif jax.process_index() == 0:
     synthetic.ensure(directory, synthetic.SyntheticSpec.from_config(config.data.synthetic, config.data.row_scale))
   multihost_utils.sync_global_devices("synthetic data ready")
   return directory, layout.read_manifest(directory)
@@ -68,6 +71,8 @@ def data_shape(config: ml_collections.ConfigDict) -> dict:
   model (no data is generated): what `plan` and abstract compilation need."""
   if config.data.path:
     return layout.read_manifest(config.data.path)
+  if config.data.synthetic.kind == "retrieval":
+    return synthetic_retrieval.data_shape(synthetic_retrieval.RetrievalSpec.from_config(config.data.synthetic))
   spec = synthetic.SyntheticSpec.from_config(config.data.synthetic, config.data.row_scale)
   return {"num_dense": spec.num_dense, "vocab_sizes": list(spec.data_vocab_sizes),
           "hotness": list(spec.data_hotness), "source": {"kind": "synthetic"}}
@@ -99,7 +104,9 @@ def build(config: ml_collections.ConfigDict, workdir: pathlib.Path | None, devic
                                out_shardings=(state_shardings, replicated), donate_argnums=(0,)),
       eval_init_fn=partitioner.jit(task.eval_init, in_shardings=None, out_shardings=replicated),
       eval_fn=partitioner.jit(task.eval_step, in_shardings=(state_shardings, eval_shardings, replicated),
-                              out_shardings=replicated, donate_argnums=(2,)))
+                              out_shardings=replicated, donate_argnums=(2,)),
+      eval_prepare_fn=partitioner.jit(task.eval_prepare, in_shardings=(state_shardings, replicated),
+                                      out_shardings=replicated, donate_argnums=(1,)))
 
 
 DISTINCT_BATCHES = 8  # Batches kept on the devices and cycled through while timing.

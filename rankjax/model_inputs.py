@@ -35,6 +35,7 @@ class InputSpec:
   embedded: tuple[EmbeddedFeature, ...] = ()  # Categorical features, in batch order.
   num_document_features: int = 0  # Ranking: features per document of a list.
   list_size: int = 0  # Ranking: documents per list (padded).
+  towers: tuple[tuple[str, ...], ...] = ()  # Retrieval: (query features, item features) by name.
 
   @property
   def num_embedded_vectors(self) -> int:

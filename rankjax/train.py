@@ -64,7 +64,7 @@ def evaluate(exp: Experiment, state: TrainState, split: str = "eval") -> dict[st
                               spec=exp.task.batch_spec, verify=config.data.verify_checksums,
                               invalid_records=config.data.invalid_records, split=split, holdout=holdout(config))
   eval_shardings = exp.task.batch_spec.with_weight().shardings(exp.partitioner)
-  totals = exp.eval_init_fn()
+  totals = exp.eval_prepare_fn(state, exp.eval_init_fn())
   for batch in it:
     totals = exp.eval_fn(state, exp.partitioner.place_batch(batch, eval_shardings), totals)
   return exp.task.eval_metrics(jax.tree.map(_host, totals))

@@ -36,7 +36,7 @@ import numpy as np
 import rankjax
 from rankjax import checkpoint as checkpoint_lib
 from rankjax import checkpoint_integrity
-from rankjax.config import config_from_json
+from rankjax.config import config_from_json, task_class
 from rankjax.data import layout
 from rankjax.experiment import Experiment, UsageError, build
 from rankjax.partitioner import jit
@@ -182,6 +182,9 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path, *, step: int | 
   if quantize not in weights_lib.QUANTIZE:
     raise UsageError(f"--quantize {quantize}: must be one of {weights_lib.QUANTIZE}")
   config = config if config is not None else run_config(workdir)
+  if not task_class(config.task.name).SERVING_FIELDS:
+    raise UsageError(f"{workdir}: task {config.task.name!r} has no served scorer to export (export serves the "
+                     "ctr, multitask and ranking tasks; a retrieval run's towers are not exported yet)")
   exp, state, step, data_state = restore(workdir, step, config, jax.devices()[0])
   task = exp.task
   named = named_weights(task, state)

@@ -44,6 +44,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from rankjax.config import task_class
 from rankjax.embedding.engine import ROW_PAD_MULTIPLE
 from rankjax.experiment import CompiledStep, abstract_state, compile_abstract, prepare
 from rankjax.perf import hlo_stats, roofline
@@ -102,7 +103,7 @@ def table_passes(config: ml_collections.ConfigDict, manifest: dict, devices: lis
   """
   if not table_bytes_per_device:  # A task without embedding tables.
     return {"whole_table_passes": 0.0, "bytes_accessed_without_table_passes_per_device": bytes_accessed_per_device}
-  grown = dict(manifest, vocab_sizes=[2 * int(v) + ROW_PAD_MULTIPLE * len(devices) for v in manifest["vocab_sizes"]])
+  grown = task_class(config.task.name).with_vocab_sizes(manifest, lambda v: 2 * int(v) + ROW_PAD_MULTIPLE * len(devices))
   exp, _, compiled = compile_abstract(config, grown, devices)
   grown_table_bytes = _bytes_per_device(abstract_state(exp, config.seed).embedding)
   passes = ((float(_cost_analysis(compiled).get("bytes accessed", 0.0)) - bytes_accessed_per_device)

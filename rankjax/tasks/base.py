@@ -83,6 +83,12 @@ class Task(abc.ABC):
     """Task-specific config checks, raising ConfigError naming the key."""
 
   @classmethod
+  def with_vocab_sizes(cls, manifest: dict, resize: Callable[[int], int]) -> dict:
+    """The data shape (a manifest) with every vocabulary resized by `resize` (what `profile`
+    compiles again to tell table bytes from the rest)."""
+    return dict(manifest, vocab_sizes=[resize(v) for v in manifest["vocab_sizes"]])
+
+  @classmethod
   def embedding_tables(cls, config: ml_collections.ConfigDict, manifest: dict) -> list:
     """The model's embedding tables for data of `manifest`'s shape (none by default)."""
     return []
@@ -217,6 +223,12 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def eval_init(self) -> Any:
     """The eval totals before the first batch: a pytree of fixed-size arrays (zeros)."""
+
+  def eval_prepare(self, state: TrainState, totals: Any) -> Any:
+    """The totals before the first eval batch, given the state (retrieval: the corpus's item
+    vectors, computed once per evaluation); by default `totals` as they are."""
+    del state
+    return totals
 
   @abc.abstractmethod
   def eval_step(self, state: TrainState, batch: dict[str, jax.Array], totals: Any) -> Any:

@@ -1,0 +1,127 @@
+"""Two-tower retrieval: the in-batch softmax with the log-Q correction against a NumPy reference,
+full-corpus recall@K / NDCG@K against a brute-force ranking (sharded over 8 devices), and
+`rankjax train --config configs/two_tower.py` learning the planted preference beyond popularity."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import REPO
+from rankjax import train as train_lib
+from rankjax.config import ConfigError, load_config_file
+from rankjax.data import layout, pipeline
+from rankjax.tasks.retrieval import CUTOFFS, in_batch_softmax_loss
+
+CONFIG = str(REPO / "configs" / "two_tower.py")
+
+
+def test_in_batch_softmax_equals_the_reference_with_log_q_and_duplicate_items():
+  rng = np.random.default_rng(0)
+  query, item = rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
+  ids = np.array([3, 1, 3, 0, 2, 1])  # Items 3 and 1 appear twice.
+  log_q = np.log(rng.uniform(0.01, 0.2, size=6))
+  temperature = 0.3
+  expected = []
+  for b in range(6):
+    logits = query[b] @ item.T / temperature - log_q
+    keep = (ids != ids[b]) | (np.arange(6) == b)  # Another row's copy of b's item is not a negative.
+    expected.append(np.log(np.exp(logits[keep]).sum()) - logits[b])
+  actual = in_batch_softmax_loss(jnp.asarray(query), jnp.asarray(item), jnp.asarray(temperature), jnp.asarray(ids),
+                                 jnp.asarray(log_q))
+  np.testing.assert_allclose(actual, expected, rtol=1e-5)
+  without = in_batch_softmax_loss(jnp.asarray(query), jnp.asarray(item), jnp.asarray(temperature), jnp.asarray(ids),
+                                  None)
+  assert not np.allclose(without, expected)
+
+
+def _config(**train):
+  config = load_config_file(CONFIG)
+  config.data.synthetic.num_train, config.data.synthetic.num_eval = 20_000, 1_000
+  config.data.synthetic.retrieval.num_users, config.data.synthetic.retrieval.num_items = 1000, 400
+  config.train.steps, config.train.batch_size, config.train.eval_batch_size = 300, 256, 200
+  config.train.eval_every, config.train.log_every, config.checkpoint.every_steps = 0, 100, 300
+  config.train.progress_bar = False
+  for k, v in train.items():
+    config.train[k] = v
+  return config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("two_tower")
+  lines = []
+  summary = train_lib.train(_config(), workdir, log=lines.append)
+  return workdir, summary, lines
+
+
+def test_two_towers_learn_the_planted_preference_beyond_popularity(trained):
+  _, summary, lines = trained
+  for k in CUTOFFS:
+    assert summary[f"eval_recall@{k}"] > summary[f"eval_popularity_recall@{k}"] + 0.03, summary
+    assert summary[f"eval_recall@{k}"] > 0.85 * summary[f"oracle_eval_recall@{k}"], summary
+    assert 0 < summary[f"eval_ndcg@{k}"] <= summary[f"eval_recall@{k}"]
+  assert "recall@10=" in lines[-1] and "popularity baseline" in lines[-1]
+
+
+def test_full_corpus_recall_and_ndcg_equal_a_brute_force_ranking_on_8_devices(trained):
+  workdir, summary, _ = trained
+  config = _config()
+  config.mesh.shape = (8, 1)
+  exp = train_lib.build(config, workdir)
+  checkpointer = train_lib._checkpointer(config, workdir, exp.task.LOWER_IS_BETTER)
+  with jax.set_mesh(exp.partitioner.mesh):
+    state, _ = train_lib._restore(exp, checkpointer, 300, config.seed, checkpointer.restore_data(300))
+    evaluation = train_lib.evaluate(exp, state)
+    outputs = jax.jit(exp.task._outputs)
+    corpus = np.asarray(exp.task.corpus[:exp.task.num_items])
+    items = outputs(state, {"query": jnp.zeros((len(corpus), 2), jnp.int32), "item": jnp.asarray(corpus)})["item"]
+    records = layout.open_split(exp.data_dir, exp.manifest, "eval")[:]
+    result = outputs(state, {"query": jnp.asarray(records["query"]), "item": jnp.asarray(records["item"])})
+  checkpointer.close()
+  scores = np.asarray(result["query"], np.float64) @ np.asarray(items, np.float64).T
+  positive = records["item"][:, 0]
+  rank = (scores > scores[np.arange(len(scores)), positive][:, None]).sum(axis=1)
+  counts = np.asarray(exp.manifest["retrieval"]["item_train_counts"])
+  popular_rank = np.argsort(np.argsort(-counts, kind="stable"), kind="stable")[positive]
+  for k in CUTOFFS:
+    assert evaluation[f"recall@{k}"] == pytest.approx((rank < k).mean(), abs=2e-3)  # float32 vs float64 near-ties.
+    assert evaluation[f"ndcg@{k}"] == pytest.approx(np.where(rank < k, 1 / np.log2(rank + 2), 0).mean(), abs=2e-3)
+    assert evaluation[f"popularity_recall@{k}"] == (popular_rank < k).mean()
+  assert evaluation["recall@10"] == summary["eval_recall@10"]  # 8 devices score as the 8-device run did.
+
+
+def test_log_q_correction_is_what_lets_in_batch_negatives_rank_popular_items(trained, tmp_path):
+  workdir, summary, _ = trained
+  config = _config()
+  config.data.path = str(workdir / "data" / "synthetic")
+  config.task.log_q_correction = False
+  without = train_lib.train(config, tmp_path, log=lambda _: None)
+  # Without it the towers learn p(item | user) / p(item): the popular items sink.
+  assert without["eval_recall@10"] < summary["eval_recall@10"] - 0.05
+
+
+def test_the_synthetic_data_is_deterministic_and_its_corpus_lists_every_item(trained, tmp_path):
+  workdir, _, _ = trained
+  manifest = json.loads((workdir / "data" / "synthetic" / "manifest.json").read_text())
+  corpus = np.asarray(manifest["retrieval"]["corpus"])
+  np.testing.assert_array_equal(corpus[:, 0], np.arange(400))
+  records = layout.open_split(workdir / "data" / "synthetic", manifest, "train")[:]
+  np.testing.assert_array_equal(corpus[records["item"][:, 0], 1], records["item"][:, 1])  # Category of the item.
+  assert sum(manifest["retrieval"]["item_train_counts"]) == 20_000
+  from rankjax.data import synthetic_retrieval
+  again = synthetic_retrieval.generate(tmp_path / "again", synthetic_retrieval.RetrievalSpec.from_config(
+      _config().data.synthetic))
+  assert again["splits"]["train"]["sha256"] == manifest["splits"]["train"]["sha256"]
+  batch = next(pipeline.train_iterator(workdir / "data" / "synthetic", manifest, global_batch_size=64, num_batches=1,
+                                       seed=0))
+  assert batch["query"].shape == (64, 2) and batch["item"].shape == (64, 2)
+
+
+def test_retrieval_on_click_data_is_a_config_error_naming_the_key(tmp_path):
+  config = _config()
+  config.data.synthetic.kind = "ctr"
+  with pytest.raises(ConfigError, match="data.synthetic.kind"):
+    train_lib.train(config, tmp_path, log=lambda _: None)
