@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import shutil
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -237,14 +239,20 @@ def generate(directory: str | pathlib.Path, spec: SyntheticSpec) -> dict:
 def ensure(directory: str | pathlib.Path, spec: SyntheticSpec) -> dict:
   """Returns the manifest of the data in `directory`, generating it if absent, incomplete or
   made from another spec."""
+  return ensure_generated(directory, "synthetic", spec, generate)
+
+
+def ensure_generated(directory: str | pathlib.Path, kind: str, spec: Any, generate_fn: Callable) -> dict:
+  """The manifest in `directory` if its source is (`kind`, `spec`) and every split is whole,
+  else that of `generate_fn(directory, spec)`."""
   directory = pathlib.Path(directory)
   try:
     manifest = layout.read_manifest(directory)
     source = dict(manifest.get("source", {}))
-    if source.pop("kind", None) == "synthetic" and source == spec.as_dict():
+    if source.pop("kind", None) == kind and source == spec.as_dict():
       for split in manifest["splits"]:
         layout.open_split(directory, manifest, split)  # DataError on a missing or truncated file.
       return manifest
   except layout.DataError:
     pass
-  return generate(directory, spec)
+  return generate_fn(directory, spec)

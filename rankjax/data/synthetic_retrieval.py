@@ -22,7 +22,7 @@ import shutil
 import ml_collections
 import numpy as np
 
-from rankjax.data import layout
+from rankjax.data import layout, synthetic
 
 QUERY_FEATURES = ("user", "user_segment")
 ITEM_FEATURES = ("item", "item_category")
@@ -120,17 +120,7 @@ def generate(directory: str | pathlib.Path, spec: RetrievalSpec) -> dict:
 
 def ensure(directory: str | pathlib.Path, spec: RetrievalSpec) -> dict:
   """The manifest of the data in `directory`, generating it if absent, incomplete or of another spec."""
-  directory = pathlib.Path(directory)
-  try:
-    manifest = layout.read_manifest(directory)
-    source = dict(manifest.get("source", {}))
-    if source.pop("kind", None) == "synthetic_retrieval" and source == spec.as_dict():
-      for split in manifest["splits"]:
-        layout.open_split(directory, manifest, split)  # DataError on a missing or truncated file.
-      return manifest
-  except layout.DataError:
-    pass
-  return generate(directory, spec)
+  return synthetic.ensure_generated(directory, "synthetic_retrieval", spec, generate)
 
 
 def data_shape(spec: RetrievalSpec) -> dict:
