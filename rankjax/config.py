@@ -198,6 +198,10 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   # sgd | adagrad | row_wise_adagrad | adam (lazy moments) | ftrl: fused, touches looked-up rows only.
   c.embedding.optimizer = "row_wise_adagrad"
   c.embedding.learning_rate = 0.1
+  # L2 on the rows a step looks up: each lookup adds l2 x row to that row's gradient (the gradient
+  # of l2/2 x the sum over the batch's lookups of |row|^2), so a row is regularised as often as it
+  # is seen (the usual frequency-aware CTR recipe); rows not looked up are untouched. 0 = off.
+  c.embedding.l2 = 0.0
   c.embedding.initial_accumulator = 0.0  # adagrad, row_wise_adagrad.
   c.embedding.epsilon = 1e-8  # adagrad, row_wise_adagrad, adam.
   c.embedding.beta1 = 0.9  # adam.
@@ -349,6 +353,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError("data.synthetic.hotness", f"needs one positive int per feature ({len(vocab)}), got {hotness}")
   if not config.embedding.initial_accumulator >= 0:
     raise ConfigError("embedding.initial_accumulator", "must be >= 0")
+  if not config.embedding.l2 >= 0:
+    raise ConfigError("embedding.l2", "must be >= 0 (0 = off)")
   if not config.data.path and config.data.synthetic.num_train < config.train.batch_size:
     raise ConfigError("data.synthetic.num_train", f"{config.data.synthetic.num_train} records is less than one "
                       f"batch (train.batch_size={config.train.batch_size})")

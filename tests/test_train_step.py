@@ -81,3 +81,32 @@ def test_tables_are_row_sharded_over_all_devices_and_batch_is_sharded(tmp_path):
     state = exp.init_fn(config.seed)
   shard_rows = {s.data.shape[0] for s in state.embedding[group.name]["table"].addressable_shards}
   assert shard_rows == {group.num_rows // 8}
+
+
+def test_embedding_l2_adds_l2_times_the_row_to_each_lookups_gradient(tmp_path):
+  # With sgd on the tables, l2 changes a step's table update by -lr * l2 * (lookups of the row) * row,
+  # and nothing else: dense parameters and rows not looked up are the same.
+  def one_step(l2):
+    config = tiny_config()
+    config.mesh.shape, config.embedding.optimizer, config.embedding.l2 = (1, 1), "sgd", l2
+    exp = train_lib.build(config, tmp_path, jax.devices()[:1])
+    batch = next(pipeline.train_iterator(exp.data_dir, exp.manifest, global_batch_size=config.train.batch_size,
+                                         num_batches=1, seed=0, spec=exp.task.batch_spec))
+    with jax.set_mesh(exp.partitioner.mesh):
+      before = jax.device_get(exp.init_fn(config.seed))
+      placed = exp.partitioner.place_batch(batch, exp.batch_shardings)
+      routing = jax.device_get(jax.jit(lambda b: exp.task.engine.route(exp.task.sparse_ids(b)))(placed))
+      after, _ = exp.train_fn(exp.init_fn(config.seed), placed)
+    return config, before, jax.device_get(after), routing
+
+  config, before, plain, routing = one_step(0.0)
+  _, _, regularised, _ = one_step(0.25)
+  lr = config.embedding.learning_rate
+  for group, rows in routing.rows.items():
+    table = before.embedding[group]["table"]
+    counts = np.bincount(np.asarray(rows).reshape(-1)[np.asarray(rows).reshape(-1) >= 0], minlength=len(table))
+    expected = plain.embedding[group]["table"] - lr * 0.25 * counts[:, None] * table
+    np.testing.assert_allclose(regularised.embedding[group]["table"], expected, rtol=1e-5, atol=1e-6)
+    assert counts.any() and (counts == 0).any()
+  for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(regularised.params)):
+    np.testing.assert_array_equal(a, b)

@@ -77,6 +77,7 @@ class Task(abc.ABC):
     # Mixed precision: params and tables stay float32 (the optimizers update those); the forward
     # and backward run in compute_dtype; the loss is computed in float32.
     self.compute_dtype = jnp.dtype(config.train.compute_dtype)
+    self.embedding_l2 = float(config.embedding.l2)
 
   @classmethod
   def validate_config(cls, config: ml_collections.ConfigDict) -> None:
@@ -165,6 +166,8 @@ class Task(abc.ABC):
 
     (loss, extra), (grad_params, grad_rows) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
         state.params, rows)
+    if self.embedding_l2:  # Padding lookups read zero rows: nothing added for them.
+      grad_rows = jax.tree.map(lambda g, r: g + self.embedding_l2 * r.astype(g.dtype), grad_rows, rows)
     skip = non_finite_skip(loss, (grad_params, grad_rows), self.skip_non_finite)
     params, opt_state = self._dense_update(state, grad_params, skip)
     step = state.step + 1
