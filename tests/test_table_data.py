@@ -109,6 +109,20 @@ def test_round_trip_hashes_ids_pads_sequences_and_keeps_qid(tmp_path, name, writ
   assert layout.fields_to_dtype(manifest["fields"])["qid"] == np.dtype("<i8")
 
 
+def test_a_list_column_read_with_the_wrong_separator_is_reported(tmp_path, capsys):
+  assert _cli("--input", _write_csv(tmp_path / "right.csv", ROWS), "--output", tmp_path / "right", "--spec",
+              _spec_file(tmp_path), "--eval-fraction", 0.25) == 0
+  assert "warning" not in capsys.readouterr().out
+  several = layout.read_manifest(tmp_path / "right")["sequence_rows_with_several_ids"]["history"]
+  assert several == sum(len([v for v in h if v is not None]) > 1 for h in ROWS["history"] if h)
+  # Written with ',' while the spec says '|': each list is taken as one id, and the run says so.
+  assert _cli("--input", _write_csv(tmp_path / "wrong.csv", ROWS, separator=","), "--output", tmp_path / "wrong",
+              "--spec", _spec_file(tmp_path), "--eval-fraction", 0.25) == 0
+  assert layout.read_manifest(tmp_path / "wrong")["sequence_rows_with_several_ids"] == {"history": 0}
+  out = capsys.readouterr().out
+  assert "warning: list column 'history': no row holds more than one id" in out and "'|'" in out
+
+
 def test_several_labels_are_one_field_and_the_pipeline_trains_on_the_chosen_one(tmp_path):
   rows = dict(ROWS, buy=[float(i % 3 == 0) for i in range(8)])
   spec = _spec_file(tmp_path, dict(SPEC, label=["click", "buy"]))

@@ -160,6 +160,12 @@ def _report(output: str, manifest: dict) -> None:
           f"{ingest['queries_truncated']} lists over --max-list-size {manifest['max_list_size']}")
   for error in ingest["file_errors"]:
     print(f"rankjax data:   {error['file']}:{error['line']}: {error['reason']}")
+  separators = {f["name"]: f.get("separator") for f in (manifest.get("feature_spec") or {}).get("sequence", [])
+                if isinstance(f, dict)}
+  for name, count in (manifest.get("sequence_rows_with_several_ids") or {}).items():
+    if not count and ingest["rows_written"]:
+      print(f"rankjax data:   warning: list column {name!r}: no row holds more than one id; if its values are "
+            f"lists, check the spec's separator ({separators.get(name)!r}) against the file")
 
 
 def main(argv: list[str]) -> int:

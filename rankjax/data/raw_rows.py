@@ -52,7 +52,7 @@ def records(path: pathlib.Path, manifest: dict, directory: pathlib.Path, stats: 
   elif kind == "table":
     spec = table.spec_from_dict(manifest["feature_spec"], f"{directory}/manifest.json feature_spec")
     line_offset = 1 if path.stat().st_size and table._is_parquet(path) else 2
-    for found, ordinals, problems, _ in table._file_rows(path, spec, stats):
+    for found, ordinals, problems, *_ in table._file_rows(path, spec, stats):
       stats.rows_read += len(found) + len(problems)
       for ordinal, reason, text in problems:
         stats.reject_rows(str(path), ordinal + line_offset, reason, text)

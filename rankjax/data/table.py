@@ -263,8 +263,9 @@ def _categorical_rows(array: pa.Array, feature: CategoricalFeature, file: pathli
   return rows
 
 
-def _sequence_rows(array: pa.Array, feature: SequenceFeature, file: pathlib.Path) -> tuple[np.ndarray, int]:
-  """([n, max_hotness] rows padded with -1, how many rows were cut to max_hotness)."""
+def _sequence_rows(array: pa.Array, feature: SequenceFeature, file: pathlib.Path) -> tuple[np.ndarray, int, int]:
+  """([n, max_hotness] rows padded with -1, how many rows were cut to max_hotness, how many hold
+  more than one id)."""
   if _is_text(array):
     array = pc.split_pattern(array, feature.separator)
   if not (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)):
@@ -283,7 +284,7 @@ def _sequence_rows(array: pa.Array, feature: SequenceFeature, file: pathlib.Path
   if len(elements):
     rows = _rows(_raw_ids(elements, file, feature.name), feature.num_rows)
     out[parents[kept], position[kept]] = rows[kept]
-  return out, int(np.count_nonzero(lengths > feature.max_hotness))
+  return out, int(np.count_nonzero(lengths > feature.max_hotness)), int(np.count_nonzero(lengths > 1))
 
 
 @dataclasses.dataclass
@@ -294,6 +295,7 @@ class _Converted:
   problem: np.ndarray
   reasons: list[tuple[str, str]]
   truncated: dict[str, int]
+  several: dict[str, int]  # Sequence feature -> rows holding more than one id.
 
 
 def _decoded(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -330,20 +332,20 @@ def _convert_batch(batch: pa.RecordBatch, spec: FeatureSpec, file: pathlib.Path,
     flag(np.isinf(values), NON_FINITE_DENSE, name)
     dense[:, j] = np.where(np.isnan(values), 0.0, values)
   records["dense"] = dense
-  slot, truncated = 0, {}
+  slot, truncated, several = 0, {}, {}
   for feature in spec.categorical:
     records["cat"][:, slot] = _categorical_rows(batch.column(feature.name), feature, file)
     slot += 1
   for feature in spec.sequence:
-    records["cat"][:, slot:slot + feature.max_hotness], truncated[feature.name] = _sequence_rows(
-        batch.column(feature.name), feature, file)
+    records["cat"][:, slot:slot + feature.max_hotness], truncated[feature.name], several[feature.name] = \
+        _sequence_rows(batch.column(feature.name), feature, file)
     slot += feature.max_hotness
   if spec.qid:
     values, null, bad = _integers(batch.column(spec.qid), file, spec.qid)
     flag(null, MISSING_QID, spec.qid)
     flag(bad, BAD_QID, spec.qid)
     records["qid"] = values
-  return _Converted(records, problem, reasons, truncated)
+  return _Converted(records, problem, reasons, truncated, several)
 
 
 # ---- Reading files in batches, numbering every row.
@@ -408,9 +410,9 @@ def count_rows(path: pathlib.Path) -> int:
 
 
 def _file_rows(path: pathlib.Path, spec: FeatureSpec, stats: IngestStats
-               ) -> Iterator[tuple[np.ndarray, np.ndarray, list[tuple[int, str, str]], dict[str, int]]]:
+               ) -> Iterator[tuple[np.ndarray, np.ndarray, list[tuple[int, str, str]], dict[str, int], dict[str, int]]]:
   """Per batch: (records of its good rows, their ordinals, problems as (ordinal, reason, excerpt)
-  sorted, truncated sequence counts). Ordinals number every data row of the file from 0, good or
+  sorted, truncated sequence counts, rows with several ids per sequence feature). Ordinals number every data row of the file from 0, good or
   not; a row's line is ordinal + 2 (CSV, after the header) or ordinal + 1 (Parquet)."""
   if path.stat().st_size == 0:
     stats.reject_file(str(path), 0, EMPTY_FILE, "no data")
@@ -435,11 +437,11 @@ def _file_rows(path: pathlib.Path, spec: FeatureSpec, stats: IngestStats
       rejected[:] = [(line, text) for line, text in rejected if line - line_offset >= span_end]
       good = converted.problem < 0
       problems += [(int(ordinals[row]), *converted.reasons[converted.problem[row]]) for row in np.flatnonzero(~good)]
-      yield converted.records[good], ordinals[good], sorted(problems), converted.truncated
+      yield converted.records[good], ordinals[good], sorted(problems), converted.truncated, converted.several
       next_ordinal = span_end
     if rejected:  # Rejected rows after the last good one.
       yield (np.zeros(0, dtype), np.zeros(0, np.int64),
-             sorted((line - line_offset, WRONG_COLUMN_COUNT, excerpt(text)) for line, text in rejected), {})
+             sorted((line - line_offset, WRONG_COLUMN_COUNT, excerpt(text)) for line, text in rejected), {}, {})
       next_ordinal = max(line - line_offset for line, _ in rejected) + 1
   except (pa.ArrowInvalid, OSError) as e:
     stats.reject_file(str(path), next_ordinal + line_offset, UNREADABLE_FILE, excerpt(str(e)))
@@ -467,16 +469,18 @@ class _Job:
   train_rows: int | None
 
 
-def _file_splits(job: _Job, spec: FeatureSpec, stats: IngestStats, truncated: dict[str, int]
-                 ) -> Iterator[tuple[str, np.ndarray]]:
+def _file_splits(job: _Job, spec: FeatureSpec, stats: IngestStats, truncated: dict[str, int],
+                 several: dict[str, int]) -> Iterator[tuple[str, np.ndarray]]:
   """(split, records) of a file's good rows in order; malformed rows rejected into `stats`."""
   line_offset = 1 if job.path.stat().st_size and _is_parquet(job.path) else 2
-  for records, ordinals, problems, cut in _file_rows(job.path, spec, stats):
+  for records, ordinals, problems, cut, many in _file_rows(job.path, spec, stats):
     stats.rows_read += len(records) + len(problems)
     for ordinal, reason, text in problems:
       stats.reject_rows(str(job.path), ordinal + line_offset, reason, text)
     for name, count in cut.items():
       truncated[name] += count
+    for name, count in many.items():
+      several[name] += count
     if job.split is not None:
       yield job.split, records
     else:
@@ -492,15 +496,17 @@ def _convert_job(job: _Job) -> dict:
   """One file's records into scratch files per split, and its row accounting."""
   spec, scratch = _WORKER["spec"], _WORKER["scratch"]
   stats, truncated = IngestStats(strict=_WORKER["strict"]), {f.name: 0 for f in spec.sequence}
+  several = dict(truncated)
   paths = {split: scratch / f"{job.index}-{split}.bin" for split in ("train", "eval")}
   try:
     with open(paths["train"], "wb") as train, open(paths["eval"], "wb") as evaluation:
       files = {"train": train, "eval": evaluation}
-      for split, records in _file_splits(job, spec, stats, truncated):
+      for split, records in _file_splits(job, spec, stats, truncated, several):
         files[split].write(records.tobytes())
   except IngestError as e:  # Strict mode: the parent raises the first in input order.
     return {"error": [e.file, e.line, e.reason, e.excerpt]}
-  return {"paths": {k: str(v) for k, v in paths.items()}, **stats.as_worker_result(), "truncated": truncated}
+  return {"paths": {k: str(v) for k, v in paths.items()}, **stats.as_worker_result(), "truncated": truncated,
+          "several": several}
 
 
 def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, spec: FeatureSpec,
@@ -527,6 +533,7 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, spe
   dtype = spec.record_dtype()
   stats = IngestStats(strict=options.strict)
   truncated = {f.name: 0 for f in spec.sequence}
+  several = dict(truncated)  # Rows with more than one id: none at all hints at a wrong separator.
   dense_stats = FeatureStats(len(spec.dense))  # Over the train split: what training standardises with.
   with DatasetWriter(output, dtype, options.max_records_per_shard) as writer:
     train, evaluation = writer.split("train"), writer.split("eval")
@@ -545,6 +552,8 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, spe
           stats.merge_worker_result(result)
           for name, count in result["truncated"].items():
             truncated[name] += count
+          for name, count in result["several"].items():
+            several[name] += count
           for split, path in result["paths"].items():
             parallel.copy_records(pathlib.Path(path), dtype, lambda records, split=split: write(split, records))
       finally:
@@ -552,7 +561,7 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, spe
         shutil.rmtree(scratch, ignore_errors=True)
     else:
       for job in jobs:
-        for split, records in _file_splits(job, spec, stats, truncated):
+        for split, records in _file_splits(job, spec, stats, truncated, several):
           write(split, records)
     for name, split in (("train", train), ("eval", evaluation)):
       if split.num_records == 0:
@@ -560,6 +569,7 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, spe
     return writer.finish(
         stats, num_dense=len(spec.dense), vocab_sizes=spec.vocab_sizes, hotness=spec.hotness,
         labels=list(spec.labels), feature_spec=spec.as_dict(), sequences_truncated=truncated,
+        sequence_rows_with_several_ids=several,
         dense_stats=dense_stats.as_dict(),
         source={"kind": "table", "files": [str(p) for p in train_files], "eval_files": [str(p) for p in eval_files],
                 "on_error": "strict" if options.strict else "skip", "eval_fraction": options.eval_fraction,
