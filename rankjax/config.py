@@ -82,6 +82,9 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   c.task.normalize = True
   # retrieval: lower each in-batch negative's logit by log of its share of the train split (Yi et al. 2019).
   c.task.log_q_correction = True
+  # retrieval: M extra negatives per step, corpus items drawn uniformly (mixed negative sampling,
+  # Yang et al. 2020); 0 = in-batch negatives only. A multiple of the batch shards.
+  c.task.uniform_negatives = 0
 
   c.data = ml_collections.ConfigDict()
   c.data.path = ""  # A dataset directory (manifest.json + binary splits); "" = synthetic under workdir.
@@ -353,6 +356,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError("data.synthetic.hotness", f"needs one positive int per feature ({len(vocab)}), got {hotness}")
   if not config.embedding.initial_accumulator >= 0:
     raise ConfigError("embedding.initial_accumulator", "must be >= 0")
+  if config.task.uniform_negatives < 0:
+    raise ConfigError("task.uniform_negatives", "must be >= 0 (0 = in-batch negatives only)")
   if not config.embedding.l2 >= 0:
     raise ConfigError("embedding.l2", "must be >= 0 (0 = off)")
   if not config.data.path and config.data.synthetic.num_train < config.train.batch_size:

@@ -37,6 +37,22 @@ def test_in_batch_softmax_equals_the_reference_with_log_q_and_duplicate_items():
   assert not np.allclose(without, expected)
 
 
+def test_uniform_negatives_join_the_softmax_and_a_copy_of_the_positive_among_them_is_masked():
+  rng = np.random.default_rng(1)
+  query, item, extra = rng.normal(size=(4, 3)), rng.normal(size=(4, 3)), rng.normal(size=(5, 3))
+  ids, extra_ids = np.array([0, 1, 2, 1]), np.array([7, 2, 8, 0, 9])
+  log_q, log_q_extra = np.log(rng.uniform(0.1, 1, 4)), np.log(rng.uniform(0.1, 1, 5))
+  all_items, all_ids, all_q = np.concatenate([item, extra]), np.concatenate([ids, extra_ids]), \
+      np.concatenate([log_q, log_q_extra])
+  expected = []
+  for b in range(4):
+    logits = query[b] @ all_items.T / 0.5 - all_q
+    keep = (all_ids != ids[b]) | (np.arange(9) == b)
+    expected.append(np.log(np.exp(logits[keep]).sum()) - logits[b])
+  actual = in_batch_softmax_loss(*map(jnp.asarray, (query, item, 0.5, ids, log_q, extra, extra_ids, log_q_extra)))
+  np.testing.assert_allclose(actual, expected, rtol=1e-5)
+
+
 def _config(**train):
   config = load_config_file(CONFIG)
   config.data.synthetic.num_train, config.data.synthetic.num_eval = 20_000, 1_000
@@ -125,3 +141,23 @@ def test_retrieval_on_click_data_is_a_config_error_naming_the_key(tmp_path):
   config.data.synthetic.kind = "ctr"
   with pytest.raises(ConfigError, match="data.synthetic.kind"):
     train_lib.train(config, tmp_path, log=lambda _: None)
+
+
+def test_training_with_uniform_negatives_draws_them_per_step_and_still_learns(trained, tmp_path):
+  workdir, summary, _ = trained
+  config = _config()
+  config.data.path = str(workdir / "data" / "synthetic")
+  config.task.uniform_negatives = 64
+  exp = train_lib.build(config, tmp_path)
+  batch = {"query": jnp.zeros((8, 2), jnp.int32), "item": jnp.zeros((8, 2), jnp.int32)}
+  with jax.set_mesh(exp.partitioner.mesh):
+    state = exp.init_fn(0)
+    first, again = (exp.task.train_batch(state, batch) for _ in range(2))
+    later = exp.task.train_batch(state.replace(step=state.step + 1), batch)
+  assert first["item"].shape == (72, 2) and (np.asarray(first["query"][8:]) == -1).all()
+  np.testing.assert_array_equal(first["item"], again["item"])
+  assert not np.array_equal(first["item"], later["item"])
+  corpus = np.asarray(exp.task.corpus)
+  np.testing.assert_array_equal(np.asarray(first["item"][8:]), corpus[np.asarray(first["item"][8:, 0])])
+  mixed = train_lib.train(config, tmp_path, log=lambda _: None)
+  assert mixed["eval_recall@50"] > mixed["eval_popularity_recall@50"] + 0.03, mixed

@@ -36,16 +36,21 @@ _MASKED = -1e9  # A logit no softmax term survives (finite: no NaN in its gradie
 
 
 def in_batch_softmax_loss(query_bd: jax.Array, item_bd: jax.Array, temperature: jax.Array, item_ids_b: jax.Array,
-                          log_q_b: jax.Array | None) -> jax.Array:
-  """Per-row loss [B]: -log softmax over the batch's items of row b's own item, with logits
-  <q_b, i_j> / temperature - log_q_j; another row's copy of item b is masked out."""
-  logits_bb = (query_bd @ item_bd.T) / temperature
+                          log_q_b: jax.Array | None, extra_md: jax.Array | None = None,
+                          extra_ids_m: jax.Array | None = None, log_q_m: jax.Array | None = None) -> jax.Array:
+  """Per-row loss [B]: -log softmax over the batch's items (and `extra` sampled items) of row b's
+  own item, with logits <q_b, i_j> / temperature - log_q_j; a copy of item b anywhere else in the
+  batch or among the extra items is not a negative and is masked out."""
+  items_nd, ids_n = item_bd, item_ids_b
+  if extra_md is not None:
+    items_nd, ids_n = jnp.concatenate([item_bd, extra_md]), jnp.concatenate([item_ids_b, extra_ids_m])
+  logits_bn = (query_bd @ items_nd.T) / temperature
   if log_q_b is not None:
-    logits_bb = logits_bb - log_q_b[None, :]
-  rows = jnp.arange(len(item_ids_b))
-  duplicate_bb = (item_ids_b[:, None] == item_ids_b[None, :]) & (rows[:, None] != rows[None, :])
-  logits_bb = jnp.where(duplicate_bb, _MASKED, logits_bb)
-  return jax.nn.logsumexp(logits_bb, axis=1) - jnp.diagonal(logits_bb)
+    logits_bn = logits_bn - (log_q_b if extra_md is None else jnp.concatenate([log_q_b, log_q_m]))[None, :]
+  rows, columns = jnp.arange(len(item_ids_b)), jnp.arange(len(ids_n))
+  duplicate_bn = (item_ids_b[:, None] == ids_n[None, :]) & (rows[:, None] != columns[None, :])
+  logits_bn = jnp.where(duplicate_bn, _MASKED, logits_bn)
+  return jax.nn.logsumexp(logits_bn, axis=1) - jnp.diagonal(logits_bn[:, :len(item_ids_b)])
 
 
 class RetrievalTask(Task):
@@ -87,6 +92,12 @@ class RetrievalTask(Task):
     self.corpus = np.zeros((-(-max(len(corpus), 1) // shards) * shards, len(self.item_features)), np.int32)
     self.corpus[:len(corpus)] = corpus
     self.max_cutoff = min(max(CUTOFFS), self.num_items)
+    self.uniform_negatives = config.task.uniform_negatives
+    if self.uniform_negatives % shards:
+      raise ConfigError("task.uniform_negatives", f"must be a multiple of the batch shards ({shards}), "
+                        f"got {self.uniform_negatives}")
+    if self.uniform_negatives and not len(corpus):
+      raise ConfigError("task.uniform_negatives", "needs the corpus (the item features of every item) in the data")
 
   @classmethod
   def embedding_tables(cls, config: ml_collections.ConfigDict, manifest: dict) -> list:
@@ -110,6 +121,17 @@ class RetrievalTask(Task):
 
   # ---- Steps.
 
+  def train_batch(self, state, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """With task.uniform_negatives = M: the batch plus M corpus items drawn uniformly (with
+    replacement, from the run's key and the step) as extra rows, their query ids padding."""
+    if not self.uniform_negatives:
+      return batch
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    drawn = jax.random.randint(key, (self.uniform_negatives,), 0, self.num_items)
+    pad_query = jnp.full((self.uniform_negatives, batch["query"].shape[1]), -1, batch["query"].dtype)
+    return {"query": jnp.concatenate([batch["query"], pad_query]),
+            "item": jnp.concatenate([batch["item"], jnp.asarray(self.corpus)[drawn]])}
+
   def sparse_ids(self, batch: dict[str, jax.Array]) -> jax.Array:
     return jnp.concatenate([batch["query"], batch["item"]], axis=1)
 
@@ -118,13 +140,24 @@ class RetrievalTask(Task):
     values, masks = self.engine.pool_by_dim(jax.tree.map(cast, rows), routing)
     return ModelInputs(embedded=KeyedEmbeddings(self.inputs.embedded, values, masks))
 
-  def _log_q(self, item_ids_b: jax.Array) -> jax.Array | None:
-    return jnp.asarray(self.log_q)[item_ids_b] if self.config.task.log_q_correction else None
+  def _log_q(self, item_ids_n: jax.Array, batch_rows: int) -> jax.Array | None:
+    """log of each negative's expected count among a step's negatives: batch_rows x its share of
+    the train split (in-batch) + M / items (uniform); a constant shift without uniform negatives."""
+    if not self.config.task.log_q_correction:
+      return None
+    share = jnp.exp(jnp.asarray(self.log_q)[item_ids_n])
+    return jnp.log(batch_rows * share + self.uniform_negatives / self.num_items)
 
   def loss(self, outputs, batch):
-    item_ids_b = batch["item"][:, 0]
-    per_row = in_batch_softmax_loss(outputs["query"], outputs["item"], outputs["temperature"], item_ids_b,
-                                    self._log_q(item_ids_b))
+    item_ids = batch["item"][:, 0]
+    rows = len(item_ids) - self.uniform_negatives  # The batch's own rows; the rest are uniform negatives.
+    log_q = self._log_q(item_ids, rows)
+    extra = {}
+    if self.uniform_negatives:
+      extra = {"extra_md": outputs["item"][rows:], "extra_ids_m": item_ids[rows:],
+               "log_q_m": None if log_q is None else log_q[rows:]}
+    per_row = in_batch_softmax_loss(outputs["query"][:rows], outputs["item"][:rows], outputs["temperature"],
+                                    item_ids[:rows], None if log_q is None else log_q[:rows], **extra)
     return jnp.mean(per_row), {"temperature": outputs["temperature"]}
 
   def _outputs(self, state, batch):
