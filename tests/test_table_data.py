@@ -4,6 +4,7 @@ labels, and malformed rows in strict and skip mode."""
 
 import hashlib
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -121,6 +122,43 @@ def test_a_list_column_read_with_the_wrong_separator_is_reported(tmp_path, capsy
   assert layout.read_manifest(tmp_path / "wrong")["sequence_rows_with_several_ids"] == {"history": 0}
   out = capsys.readouterr().out
   assert "warning: list column 'history': no row holds more than one id" in out and "'|'" in out
+
+
+def test_min_count_gives_an_exact_vocabulary_of_the_train_rows_with_an_oov_row(tmp_path, capsys):
+  from rankjax.data import raw_rows
+  from rankjax.data.writer import IngestStats
+  spec = dict(SPEC, categorical=[{"name": "user", "min_count": 2}, {"name": "item", "num_rows": 50}],
+              sequence=[{"name": "history", "min_count": 2, "max_hotness": 3}])
+  source = _write_parquet(tmp_path / "t.parquet", ROWS)
+  assert _cli("--input", source, "--output", tmp_path / "out", "--spec", _spec_file(tmp_path, spec),
+              "--eval-fraction", 0.25) == 0
+  out = tmp_path / "out"
+  manifest = layout.read_manifest(out)
+  # Train rows 0..5 (eval 6, 7): alice twice, history ids 2 (three times) and 4 (twice).
+  assert manifest["vocab_sizes"] == [3, 50, 4]
+  assert manifest["vocabularies"]["user"] == {"min_count": 2, "ids_kept": 1, "ids_seen": 4, "oov_lookups_in_train": 3}
+  assert manifest["vocabularies"]["history"]["ids_kept"] == 2
+  cat = np.concatenate([_split(out, "train")["cat"], _split(out, "eval")["cat"]])
+  np.testing.assert_array_equal(cat[:, 0], [2, 1, 0, 1, 2, 1, 1, 1])  # 0 missing, 1 out of vocabulary.
+  np.testing.assert_array_equal(cat[:, 2:], [[1, 2, 1], [-1, -1, -1], [-1, -1, -1], [3, 1, -1], [1, -1, -1],
+                                             [2, 2, -1], [1, -1, -1], [1, 1, 1]])
+  assert manifest["feature_spec"]["categorical"][0] == {"name": "user", "num_rows": 3, "min_count": 2}
+  # Raw rows (`rankjax predict --input FILE`) are mapped with the stored vocabulary.
+  scored = list(raw_rows.records(source, manifest, out, IngestStats(strict=True)))
+  np.testing.assert_array_equal(np.concatenate([r["cat"] for _, r in scored]), cat)
+  # A cap keeps the most frequent ids.
+  capped = dict(spec, sequence=[{"name": "history", "min_count": 1, "num_rows": 3, "max_hotness": 3}])
+  assert _cli("--input", source, "--output", tmp_path / "capped", "--spec", _spec_file(tmp_path, capped),
+              "--eval-fraction", 0.25) == 0
+  np.testing.assert_array_equal(_split(tmp_path / "capped", "train")["cat"][0, 2:], [1, 2, 1])
+
+
+@pytest.mark.parametrize("entry, key", [({"name": "user"}, "categorical[0]"),
+                                        ({"name": "user", "min_count": -1}, "categorical[0].min_count"),
+                                        ({"name": "user", "min_count": 2, "num_rows": 2}, "categorical[0].num_rows")])
+def test_bad_vocabulary_keys_name_the_spec_key(tmp_path, entry, key):
+  with pytest.raises(layout.DataError, match=re.escape(f"spec key '{key}'")):
+    table.spec_from_dict(dict(SPEC, categorical=[entry]), "spec.json")
 
 
 def test_several_labels_are_one_field_and_the_pipeline_trains_on_the_chosen_one(tmp_path):

@@ -50,7 +50,9 @@ def records(path: pathlib.Path, manifest: dict, directory: pathlib.Path, stats: 
       criteo._reject_bad_lines(path, file_line, block, stats)
       yield file_line - 1 + np.asarray(block.good_lines, np.int64), criteo._records(block, vocabulary, dtype)
   elif kind == "table":
-    spec = table.spec_from_dict(manifest["feature_spec"], f"{directory}/manifest.json feature_spec")
+    spec = table.with_stored_vocabularies(
+        table.spec_from_dict(manifest["feature_spec"], f"{directory}/manifest.json feature_spec"),
+        lambda key: _side_array(directory, manifest["files"][key]))
     line_offset = 1 if path.stat().st_size and table._is_parquet(path) else 2
     for found, ordinals, problems, *_ in table._file_rows(path, spec, stats):
       stats.rows_read += len(found) + len(problems)

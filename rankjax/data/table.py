@@ -4,7 +4,8 @@ batches with pyarrow; malformed rows raised or skipped and counted like the Crit
 The spec (a JSON object):
   {"label": "click" | ["click", "purchase"],                  label column(s), numbers
    "dense": ["price", "age"],                                  numbers; null/NaN -> 0
-   "categorical": [{"name": "user", "num_rows": 100000}],       hashed ids
+   "categorical": [{"name": "user", "num_rows": 100000},       hashed ids
+                   {"name": "city", "min_count": 5}],            or an exact vocabulary
    "sequence": [{"name": "recent_items", "num_rows": 50000,     lists of ids (multi-hot)
                  "max_hotness": 20, "separator": "|"}],
    "qid": "query_id"}                                          optional int64 query id
@@ -17,6 +18,12 @@ std, min and max over the train split (training standardises with them, task.nor
 Ids: a value that is an integer (an integer column, or text of an optional '-' and digits) is
 that 64-bit integer; any other text is the first 8 bytes (little-endian) of its BLAKE2b digest.
 row = 1 + rankjax.data.hashing.hash_to_rows(id, num_rows - 1); row 0 is a missing (null) value.
+With "min_count": N (categorical or sequence) the feature has an exact vocabulary instead: the
+ids seen at least N times in the rows written to the train split get rows 2, 3, ... by
+decreasing count (ties by id; at most num_rows - 2 of them when num_rows is given), row 1 is
+out-of-vocabulary (rare or unseen ids), row 0 missing. The ids are counted in a first pass over
+the train input and stored as side files (vocab/<column>.u64, id of row r + 2), which `rankjax
+predict` maps raw rows with; the manifest records each vocabulary's size and OOV counts.
 A sequence is a list column, or (CSV) text split on `separator`; null and empty elements are
 dropped, the first max_hotness ids kept (rows cut short are counted in the manifest), and the
 rest padded with -1.
@@ -34,7 +41,7 @@ import json
 import math
 import pathlib
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -55,18 +62,41 @@ MISSING_QID, BAD_QID = "missing qid", "non-integer qid"
 WRONG_COLUMN_COUNT, EMPTY_FILE, UNREADABLE_FILE = "wrong column count", "empty file", "unreadable file"
 
 
+class ExactVocabulary:
+  """Raw 64-bit ids -> rows: ids[r] is row r + 2; any other id row 1 (out of vocabulary)."""
+
+  def __init__(self, ids: np.ndarray):
+    self.ids = np.asarray(ids, np.uint64)
+    self._order = np.argsort(self.ids, kind="stable")
+    self._sorted = self.ids[self._order]
+
+  def rows(self, raw: np.ndarray) -> np.ndarray:
+    position = np.minimum(np.searchsorted(self._sorted, raw), max(len(self._sorted) - 1, 0))
+    found = (self._sorted[position] == raw) if len(self._sorted) else np.zeros(len(raw), bool)
+    return np.where(found, self._order[position] + 2, 1).astype(np.int32)
+
+
 @dataclasses.dataclass(frozen=True)
 class CategoricalFeature:
   name: str
-  num_rows: int
+  num_rows: int = 0  # Hashed: required; exact vocabulary (min_count): a cap, 0 = none.
+  min_count: int = 0  # > 0: an exact vocabulary of the ids seen this often in the train split.
+  vocabulary: ExactVocabulary | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
 class SequenceFeature:
   name: str
-  num_rows: int
-  max_hotness: int
+  num_rows: int = 0
+  max_hotness: int = 0
   separator: str = "|"
+  min_count: int = 0
+  vocabulary: ExactVocabulary | None = dataclasses.field(default=None, compare=False, repr=False)
+
+
+def _feature_dict(feature) -> dict[str, Any]:
+  return {f.name: getattr(feature, f.name) for f in dataclasses.fields(feature)
+          if f.name != "vocabulary" and not (f.name == "min_count" and not feature.min_count)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +128,8 @@ class FeatureSpec:
 
   def as_dict(self) -> dict[str, Any]:
     spec = {"label": list(self.labels), "dense": list(self.dense),
-            "categorical": [dataclasses.asdict(f) for f in self.categorical],
-            "sequence": [dataclasses.asdict(f) for f in self.sequence]}
+            "categorical": [_feature_dict(f) for f in self.categorical],
+            "sequence": [_feature_dict(f) for f in self.sequence]}
     return spec | ({"qid": self.qid} if self.qid else {})
 
 
@@ -119,17 +149,24 @@ def _features(path: pathlib.Path, raw: dict, key: str, cls, required: tuple[str,
   entries = raw.get(key, [])
   if not isinstance(entries, list):
     raise _spec_error(path, key, f"must be a list of objects, got {entries!r}")
-  allowed = {f.name for f in dataclasses.fields(cls)}
+  allowed = {f.name for f in dataclasses.fields(cls)} - {"vocabulary"}
   out = []
   for i, entry in enumerate(entries):
     where = f"{key}[{i}]"
-    if not isinstance(entry, dict) or not set(required) <= set(entry) or not set(entry) <= allowed:
-      raise _spec_error(path, where, f"needs keys {list(required)} (allowed {sorted(allowed)}), got {entry!r}")
+    needed = tuple(k for k in required if not (k == "num_rows" and isinstance(entry, dict) and entry.get("min_count")))
+    if not isinstance(entry, dict) or not set(needed) <= set(entry) or not set(entry) <= allowed:
+      raise _spec_error(path, where, f"needs keys {list(required)} (num_rows optional with min_count; allowed "
+                        f"{sorted(allowed)}), got {entry!r}")
     feature = cls(**entry)
     if not isinstance(feature.name, str) or not feature.name:
       raise _spec_error(path, f"{where}.name", "must be a column name")
-    if not isinstance(feature.num_rows, int) or not 2 <= feature.num_rows <= MAX_ROWS:
-      raise _spec_error(path, f"{where}.num_rows", f"must be an int in [2, 2**31] (row 0 is 'missing'), "
+    if isinstance(feature.min_count, bool) or not isinstance(feature.min_count, int) or feature.min_count < 0:
+      raise _spec_error(path, f"{where}.min_count", f"must be an int >= 1 (an exact vocabulary), got "
+                        f"{feature.min_count!r}")
+    if (feature.num_rows or not feature.min_count) and (
+        not isinstance(feature.num_rows, int) or not (3 if feature.min_count else 2) <= feature.num_rows <= MAX_ROWS):
+      raise _spec_error(path, f"{where}.num_rows", f"must be an int in [{3 if feature.min_count else 2}, 2**31] "
+                        f"(row 0 is 'missing'{', row 1 out-of-vocabulary' if feature.min_count else ''}), "
                         f"got {feature.num_rows!r}")
     if cls is SequenceFeature and (not isinstance(feature.max_hotness, int) or feature.max_hotness < 1):
       raise _spec_error(path, f"{where}.max_hotness", f"must be an int >= 1, got {feature.max_hotness!r}")
@@ -251,21 +288,32 @@ def _raw_ids(array: pa.Array, file: pathlib.Path, column: str) -> np.ndarray:
     return distinct[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
-def _rows(raw: np.ndarray, num_rows: int) -> np.ndarray:
-  return hash_to_rows(raw, num_rows - 1) + 1
+def _rows(raw: np.ndarray, feature: CategoricalFeature | SequenceFeature) -> np.ndarray:
+  if feature.min_count:
+    if feature.vocabulary is None:  # The counting pass: rows are not used.
+      return np.ones(len(raw), np.int32)
+    return feature.vocabulary.rows(raw)
+  return hash_to_rows(raw, feature.num_rows - 1) + 1
 
 
 def _categorical_rows(array: pa.Array, feature: CategoricalFeature, file: pathlib.Path) -> np.ndarray:
   rows = np.zeros(len(array), np.int32)
   present = ~array.is_null().to_numpy(zero_copy_only=False)
   if present.any():
-    rows[present] = _rows(_raw_ids(array.filter(pa.array(present)), file, feature.name), feature.num_rows)
+    rows[present] = _rows(_raw_ids(array.filter(pa.array(present)), file, feature.name), feature)
   return rows
 
 
-def _sequence_rows(array: pa.Array, feature: SequenceFeature, file: pathlib.Path) -> tuple[np.ndarray, int, int]:
-  """([n, max_hotness] rows padded with -1, how many rows were cut to max_hotness, how many hold
-  more than one id)."""
+def _column_ids(array: pa.Array, feature: CategoricalFeature | SequenceFeature, file: pathlib.Path) -> np.ndarray:
+  """The raw ids of a column's present values (a sequence's elements, in order)."""
+  if isinstance(feature, CategoricalFeature):
+    return _raw_ids(array.filter(pc.invert(array.is_null())), file, feature.name)
+  elements, _ = _sequence_elements(array, feature, file)
+  return _raw_ids(elements, file, feature.name) if len(elements) else np.zeros(0, np.uint64)
+
+
+def _sequence_elements(array: pa.Array, feature: SequenceFeature, file: pathlib.Path) -> tuple[pa.Array, np.ndarray]:
+  """(a list column's non-empty elements, the row each belongs to)."""
   if _is_text(array):
     array = pc.split_pattern(array, feature.separator)
   if not (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)):
@@ -276,13 +324,19 @@ def _sequence_rows(array: pa.Array, feature: SequenceFeature, file: pathlib.Path
   keep = ~elements.is_null().to_numpy(zero_copy_only=False)
   if _is_text(elements):
     keep &= pc.fill_null(pc.binary_length(elements), 0).to_numpy(zero_copy_only=False) > 0
-  elements, parents = elements.filter(pa.array(keep)), parents[keep]
+  return elements.filter(pa.array(keep)), parents[keep]
+
+
+def _sequence_rows(array: pa.Array, feature: SequenceFeature, file: pathlib.Path) -> tuple[np.ndarray, int, int]:
+  """([n, max_hotness] rows padded with -1, how many rows were cut to max_hotness, how many hold
+  more than one id)."""
+  elements, parents = _sequence_elements(array, feature, file)
   lengths = np.bincount(parents, minlength=len(array))
   position = np.arange(len(parents)) - (np.cumsum(lengths) - lengths)[parents]
   kept = position < feature.max_hotness
   out = np.full((len(array), feature.max_hotness), -1, np.int32)
   if len(elements):
-    rows = _rows(_raw_ids(elements, file, feature.name), feature.num_rows)
+    rows = _rows(_raw_ids(elements, file, feature.name), feature)
     out[parents[kept], position[kept]] = rows[kept]
   return out, int(np.count_nonzero(lengths > feature.max_hotness)), int(np.count_nonzero(lengths > 1))
 
@@ -409,10 +463,11 @@ def count_rows(path: pathlib.Path) -> int:
   return max(criteo.count_lines(path) - 1, 0)
 
 
-def _file_rows(path: pathlib.Path, spec: FeatureSpec, stats: IngestStats
-               ) -> Iterator[tuple[np.ndarray, np.ndarray, list[tuple[int, str, str]], dict[str, int], dict[str, int]]]:
+def _file_rows(path: pathlib.Path, spec: FeatureSpec, stats: IngestStats,
+               on_batch: Callable[[pa.RecordBatch, np.ndarray, np.ndarray], None] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, list[tuple[int, str, str]], dict[str, int], dict[str, int]]]:
   """Per batch: (records of its good rows, their ordinals, problems as (ordinal, reason, excerpt)
-  sorted, truncated sequence counts, rows with several ids per sequence feature). Ordinals number every data row of the file from 0, good or
+  sorted, truncated sequence counts, rows with several ids per sequence feature). `on_batch` gets
+  each decoded batch with its rows' ordinals and which rows are good. Ordinals number every data row of the file from 0, good or
   not; a row's line is ordinal + 2 (CSV, after the header) or ordinal + 1 (Parquet)."""
   if path.stat().st_size == 0:
     stats.reject_file(str(path), 0, EMPTY_FILE, "no data")
@@ -425,7 +480,8 @@ def _file_rows(path: pathlib.Path, spec: FeatureSpec, stats: IngestStats
   try:
     batches = _parquet_batches(path, spec) if parquet else _csv_batches(path, spec, rejected)
     for batch in batches:
-      converted = _convert_batch(_decoded(batch), spec, path, dtype)
+      batch = _decoded(batch)
+      converted = _convert_batch(batch, spec, path, dtype)
       # The batch's rows take the next ordinals that the reader did not reject.
       skipped = np.array(sorted(line - line_offset for line, _ in rejected), np.int64)
       free_before = skipped - next_ordinal - np.arange(len(skipped))
@@ -436,6 +492,8 @@ def _file_rows(path: pathlib.Path, spec: FeatureSpec, stats: IngestStats
                   for line, text in rejected if line - line_offset < span_end]
       rejected[:] = [(line, text) for line, text in rejected if line - line_offset >= span_end]
       good = converted.problem < 0
+      if on_batch is not None:
+        on_batch(batch, ordinals, good)
       problems += [(int(ordinals[row]), *converted.reasons[converted.problem[row]]) for row in np.flatnonzero(~good)]
       yield converted.records[good], ordinals[good], sorted(problems), converted.truncated, converted.several
       next_ordinal = span_end
@@ -489,6 +547,52 @@ def _file_splits(job: _Job, spec: FeatureSpec, stats: IngestStats, truncated: di
       yield "eval", records[~in_train]
 
 
+def _with_vocabularies(spec: FeatureSpec, jobs: Sequence[_Job], strict: bool) -> tuple[FeatureSpec, dict]:
+  """The spec with an exact vocabulary for each feature with min_count, counted over the rows the
+  conversion writes to the train split (a first pass over the train input); and what each holds."""
+  exact = [f for f in (*spec.categorical, *spec.sequence) if f.min_count]
+  counts: dict[str, tuple[np.ndarray, np.ndarray]] = {f.name: (np.zeros(0, np.uint64), np.zeros(0, np.int64))
+                                                        for f in exact}
+  for job in jobs:
+    if job.split == "eval":
+      continue
+
+    def count(batch: pa.RecordBatch, ordinals: np.ndarray, good: np.ndarray, job=job) -> None:
+      in_train = good if job.split == "train" else good & (job.first_row + ordinals < job.train_rows)
+      rows = batch.filter(pa.array(in_train))
+      for feature in exact:
+        ids, seen = counts[feature.name]
+        new, new_counts = np.unique(_column_ids(rows.column(feature.name), feature, job.path), return_counts=True)
+        merged, inverse = np.unique(np.concatenate([ids, new]), return_inverse=True)
+        counts[feature.name] = merged, np.bincount(inverse, np.concatenate([seen, new_counts]),
+                                                   len(merged)).astype(np.int64)
+
+    for _ in _file_rows(job.path, spec, IngestStats(strict=strict), on_batch=count):
+      pass
+  resolved, report = {}, {}
+  for feature in exact:
+    ids, seen = counts[feature.name]
+    kept = np.flatnonzero(seen >= feature.min_count)
+    kept = kept[np.lexsort((ids[kept], -seen[kept]))]
+    if feature.num_rows:
+      kept = kept[:feature.num_rows - 2]
+    resolved[feature.name] = dataclasses.replace(feature, num_rows=len(kept) + 2,
+                                                 vocabulary=ExactVocabulary(ids[kept]))
+    report[feature.name] = {"min_count": feature.min_count, "ids_kept": int(len(kept)), "ids_seen": int(len(ids)),
+                            "oov_lookups_in_train": int(seen.sum() - seen[kept].sum())}
+  spec = dataclasses.replace(spec, categorical=tuple(resolved.get(f.name, f) for f in spec.categorical),
+                             sequence=tuple(resolved.get(f.name, f) for f in spec.sequence))
+  return spec, report
+
+
+def with_stored_vocabularies(spec: FeatureSpec, load: Callable[[str], np.ndarray]) -> FeatureSpec:
+  """A spec a manifest recorded, its exact vocabularies read by `load(file key)` (side files)."""
+  attach = lambda f: dataclasses.replace(f, vocabulary=ExactVocabulary(load(f"vocab_{f.name}"))) \
+      if f.min_count else f  # noqa: E731
+  return dataclasses.replace(spec, categorical=tuple(map(attach, spec.categorical)),
+                             sequence=tuple(map(attach, spec.sequence)))
+
+
 _WORKER: dict = {}  # Set by the parent before forking: spec, strict, scratch directory.
 
 
@@ -531,6 +635,9 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, spe
           for i, p in enumerate(train_files)]
   jobs += [_Job(p, len(jobs) + i, "eval", 0, None) for i, p in enumerate(eval_files)]
   dtype = spec.record_dtype()
+  vocabularies = {}
+  if any(f.min_count for f in (*spec.categorical, *spec.sequence)):
+    spec, vocabularies = _with_vocabularies(spec, jobs, options.strict)
   stats = IngestStats(strict=options.strict)
   truncated = {f.name: 0 for f in spec.sequence}
   several = dict(truncated)  # Rows with more than one id: none at all hints at a wrong separator.
@@ -566,10 +673,12 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, spe
     for name, split in (("train", train), ("eval", evaluation)):
       if split.num_records == 0:
         raise layout.DataError(f"{output}: the {name} split would be empty ({stats.summary()})")
+    for i, feature in enumerate(f for f in (*spec.categorical, *spec.sequence) if f.min_count):
+      writer.write_array(f"vocab_{feature.name}", f"vocab/feature_{i}.u64", feature.vocabulary.ids.astype("<u8"))
     return writer.finish(
         stats, num_dense=len(spec.dense), vocab_sizes=spec.vocab_sizes, hotness=spec.hotness,
         labels=list(spec.labels), feature_spec=spec.as_dict(), sequences_truncated=truncated,
-        sequence_rows_with_several_ids=several,
+        sequence_rows_with_several_ids=several, **({"vocabularies": vocabularies} if vocabularies else {}),
         dense_stats=dense_stats.as_dict(),
         source={"kind": "table", "files": [str(p) for p in train_files], "eval_files": [str(p) for p in eval_files],
                 "on_error": "strict" if options.strict else "skip", "eval_fraction": options.eval_fraction,
