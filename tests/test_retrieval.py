@@ -161,3 +161,31 @@ def test_training_with_uniform_negatives_draws_them_per_step_and_still_learns(tr
   np.testing.assert_array_equal(np.asarray(first["item"][8:]), corpus[np.asarray(first["item"][8:, 0])])
   mixed = train_lib.train(config, tmp_path, log=lambda _: None)
   assert mixed["eval_recall@50"] > mixed["eval_popularity_recall@50"] + 0.03, mixed
+
+
+@pytest.mark.parametrize("shape", [(8, 1), (2, 4)])
+def test_sharded_two_tower_steps_equal_the_single_device_steps(trained, shape, tmp_path):
+  workdir, _, _ = trained
+
+  def three_steps(mesh_shape, devices):
+    config = _config()
+    config.data.path, config.mesh.shape, config.task.uniform_negatives = str(workdir / "data" / "synthetic"), \
+        mesh_shape, 8
+    exp = train_lib.build(config, tmp_path, devices)
+    with jax.set_mesh(exp.partitioner.mesh):
+      state = exp.init_fn(config.seed)
+      losses = []
+      for batch in pipeline.train_iterator(exp.data_dir, exp.manifest, global_batch_size=config.train.batch_size,
+                                           num_batches=3, seed=0, spec=exp.task.batch_spec):
+        state, metrics = exp.train_fn(state, exp.partitioner.place_batch(batch, exp.batch_shardings))
+        losses.append(float(metrics["loss"]))
+      return exp, jax.device_get(state), losses
+
+  ref_exp, ref_state, ref_losses = three_steps((1, 1), jax.devices()[:1])
+  exp, state, losses = three_steps(shape, jax.devices())
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+  tables, ref_tables = exp.task.engine.table_values(state.embedding), ref_exp.task.engine.table_values(ref_state.embedding)
+  for name in ref_tables:
+    np.testing.assert_allclose(tables[name], ref_tables[name], rtol=1e-5, atol=1e-6)
+  for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
