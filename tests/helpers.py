@@ -17,6 +17,17 @@ def tiny_config(**train):
   return c
 
 
+def assert_same_trained_state(exp, state, ref_exp, ref_state, table_atol=1e-7):
+  """Embedding tables (by table, whatever the layout) and dense params equal the reference's."""
+  import jax
+  import numpy as np
+  tables, ref_tables = exp.task.engine.table_values(state.embedding), ref_exp.task.engine.table_values(ref_state.embedding)
+  for name in ref_tables:
+    np.testing.assert_allclose(tables[name], ref_tables[name], rtol=1e-5, atol=table_atol)
+  for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
 def train_five_steps_on(config_name: str, data_dir, tmp_path, *overrides: str) -> dict:
   """Runs `rankjax train` for 5 small steps of configs/<config_name> on a converted dataset (and
   `--config.KEY=VALUE` overrides); returns its summary.json (the run must succeed)."""

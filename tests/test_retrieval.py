@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import REPO
+from helpers import REPO, assert_same_trained_state
 from rankjax import train as train_lib
 from rankjax.config import ConfigError, load_config_file
 from rankjax.data import layout, pipeline
@@ -184,8 +184,4 @@ def test_sharded_two_tower_steps_equal_the_single_device_steps(trained, shape, t
   ref_exp, ref_state, ref_losses = three_steps((1, 1), jax.devices()[:1])
   exp, state, losses = three_steps(shape, jax.devices())
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-  tables, ref_tables = exp.task.engine.table_values(state.embedding), ref_exp.task.engine.table_values(ref_state.embedding)
-  for name in ref_tables:
-    np.testing.assert_allclose(tables[name], ref_tables[name], rtol=1e-5, atol=1e-6)
-  for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  assert_same_trained_state(exp, state, ref_exp, ref_state, table_atol=1e-6)
