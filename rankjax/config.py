@@ -205,6 +205,11 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   # of l2/2 x the sum over the batch's lookups of |row|^2), so a row is regularised as often as it
   # is seen (the usual frequency-aware CTR recipe); rows not looked up are untouched. 0 = off.
   c.embedding.l2 = 0.0
+  # The tables' learning rate over the run, as train.lr_schedule for the dense one: linear warm-up
+  # over embedding.warmup_steps, then constant, or a cosine / linear decay to 0 at train.steps
+  # (sgd, adagrad, row_wise_adagrad, adam; FTRL's rate is part of its accumulator rule).
+  c.embedding.lr_schedule = "constant"
+  c.embedding.warmup_steps = 0
   c.embedding.initial_accumulator = 0.0  # adagrad, row_wise_adagrad.
   c.embedding.epsilon = 1e-8  # adagrad, row_wise_adagrad, adam.
   c.embedding.beta1 = 0.9  # adam.
@@ -400,6 +405,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for key in ("weight_decay", "grad_clip_norm"):
     if not config.train[key] >= 0:  # Also rejects NaN.
       raise ConfigError(f"train.{key}", f"must be >= 0 (0 = off), got {config.train[key]!r}")
+  if config.embedding.lr_schedule not in LR_SCHEDULES:
+    raise ConfigError("embedding.lr_schedule", f"must be one of {LR_SCHEDULES}, got {config.embedding.lr_schedule!r}")
+  if not 0 <= config.embedding.warmup_steps <= config.train.steps:
+    raise ConfigError("embedding.warmup_steps", f"must be in [0, train.steps={config.train.steps}], "
+                      f"got {config.embedding.warmup_steps}")
   if not 0 <= config.train.warmup_steps <= config.train.steps:
     raise ConfigError("train.warmup_steps", f"must be in [0, train.steps={config.train.steps}], "
                       f"got {config.train.warmup_steps}")

@@ -106,3 +106,39 @@ def test_embedding_l2_adds_l2_times_the_row_to_each_lookups_gradient(tmp_path):
     assert counts.any() and (counts == 0).any()
   for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(regularised.params)):
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("schedule, warmup", [("cosine", 4), ("linear", 0)])
+def test_embedding_lr_schedule_scales_each_steps_table_update_as_optax(tmp_path, schedule, warmup):
+  import optax
+  steps = 10
+  reference = (optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, steps, end_value=0.0) if schedule == "cosine"
+               else optax.linear_schedule(1.0, 0.0, steps))
+
+  def table_delta(lr_schedule, at_step):
+    config = tiny_config(steps=steps)
+    config.mesh.shape, config.embedding.optimizer = (1, 1), "sgd"
+    config.embedding.lr_schedule, config.embedding.warmup_steps = lr_schedule, warmup if lr_schedule != "constant" else 0
+    exp = train_lib.build(config, tmp_path, jax.devices()[:1])
+    batch = next(pipeline.train_iterator(exp.data_dir, exp.manifest, global_batch_size=config.train.batch_size,
+                                         num_batches=1, seed=0, spec=exp.task.batch_spec))
+    with jax.set_mesh(exp.partitioner.mesh):
+      state = exp.init_fn(config.seed)
+      before = jax.device_get(state.embedding)
+      after, _ = exp.train_fn(state.replace(step=state.step + at_step), exp.partitioner.place_batch(
+          batch, exp.batch_shardings))
+    return {g: jax.device_get(after.embedding)[g]["table"] - before[g]["table"] for g in before}
+
+  for at_step in (0, 2, 7):  # The update after `at_step` steps: optax's schedule at count `at_step`.
+    constant, scheduled = table_delta("constant", at_step), table_delta(schedule, at_step)
+    for group in constant:
+      # Deltas are (table + delta) - table in float32: exact to a few ulps of the table's values.
+      np.testing.assert_allclose(scheduled[group], float(reference(at_step)) * constant[group], rtol=1e-5, atol=1e-6)
+
+
+def test_an_embedding_lr_schedule_with_ftrl_tables_is_a_config_error(tmp_path):
+  from rankjax.config import ConfigError
+  config = tiny_config()
+  config.embedding.optimizer, config.embedding.lr_schedule = "ftrl", "cosine"
+  with pytest.raises(ConfigError, match="embedding.lr_schedule.*ftrl"):
+    train_lib.build(config, tmp_path)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from rankjax.dense_optim import learning_rate_schedule
 from rankjax.embedding import optimizers, planner
 from rankjax.errors import ConfigError
 from rankjax.embedding.tables import EmbeddingTableConfig, FeatureSlots
@@ -45,14 +46,25 @@ def configured_tables(config: ml_collections.ConfigDict, tables: Sequence[Embedd
 def optimizer_args(config: ml_collections.ConfigDict) -> dict[str, dict]:
   """Hyperparameters from `config.embedding` for every sparse optimizer, by the names it accepts."""
   e = config.embedding
-  return {name: {f.name: e[f.name] for f in dataclasses.fields(optimizers.optimizer_class(name)) if f.name in e}
+  args = {name: {f.name: e[f.name] for f in dataclasses.fields(optimizers.optimizer_class(name)) if f.name in e}
           for name in optimizers.NAMES}
+  if e.lr_schedule != "constant" or e.warmup_steps:
+    schedule = learning_rate_schedule(1.0, e.lr_schedule, e.warmup_steps, config.train.steps)
+    for name in optimizers.NAMES:
+      if "schedule" in {f.name for f in dataclasses.fields(optimizers.optimizer_class(name))}:
+        args[name]["schedule"] = schedule
+  return args
 
 
 def build_engine(config: ml_collections.ConfigDict, tables: Sequence[EmbeddingTableConfig], slots: FeatureSlots,
                  partitioner: Partitioner, fold_ids: bool = False, aliases: dict[str, str] | None = None
                  ) -> EmbeddingEngine:
   tables = configured_tables(config, tables, partitioner.axis_size("table_rows"), aliases)
+  scheduled = config.embedding.lr_schedule != "constant" or config.embedding.warmup_steps
+  ftrl = [t.name for t in tables if (t.optimizer or config.embedding.optimizer) == "ftrl"]
+  if scheduled and ftrl:
+    raise ConfigError("embedding.lr_schedule", f"table {ftrl[0]!r} uses ftrl, whose rate is part of its accumulator "
+                      "rule: keep the schedule constant, or another optimizer for it")
   try:
     return EmbeddingEngine(tables, slots, partitioner.mesh, batch_axes=partitioner.rules.get("batch", ()),
                            shard_axes=partitioner.rules.get("table_rows", ()),

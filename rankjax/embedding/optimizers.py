@@ -150,6 +150,9 @@ class SGD(SparseOptimizer):
   name: ClassVar[str] = "sgd"
   learning_rate: float
 
+  # The learning rate's multiplier at step t (0 = the first update), or None for a constant rate.
+  schedule: Callable[[jax.Array], jax.Array] | None = dataclasses.field(default=None, compare=False, repr=False)
+
   def init(self, num_rows: int, dim: int) -> dict[str, jax.Array]:
     return {}
 
@@ -189,6 +192,9 @@ class Adagrad(SparseOptimizer):
   initial_accumulator: float = 0.0
   epsilon: float = 1e-8
 
+  # The learning rate's multiplier at step t (0 = the first update), or None for a constant rate.
+  schedule: Callable[[jax.Array], jax.Array] | None = dataclasses.field(default=None, compare=False, repr=False)
+
   def init(self, num_rows: int, dim: int) -> dict[str, jax.Array]:
     return {"accumulator": _full(num_rows, dim, self.initial_accumulator)}
 
@@ -214,6 +220,9 @@ class RowWiseAdagrad(SparseOptimizer):
   learning_rate: float
   initial_accumulator: float = 0.0
   epsilon: float = 1e-8
+
+  # The learning rate's multiplier at step t (0 = the first update), or None for a constant rate.
+  schedule: Callable[[jax.Array], jax.Array] | None = dataclasses.field(default=None, compare=False, repr=False)
 
   def init(self, num_rows: int, dim: int) -> dict[str, jax.Array]:
     return {"accumulator": _full(num_rows, None, self.initial_accumulator)}
@@ -243,6 +252,9 @@ class Adam(SparseOptimizer):
   beta1: float = 0.9
   beta2: float = 0.999
   epsilon: float = 1e-8
+
+  # The learning rate's multiplier at step t (0 = the first update), or None for a constant rate.
+  schedule: Callable[[jax.Array], jax.Array] | None = dataclasses.field(default=None, compare=False, repr=False)
 
   def init(self, num_rows: int, dim: int) -> dict[str, jax.Array]:
     return {"first_moment": _full(num_rows, dim, 0.0), "second_moment": _full(num_rows, dim, 0.0)}

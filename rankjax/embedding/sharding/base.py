@@ -100,8 +100,11 @@ def apply_optimizer(group: TableGroup, gstate: dict, rows: jax.Array, grads: jax
                     **kwargs) -> dict:
   """The group's sparse optimizer on local rows (an out-of-range row is dropped) and their grads."""
   table, rest = gstate["table"], {k: v for k, v in gstate.items() if k != "table"}
-  table, rest = group.optimizer.update(table, rest, rows.reshape(-1), grads.reshape(-1, grads.shape[-1]), step,
-                                       **kwargs)
+  optimizer = group.optimizer
+  if getattr(optimizer, "schedule", None) is not None:  # `step` counts updates from 1.
+    optimizer = dataclasses.replace(optimizer, schedule=None,
+                                    learning_rate=optimizer.learning_rate * optimizer.schedule(step - 1))
+  table, rest = optimizer.update(table, rest, rows.reshape(-1), grads.reshape(-1, grads.shape[-1]), step, **kwargs)
   return {"table": table, **rest}
 
 
