@@ -361,6 +361,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError("data.synthetic.hotness", f"needs one positive int per feature ({len(vocab)}), got {hotness}")
   if not config.embedding.initial_accumulator >= 0:
     raise ConfigError("embedding.initial_accumulator", "must be >= 0")
+  if config.train.list_size < 0:
+    raise ConfigError("train.list_size", "must be >= 0 (0 = whole lists)")
   if config.task.uniform_negatives < 0:
     raise ConfigError("task.uniform_negatives", "must be >= 0 (0 = in-batch negatives only)")
   if not config.embedding.l2 >= 0:

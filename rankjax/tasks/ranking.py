@@ -67,8 +67,6 @@ class RankingTask(Task):
                         "data): give it a dataset from `rankjax data letor`")
     if config.train.ndcg_k < 1:
       raise ConfigError("train.ndcg_k", "must be >= 1")
-    if config.train.list_size < 0:
-      raise ConfigError("train.list_size", "must be >= 0 (0 = whole lists)")
     cutoffs = tuple(config.eval.ranking_cutoffs)
     if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in cutoffs):
       raise ConfigError("eval.ranking_cutoffs", f"must be positive ints, got {cutoffs}")
