@@ -9,7 +9,7 @@ The scorer: per document (ltr_mlp, the default) or in the context of the whole l
 Swap the loss, the scorer's size or the normalisation with overrides:
   rankjax data letor --input train.txt --eval-input vali.txt --output /data/letor
   rankjax train --config configs/ltr_letor.py --workdir /tmp/ltr --config.data.path=/data/letor \\
-      --config.train.loss=lambda_ndcg --config.model.hidden='(128,64)' --config.task.normalize=false
+      --config.train.loss=lambda_ndcg --config.model.hidden='(128,64)' --config.task.normalize=none
 Losses: softmax, poly1_softmax, listmle, approx_ndcg, lambda_ndcg (NDCG@train.ndcg_k weights),
 pairwise_logistic, pairwise_hinge, sigmoid, mse.
 """

@@ -16,6 +16,7 @@ from typing import Any
 
 import ml_collections
 
+from rankjax.data.feature_stats import NORMALIZATIONS
 from rankjax.data.validation import POLICIES as INVALID_RECORD_POLICIES
 from rankjax.dense_optim import DENSE_OPTIMIZERS as _DENSE_OPTIMIZERS
 from rankjax.dense_optim import LR_SCHEDULES
@@ -77,9 +78,11 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   c.task.heads = ("click", "conversion")  # multitask: head names, one per label column.
   c.task.label_columns = ()  # multitask: each head's label column; () = 0, 1, ... in head order.
   c.task.loss_weights = ()  # multitask: each head's weight in the loss; () = 1 each.
-  # Standardise dense inputs with the train split's mean/std from the manifest (ranking: document
-  # features; ctr/multitask: dense features, where the manifest records dense_stats).
-  c.task.normalize = True
+  # Dense inputs (ranking: document features; ctr/multitask: dense features) normalised with the
+  # train split's statistics from the manifest: "auto" (log1p, then standardised, for heavy-tailed
+  # features; standardised otherwise) | "standardize" | "log1p" | "min_max" | "none"
+  # (rankjax/data/feature_stats.py). The run's summary.json records which features took log1p.
+  c.task.normalize = "auto"
   # retrieval: lower each in-batch negative's logit by log of its share of the train split (Yi et al. 2019).
   c.task.log_q_correction = True
   # retrieval: M extra negatives per step, corpus items drawn uniformly (mixed negative sampling,
@@ -363,6 +366,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError("embedding.initial_accumulator", "must be >= 0")
   if config.train.list_size < 0:
     raise ConfigError("train.list_size", "must be >= 0 (0 = whole lists)")
+  if config.task.normalize not in NORMALIZATIONS:
+    raise ConfigError("task.normalize", f"must be one of {NORMALIZATIONS}, got {config.task.normalize!r}")
   if config.task.uniform_negatives < 0:
     raise ConfigError("task.uniform_negatives", "must be >= 0 (0 = in-batch negatives only)")
   if not config.embedding.l2 >= 0:

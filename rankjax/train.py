@@ -240,6 +240,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devic
                            spec=exp.task.batch_spec, verify=config.data.verify_checksums,
                            invalid_records=config.data.invalid_records, split=split, holdout=holdout(config))
   writer = MetricWriter(workdir, enabled=is_chief)
+  normalization = getattr(exp.task, "normalization", None)
+  if is_chief and normalization is not None and normalization.log1p.any():
+    _note(f"task.normalize={normalization.mode!r}: log1p, then standardised, for {normalization.log1p.sum()} of "
+          f"{normalization.log1p.size} dense features (summary.json lists them)")
   embedding_layout = exp.task.engine.layout_descriptor() if exp.task.engine else None
   fingerprint = checkpoint_integrity.fingerprint(config, exp.manifest, jax.eval_shape(exp.init_fn, config.seed).params)
   guard = RunGuard(train_config.step_timeout_s, train_config.stop_grace_s, checkpointer.latest_step)
@@ -413,6 +417,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devic
   summary = {"steps": trained_step, **exp.task.summary(final),
              exp.task.RATE_KEY: trained_examples / trained_time if trained_time else None,
              "skipped_steps": skipped_total}
+  if normalization is not None:
+    summary["normalization"] = normalization.record()
   if stopping:
     summary.update({"best_step": stopping.best_step, f"best_validation_{stopping.metric}": stopping.best_value,
                     "stopped_early": stopping.stopped})

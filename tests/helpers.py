@@ -71,9 +71,11 @@ CONFIGS = sorted(str(p) for p in (REPO / "configs").glob("*.py"))
 
 
 def small_letor_dataset(directory) -> str:
-  """A tiny LETOR dataset (40 queries x 5 documents x 4 features) converted by `rankjax data letor`."""
+  """A tiny LETOR dataset (40 queries x 5 documents x 5 features, the fifth heavy-tailed: log1p under
+  task.normalize=auto) converted by `rankjax data letor`."""
   from rankjax.cli import data as data_cli
-  lines = [f"{(q + d) % 3} qid:{q} 1:{d} 2:{q % 7} 3:0.5 4:{d * q % 5}" for q in range(40) for d in range(5)]
+  lines = [f"{(q + d) % 3} qid:{q} 1:{d} 2:{q % 7} 3:0.5 4:{d * q % 5} 5:{1e6 / (1 + (q * 7 + d * 3) % 199) ** 3:.3f}"
+           for q in range(40) for d in range(5)]
   source = directory / "letor.txt"
   source.write_text("\n".join(lines) + "\n")
   assert data_cli.main(["letor", "--input", str(source), "--eval-input", str(source),

@@ -167,6 +167,10 @@ def test_feature_stats_equal_numpy_over_the_written_train_documents(tmp_path):
   np.testing.assert_allclose(stats["std"], documents.std(axis=0), rtol=1e-12)
   np.testing.assert_array_equal(stats["min"], documents.min(axis=0))
   np.testing.assert_array_equal(stats["max"], documents.max(axis=0))
+  logs = np.sign(documents) * np.log1p(np.abs(documents))  # What task.normalize=log1p|auto standardises.
+  np.testing.assert_allclose(stats["log1p"]["mean"], logs.mean(axis=0), rtol=1e-12)
+  np.testing.assert_allclose(stats["log1p"]["std"], logs.std(axis=0), rtol=1e-12)
+  np.testing.assert_allclose(stats["log1p"]["max"], logs.max(axis=0), rtol=1e-15)
 
 
 def test_streaming_feature_stats_merge_like_numpy_over_uneven_batches():

@@ -307,7 +307,7 @@ def test_feature_spec_record_dtype_follows_the_spec():
 def test_rankjax_train_runs_on_a_converted_table(tmp_path):
   rng = np.random.default_rng(0)
   n = 3000
-  rows = {"click": rng.integers(0, 2, n).tolist(), "price": rng.random(n).tolist(),
+  rows = {"click": rng.integers(0, 2, n).tolist(), "price": rng.lognormal(3.0, 1.5, n).tolist(),
           "age": rng.integers(0, 90, n).tolist(), "user": [f"u{i}" for i in rng.integers(0, 500, n)], "item": rng.integers(0, 300, n).tolist(),
           "history": [rng.integers(0, 300, int(k)).tolist() for k in rng.integers(0, 6, n)],
           "query": (np.arange(n) // 10).tolist()}
@@ -322,7 +322,7 @@ def _behaviour_rows(n: int, seed: int = 0) -> dict:
   user's recently clicked items (a list column of the same item ids)."""
   rng = np.random.default_rng(seed)
   click = rng.integers(0, 2, n)
-  return {"click": click.tolist(), "buy": (click * rng.integers(0, 2, n)).tolist(), "price": rng.random(n).tolist(),
+  return {"click": click.tolist(), "buy": (click * rng.integers(0, 2, n)).tolist(), "price": rng.lognormal(3.0, 1.5, n).tolist(),
           "age": rng.integers(0, 90, n).tolist(), "user": [f"u{i}" for i in rng.integers(0, 500, n)],
           "item": rng.integers(0, 300, n).tolist(),
           "history": [rng.integers(0, 300, int(k)).tolist() for k in rng.integers(0, 6, n)]}
@@ -354,6 +354,8 @@ def test_sequence_and_multi_task_zoo_models_train_on_a_converted_table(tmp_path)
   assert din["steps"] == 5 and 0 < din["eval_auc"] < 1 and din["eval_gauc_groups"] > 0
   esmm = train_five_steps_on("esmm.py", tmp_path / "data", tmp_path / "esmm")
   assert 0 < esmm["eval_click/auc"] < 1 and 0 < esmm["eval_conversion/auc"] < 1
+  # task.normalize=auto took log1p for the long-tailed price, standardisation for age, and said so.
+  assert din["normalization"] == esmm["normalization"] == {"mode": "auto", "log1p_features": [0]}
 
 
 def test_a_history_hashed_into_other_rows_than_its_target_is_a_config_error(tmp_path):

@@ -19,7 +19,7 @@ import numpy as np
 from rankjax import streaming_metrics
 from rankjax.config import ConfigError, model_module
 from rankjax.data.batch import BatchSpec, Field
-from rankjax.data.feature_stats import standardization
+from rankjax.data.feature_stats import normalization
 from rankjax.embedding.builder import build_engine
 from rankjax.embedding.engine import Routing
 from rankjax.embedding.tables import EmbeddingTableConfig, FeatureSlots, scale_rows
@@ -83,8 +83,7 @@ class ClickTask(Task):
                      for name, h, c in zip(self.engine.slots.names, self.engine.slots.hotness, self.engine.combiners))
     self.inputs = InputSpec(heads=self.heads, num_dense=manifest["num_dense"], embedded=embedded)
     self.group_slot, self.num_groups = self._group_feature(config, manifest, hotness)
-    self.dense_mean_n, self.dense_std_n = standardization(manifest.get("dense_stats"), manifest["num_dense"],
-                                                          config.task.normalize)
+    self.normalization = normalization(manifest.get("dense_stats"), manifest["num_dense"], config.task.normalize)
 
   def _group_feature(self, config, manifest: dict, hotness: tuple[int, ...]) -> tuple[int | None, int]:
     """(the batch's `cat` column holding eval.group_feature's id, its vocabulary), or (None, 0) when off."""
@@ -156,7 +155,7 @@ class ClickTask(Task):
   def model_inputs(self, batch: dict[str, jax.Array], rows: dict[str, jax.Array], routing: Routing) -> ModelInputs:
     cast = cast_floating(self.compute_dtype)
     values, masks = self.engine.pool_by_dim(jax.tree.map(cast, rows), routing)
-    dense_bn = (batch["dense"] - self.dense_mean_n) / self.dense_std_n
+    dense_bn = self.normalization(batch["dense"])
     return ModelInputs(dense=cast(dense_bn), embedded=KeyedEmbeddings(self.inputs.embedded, values, masks))
 
   def _labels(self, batch: dict[str, jax.Array]) -> jax.Array:

@@ -20,7 +20,7 @@ import ml_collections
 from rankjax import streaming_metrics
 from rankjax.config import ConfigError
 from rankjax.data.batch import BatchSpec, Field
-from rankjax.data.feature_stats import standardization
+from rankjax.data.feature_stats import normalization
 from rankjax.losses import RANKING_LOSSES, mean_of
 from rankjax.model_inputs import InputSpec, ModelInputs
 from rankjax.partitioner import Partitioner
@@ -57,8 +57,7 @@ class RankingTask(Task):
         Field("mask", "float32", (list_size,), values="binary"),
     ))
     self.inputs = InputSpec(heads=(self.HEAD,), num_document_features=num_features, list_size=list_size)
-    self.feature_mean_n, self.feature_std_n = standardization(manifest["feature_stats"], num_features,
-                                                              config.task.normalize)
+    self.normalization = normalization(manifest["feature_stats"], num_features, config.task.normalize)
 
   @classmethod
   def validate_config(cls, config: ml_collections.ConfigDict) -> None:
@@ -88,7 +87,7 @@ class RankingTask(Task):
             "mask": take(batch["mask"])}
 
   def model_inputs(self, batch: dict[str, jax.Array], rows: None, routing: None) -> ModelInputs:
-    normalized_bln = (batch["features"] - self.feature_mean_n) / self.feature_std_n
+    normalized_bln = self.normalization(batch["features"])
     return ModelInputs(documents=cast_floating(self.compute_dtype)(normalized_bln), document_mask=batch["mask"] > 0)
 
   def loss(self, outputs, batch):
