@@ -20,6 +20,7 @@ import ml_collections
 from flax import nnx
 
 from rankjax.embedding.tables import EmbeddingTableConfig
+from rankjax.layers import Droppable
 from rankjax.model_inputs import InputSpec, ModelInputs
 from rankjax.models import _parts, _sequence
 
@@ -58,8 +59,9 @@ class Dice(nnx.Module):
     return x * p + self.alpha[...] * x * (1.0 - p)
 
 
-class DiceMLP(nnx.Module):
-  """Linear layers with Dice between them, then a linear output layer."""
+class DiceMLP(nnx.Module, Droppable):
+  """Linear layers with Dice between them, then a linear output layer; dropout (train.dropout)
+  after each Dice."""
 
   def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int, *, rngs: nnx.Rngs):
     sizes = [in_dim, *hidden]
@@ -68,8 +70,8 @@ class DiceMLP(nnx.Module):
     self.out = nnx.Linear(sizes[-1], out_dim, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    for layer, activation in zip(self.layers, self.activations):
-      x = activation(layer(x))
+    for i, (layer, activation) in enumerate(zip(self.layers, self.activations)):
+      x = self.drop(activation(layer(x)), i)
     return self.out(x)
 
 

@@ -158,6 +158,9 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   # dense gradients to this global norm; 0 = off (the optimizer is then exactly optax's).
   c.train.weight_decay = 0.0
   c.train.grad_clip_norm = 0.0
+  # Dropout after every ReLU of the model's MLPs (rankjax.layers.MLP: the zoo's deep, tower, expert
+  # and bottom MLPs), in train steps only; 0 = off (nothing drawn).
+  c.train.dropout = 0.0
   # The task's loss (its LOSSES): bce for ctr/multitask; softmax | pairwise_logistic for ranking.
   c.train.loss = next(iter(task_class(c.task.name).LOSSES))
   c.train.ndcg_k = 10  # Ranking eval: NDCG@k.
@@ -412,6 +415,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for key in ("weight_decay", "grad_clip_norm"):
     if not config.train[key] >= 0:  # Also rejects NaN.
       raise ConfigError(f"train.{key}", f"must be >= 0 (0 = off), got {config.train[key]!r}")
+  if not 0 <= config.train.dropout < 1:
+    raise ConfigError("train.dropout", f"must be in [0, 1) (0 = off), got {config.train.dropout!r}")
   if config.embedding.lr_schedule not in LR_SCHEDULES:
     raise ConfigError("embedding.lr_schedule", f"must be one of {LR_SCHEDULES}, got {config.embedding.lr_schedule!r}")
   if not 0 <= config.embedding.warmup_steps <= config.train.steps:

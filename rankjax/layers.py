@@ -11,20 +11,53 @@ import numpy as np
 from flax import nnx
 
 
-class MLP(nnx.Module):
-  """Dense layers with ReLU between them; the last layer is linear unless `final_activation`."""
+class Droppable:
+  """A module with dropout after its hidden activations: rate `dropout` (set_dropout), drawn only
+  when the call has a key (seed_dropout: train steps); without one (eval, serving) deterministic."""
 
-  def __init__(self, in_dim: int, dims: Sequence[int], *, rngs: nnx.Rngs, final_activation: bool = False):
+  dropout: float = 0.0
+
+  def drop(self, x: jax.Array, index: int) -> jax.Array:
+    """Inverted dropout of activation `index`: kept with probability 1 - rate, scaled by 1 / (1 - rate)."""
+    key = getattr(self, "dropout_key", None)  # Set by seed_dropout on a merged model.
+    if not self.dropout or key is None:
+      return x
+    keep = jax.random.bernoulli(jax.random.fold_in(key, index), 1.0 - self.dropout, x.shape)
+    return jnp.where(keep, x / (1.0 - self.dropout), jnp.zeros_like(x))
+
+
+class MLP(nnx.Module, Droppable):
+  """Dense layers with ReLU between them; the last layer is linear unless `final_activation`.
+  Dropout (Droppable) follows every ReLU."""
+
+  def __init__(self, in_dim: int, dims: Sequence[int], *, rngs: nnx.Rngs, final_activation: bool = False,
+               dropout: float = 0.0):
     sizes = [in_dim, *dims]
     self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
     self.final_activation = final_activation
+    self.dropout = dropout
 
   def __call__(self, x: jax.Array) -> jax.Array:
     for i, layer in enumerate(self.layers):
       x = layer(x)
       if i < len(self.layers) - 1 or self.final_activation:
-        x = jax.nn.relu(x)
+        x = self.drop(jax.nn.relu(x), i)
     return x
+
+
+def set_dropout(model: nnx.Module, rate: float) -> nnx.Module:
+  """Sets the dropout rate of every Droppable module of `model` (train.dropout); returns the model."""
+  for _, module in nnx.iter_modules(model):
+    if isinstance(module, Droppable):
+      module.dropout = rate
+  return model
+
+
+def seed_dropout(model: nnx.Module, key: jax.Array) -> None:
+  """Gives every Droppable module of `model` with dropout its own key for this call (fold_in of its index)."""
+  for index, (_, module) in enumerate(nnx.iter_modules(model)):
+    if isinstance(module, Droppable) and module.dropout:
+      module.dropout_key = jax.random.fold_in(key, index)
 
 
 def dot_interaction(features_bfd: jax.Array) -> jax.Array:

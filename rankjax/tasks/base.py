@@ -25,11 +25,15 @@ import ml_collections
 import optax
 from flax import nnx
 
+from rankjax import layers
 from rankjax.config import model_module
 from rankjax.data.batch import BatchSpec
 from rankjax.dense_optim import dense_optimizer
 from rankjax.embedding.engine import EmbeddingEngine, Routing
 from rankjax.model_inputs import InputSpec, ModelInputs
+
+
+DROPOUT_STREAM = 1  # fold_in(step key, this): the dropout key, apart from a task's own draws (list sampling).
 
 
 @flax.struct.dataclass
@@ -97,7 +101,7 @@ class Task(abc.ABC):
   # ---- The model.
 
   def create_model(self, rngs: nnx.Rngs) -> nnx.Module:
-    return self.model.create(self.config, self.inputs, rngs=rngs)
+    return layers.set_dropout(self.model.create(self.config, self.inputs, rngs=rngs), self.config.train.dropout)
 
   @property
   def graphdef(self) -> nnx.GraphDef:
@@ -105,9 +109,13 @@ class Task(abc.ABC):
       self._graphdef, _ = nnx.split(nnx.eval_shape(lambda: self.create_model(nnx.Rngs(0))))
     return self._graphdef
 
-  def apply_model(self, params: Any, inputs: ModelInputs) -> dict[str, jax.Array]:
-    """The model's named outputs, run in compute_dtype (inputs arrive cast), returned in float32."""
+  def apply_model(self, params: Any, inputs: ModelInputs, dropout_key: jax.Array | None = None
+                  ) -> dict[str, jax.Array]:
+    """The model's named outputs, run in compute_dtype (inputs arrive cast), returned in float32;
+    with `dropout_key` (train steps), its MLPs' dropout is drawn from it."""
     model = nnx.merge(self.graphdef, jax.tree.map(cast_floating(self.compute_dtype), params))
+    if dropout_key is not None:
+      layers.seed_dropout(model, dropout_key)
     return {k: v.astype(jnp.float32) for k, v in model(inputs).items()}
 
   # ---- Pure step functions (jitted by the Partitioner).
@@ -158,9 +166,11 @@ class Task(abc.ABC):
   def train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
     batch = self.train_batch(state, batch)
     routing, rows = self._route_and_lookup(state, batch)
+    dropout_key = (jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step),
+                                      DROPOUT_STREAM) if self.config.train.dropout else None)
 
     def loss_fn(params, rows):
-      outputs = self.apply_model(params, self.model_inputs(batch, rows, routing))
+      outputs = self.apply_model(params, self.model_inputs(batch, rows, routing), dropout_key)
       with jax.named_scope("loss"):
         return self.loss(outputs, batch)
 
