@@ -279,12 +279,50 @@ def test_skip_mode_counts_each_reason_and_read_equals_written_plus_skipped(tmp_p
     (dict(SPEC, sequence=[{"name": "history", "num_rows": 10}]), "sequence[0]"),
     (dict(SPEC, extra=1), "extra"),
     (dict(SPEC, dense=["price", "price"]), "price"),
+    (dict(SPEC, categorical=[{"name": "b", "column": "age", "boundaries": [3, 1]}]), "categorical[0].boundaries"),
+    (dict(SPEC, categorical=[{"name": "b", "column": "age", "boundaries": [1, "x"]}]), "categorical[0].boundaries"),
+    (dict(SPEC, categorical=[{"name": "b", "column": "age", "boundaries": [1], "num_rows": 5}]),
+     "categorical[0].num_rows"),
+    (dict(SPEC, categorical=[{"name": "b", "column": "age", "boundaries": [1], "min_count": 2}]),
+     "categorical[0].min_count"),
+    (dict(SPEC, categorical=[{"name": "b", "column": "click", "boundaries": [1]}]), "categorical[0].column"),
+    (dict(SPEC, categorical=[{"name": "b", "column": "age", "num_rows": 9}]), "categorical[0].column"),
 ])
 def test_bad_spec_exits_2_naming_the_key(tmp_path, capsys, spec, key):
   source = _write_parquet(tmp_path / "t.parquet", ROWS)
   assert _cli("--input", source, "--output", tmp_path / "out", "--spec", _spec_file(tmp_path, spec)) == 2
   err = capsys.readouterr().err.strip()
   assert f"spec key '{key}'" in err and len(err.splitlines()) == 1
+
+
+def test_a_dense_column_is_also_bucketised_into_categorical_features(tmp_path, capsys):
+  """`age` is dense and two bucketised features; `price` only bucketised (its own name); null and
+  NaN take row 0, a value on a boundary goes to the bucket above it."""
+  spec = {"label": "click", "dense": ["age"],
+          "categorical": [{"name": "age_band", "column": "age", "boundaries": [18, 35, 50]},
+                          {"name": "age_coarse", "column": "age", "boundaries": [40]},
+                          {"name": "price", "boundaries": [0.0, 2.0, 7.0]}, {"name": "user", "num_rows": 100}]}
+  rows = dict(ROWS, age=[30, 40, None, 18, 10, 50, 60, 70])
+  for name, write in (("t.parquet", _write_parquet), ("t.csv", _write_csv)):
+    out = tmp_path / name.replace(".", "_")
+    assert _cli("--input", write(tmp_path / name, rows), "--output", out, "--spec", _spec_file(tmp_path, spec),
+                "--eval-fraction", 0.25) == 0
+    records = np.concatenate([_split(out, "train"), _split(out, "eval")])
+    ages = np.array([np.nan if a is None else a for a in rows["age"]], float)
+    prices = np.array([np.nan if v is None else v for v in rows["price"]], float)
+    bucket = lambda x, b: np.where(np.isnan(x), 0, 1 + np.searchsorted(b, x, side="right"))  # noqa: E731
+    np.testing.assert_array_equal(records["cat"][:, 0], bucket(ages, [18, 35, 50]))
+    np.testing.assert_array_equal(records["cat"][:, 1], bucket(ages, [40]))
+    np.testing.assert_array_equal(records["cat"][:, 2], bucket(prices, [0.0, 2.0, 7.0]))
+    np.testing.assert_array_equal(records["dense"][:, 0], np.nan_to_num(ages))
+    manifest = layout.read_manifest(out)
+    assert manifest["vocab_sizes"] == [5, 3, 5, 100]
+    assert manifest["feature_spec"]["categorical"][0] == {"name": "age_band", "num_rows": 5, "column": "age",
+                                                         "boundaries": [18.0, 35.0, 50.0]}
+  bad = {k: v for k, v in dict(rows, price=["1", "x", "2", "3", "4", "5", "6", "7"]).items() if k != "history"}
+  pa_csv.write_csv(pa.table(bad), tmp_path / "bad.csv")
+  assert _cli("--input", tmp_path / "bad.csv", "--output", tmp_path / "bad", "--spec", _spec_file(tmp_path, spec)) == 2
+  assert capsys.readouterr().err.strip() == f"{tmp_path / 'bad.csv'}:3: non-numeric dense value: \"price='x'\""
 
 
 def test_a_spec_column_missing_from_the_file_is_named(tmp_path, capsys):

@@ -5,7 +5,9 @@ The spec (a JSON object):
   {"label": "click" | ["click", "purchase"],                  label column(s), numbers
    "dense": ["price", "age"],                                  numbers; null/NaN -> 0
    "categorical": [{"name": "user", "num_rows": 100000},       hashed ids
-                   {"name": "city", "min_count": 5}],            or an exact vocabulary
+                   {"name": "city", "min_count": 5},             or an exact vocabulary
+                   {"name": "age_band", "column": "age",         or a number's bucket
+                    "boundaries": [18, 25, 35, 50, 65]}],
    "sequence": [{"name": "recent_items", "num_rows": 50000,     lists of ids (multi-hot)
                  "max_hotness": 20, "separator": "|"}],
    "qid": "query_id"}                                          optional int64 query id
@@ -27,6 +29,9 @@ predict` maps raw rows with; the manifest records each vocabulary's size and OOV
 A sequence is a list column, or (CSV) text split on `separator`; null and empty elements are
 dropped, the first max_hotness ids kept (rows cut short are counted in the manifest), and the
 rest padded with -1.
+A bucketised feature ("boundaries": increasing finite numbers, b_0 < ... < b_k-1) reads the number
+in `column` (by default its own name; a dense column may be bucketised too, as several features):
+row 1 + #{b_i <= value}, so rows 1 .. k + 1 (num_rows = k + 2, row 0 for a null or NaN value).
 Rows: a CSV row's line is its row number + 1 (the header), exact when no quoted value spans
 lines; a Parquet row's "line" is its 1-based row number in the file.
 """
@@ -79,9 +84,15 @@ class ExactVocabulary:
 @dataclasses.dataclass(frozen=True)
 class CategoricalFeature:
   name: str
-  num_rows: int = 0  # Hashed: required; exact vocabulary (min_count): a cap, 0 = none.
+  num_rows: int = 0  # Hashed: required; exact vocabulary (min_count): a cap, 0 = none; bucketised: k + 2.
   min_count: int = 0  # > 0: an exact vocabulary of the ids seen this often in the train split.
+  column: str = ""  # The input column read; "" = `name`.
+  boundaries: tuple[float, ...] = ()  # Non-empty: the bucket of a number, not an id.
   vocabulary: ExactVocabulary | None = dataclasses.field(default=None, compare=False, repr=False)
+
+  @property
+  def source(self) -> str:
+    return self.column or self.name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,8 +106,9 @@ class SequenceFeature:
 
 
 def _feature_dict(feature) -> dict[str, Any]:
-  return {f.name: getattr(feature, f.name) for f in dataclasses.fields(feature)
-          if f.name != "vocabulary" and not (f.name == "min_count" and not feature.min_count)}
+  optional = ("min_count", "column", "boundaries")  # Written only when set.
+  return {f.name: list(value) if isinstance(value, tuple) else value for f in dataclasses.fields(feature)
+          if f.name != "vocabulary" and ((value := getattr(feature, f.name)) or f.name not in optional)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,10 +120,16 @@ class FeatureSpec:
   qid: str | None = None
 
   @property
-  def columns(self) -> list[str]:
-    """Every input column the spec reads, in record order."""
+  def names(self) -> list[str]:
+    """The labels' and features' names (each used once), in record order."""
     names = [*self.labels, *self.dense, *(f.name for f in self.categorical), *(f.name for f in self.sequence)]
     return names + ([self.qid] if self.qid else [])
+
+  @property
+  def columns(self) -> list[str]:
+    """Every input column the spec reads, once each, in record order."""
+    sources = [*self.labels, *self.dense, *(f.source for f in self.categorical), *(f.name for f in self.sequence)]
+    return list(dict.fromkeys(sources + ([self.qid] if self.qid else [])))
 
   @property
   def hotness(self) -> list[int]:
@@ -153,13 +171,19 @@ def _features(path: pathlib.Path, raw: dict, key: str, cls, required: tuple[str,
   out = []
   for i, entry in enumerate(entries):
     where = f"{key}[{i}]"
-    needed = tuple(k for k in required if not (k == "num_rows" and isinstance(entry, dict) and entry.get("min_count")))
+    optional_rows = isinstance(entry, dict) and (entry.get("min_count") or entry.get("boundaries"))
+    needed = tuple(k for k in required if not (k == "num_rows" and optional_rows))
     if not isinstance(entry, dict) or not set(needed) <= set(entry) or not set(entry) <= allowed:
-      raise _spec_error(path, where, f"needs keys {list(required)} (num_rows optional with min_count; allowed "
-                        f"{sorted(allowed)}), got {entry!r}")
+      raise _spec_error(path, where, f"needs keys {list(required)} (num_rows optional with min_count or "
+                        f"boundaries; allowed {sorted(allowed)}), got {entry!r}")
     feature = cls(**entry)
     if not isinstance(feature.name, str) or not feature.name:
       raise _spec_error(path, f"{where}.name", "must be a column name")
+    if cls is CategoricalFeature:
+      feature = _bucketised(path, where, feature)
+      if feature.boundaries:
+        out.append(feature)
+        continue
     if isinstance(feature.min_count, bool) or not isinstance(feature.min_count, int) or feature.min_count < 0:
       raise _spec_error(path, f"{where}.min_count", f"must be an int >= 1 (an exact vocabulary), got "
                         f"{feature.min_count!r}")
@@ -174,6 +198,25 @@ def _features(path: pathlib.Path, raw: dict, key: str, cls, required: tuple[str,
       raise _spec_error(path, f"{where}.separator", "must be a non-empty string")
     out.append(feature)
   return tuple(out)
+
+
+def _bucketised(path: pathlib.Path, where: str, feature: CategoricalFeature) -> CategoricalFeature:
+  """The feature with its `column` and `boundaries` checked (boundaries as a tuple, num_rows k + 2)."""
+  if not isinstance(feature.column, str):
+    raise _spec_error(path, f"{where}.column", f"must be a column name, got {feature.column!r}")
+  bounds = feature.boundaries
+  if not bounds:
+    return feature
+  numbers = isinstance(bounds, list) and all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                             and math.isfinite(b) for b in bounds)
+  if not numbers or any(a >= b for a, b in zip(bounds[:-1], bounds[1:])):
+    raise _spec_error(path, f"{where}.boundaries", f"must be a list of increasing finite numbers, got {bounds!r}")
+  if feature.min_count:
+    raise _spec_error(path, f"{where}.min_count", "a bucketised feature (boundaries) has no vocabulary")
+  if feature.num_rows and feature.num_rows != len(bounds) + 2:
+    raise _spec_error(path, f"{where}.num_rows", f"{len(bounds)} boundaries make {len(bounds) + 2} rows (row 0 "
+                      f"missing, then {len(bounds) + 1} buckets), got {feature.num_rows!r}")
+  return dataclasses.replace(feature, boundaries=tuple(float(b) for b in bounds), num_rows=len(bounds) + 2)
 
 
 def load_spec(path: pathlib.Path) -> FeatureSpec:
@@ -206,9 +249,15 @@ def spec_from_dict(raw: Any, path: pathlib.Path | str) -> FeatureSpec:
     raise _spec_error(path, "label", "at least one label column is required")
   if not spec.categorical and not spec.sequence:
     raise _spec_error(path, "categorical", "at least one categorical or sequence feature is required")
-  duplicated = sorted({c for c in spec.columns if spec.columns.count(c) > 1})
+  duplicated = sorted({c for c in spec.names if spec.names.count(c) > 1})
   if duplicated:
     raise _spec_error(path, duplicated[0], "column used twice")
+  for i, feature in enumerate(spec.categorical):
+    if feature.column and feature.column in (*spec.labels, spec.qid):
+      raise _spec_error(path, f"categorical[{i}].column", f"{feature.column!r} is a label or the qid column")
+    if feature.column and not feature.boundaries and feature.column in spec.names:
+      raise _spec_error(path, f"categorical[{i}].column", f"{feature.column!r} is read by another feature: only a "
+                        "bucketised feature (boundaries) may share a column")
   return spec
 
 
@@ -296,18 +345,25 @@ def _rows(raw: np.ndarray, feature: CategoricalFeature | SequenceFeature) -> np.
   return hash_to_rows(raw, feature.num_rows - 1) + 1
 
 
+def _bucket_rows(array: pa.Array, feature: CategoricalFeature, file: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+  """(rows of a bucketised feature: 0 for null or NaN, else 1 + the boundaries <= the value; bad)."""
+  values, null, bad = _numbers(array, file, feature.source)
+  buckets = 1 + np.searchsorted(np.asarray(feature.boundaries), values, side="right")
+  return np.where(null | np.isnan(values), 0, buckets).astype(np.int32), bad
+
+
 def _categorical_rows(array: pa.Array, feature: CategoricalFeature, file: pathlib.Path) -> np.ndarray:
   rows = np.zeros(len(array), np.int32)
   present = ~array.is_null().to_numpy(zero_copy_only=False)
   if present.any():
-    rows[present] = _rows(_raw_ids(array.filter(pa.array(present)), file, feature.name), feature)
+    rows[present] = _rows(_raw_ids(array.filter(pa.array(present)), file, feature.source), feature)
   return rows
 
 
 def _column_ids(array: pa.Array, feature: CategoricalFeature | SequenceFeature, file: pathlib.Path) -> np.ndarray:
   """The raw ids of a column's present values (a sequence's elements, in order)."""
   if isinstance(feature, CategoricalFeature):
-    return _raw_ids(array.filter(pc.invert(array.is_null())), file, feature.name)
+    return _raw_ids(array.filter(pc.invert(array.is_null())), file, feature.source)
   elements, _ = _sequence_elements(array, feature, file)
   return _raw_ids(elements, file, feature.name) if len(elements) else np.zeros(0, np.uint64)
 
@@ -388,7 +444,11 @@ def _convert_batch(batch: pa.RecordBatch, spec: FeatureSpec, file: pathlib.Path,
   records["dense"] = dense
   slot, truncated, several = 0, {}, {}
   for feature in spec.categorical:
-    records["cat"][:, slot] = _categorical_rows(batch.column(feature.name), feature, file)
+    if feature.boundaries:
+      records["cat"][:, slot], bad = _bucket_rows(batch.column(feature.source), feature, file)
+      flag(bad, NON_NUMERIC_DENSE, feature.source)
+    else:
+      records["cat"][:, slot] = _categorical_rows(batch.column(feature.source), feature, file)
     slot += 1
   for feature in spec.sequence:
     records["cat"][:, slot:slot + feature.max_hotness], truncated[feature.name], several[feature.name] = \
@@ -562,7 +622,8 @@ def _with_vocabularies(spec: FeatureSpec, jobs: Sequence[_Job], strict: bool) ->
       rows = batch.filter(pa.array(in_train))
       for feature in exact:
         ids, seen = counts[feature.name]
-        new, new_counts = np.unique(_column_ids(rows.column(feature.name), feature, job.path), return_counts=True)
+        column = rows.column(feature.source if isinstance(feature, CategoricalFeature) else feature.name)
+        new, new_counts = np.unique(_column_ids(column, feature, job.path), return_counts=True)
         merged, inverse = np.unique(np.concatenate([ids, new]), return_inverse=True)
         counts[feature.name] = merged, np.bincount(inverse, np.concatenate([seen, new_counts]),
                                                    len(merged)).astype(np.int64)
