@@ -30,6 +30,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.num_heads = 4
   c.feed_forward_dim = 128
   c.score_mlp = (64,)  # Hidden layers over [document, context]; a final linear layer gives the score.
+  # Lists with categorical columns (`rankjax data table --lists`): each feature's table dim; its
+  # pooled embedding joins the document's dense features.
+  c.embed_dim = 16
   return c
 
 

@@ -17,6 +17,9 @@ TASKS = ("ranking",)  # Trained on LETOR query lists (rankjax.tasks.ranking).
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.hidden = (256, 128)  # Hidden layer sizes; a final linear layer gives the score.
+  # Lists with categorical columns (`rankjax data table --lists`): each feature's table dim; its
+  # pooled embedding joins the document's dense features.
+  c.embed_dim = 16
   return c
 
 

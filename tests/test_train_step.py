@@ -15,7 +15,7 @@ def run_steps(config, workdir, devices, num_steps):
   with jax.set_mesh(exp.partitioner.mesh):
     state = exp.init_fn(config.seed)
     it = pipeline.train_iterator(exp.data_dir, exp.manifest, global_batch_size=config.train.batch_size,
-                                 num_batches=num_steps, seed=0)
+                                 num_batches=num_steps, seed=0, spec=exp.task.batch_spec)
     losses = []
     for batch in it:
       state, metrics = exp.train_fn(state, exp.partitioner.place_batch(batch))

@@ -85,6 +85,12 @@ def _table_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="rankjax data table", description=table.__doc__.split("\n\n")[0])
   _common_arguments(parser)
   parser.add_argument("--spec", required=True, help="JSON feature spec (see rankjax/data/table.py)")
+  parser.add_argument("--lists", action="store_true",
+                      help="one query list per value of the spec's qid column (consecutive rows), for learning "
+                           "to rank with categorical features (rankjax/data/table_lists.py)")
+  parser.add_argument("--max-list-size", type=int, default=None,
+                      help="--lists: documents per list; the rest of a longer list is dropped and counted "
+                           "(default: the longest query)")
   _workers_argument(parser)
   return parser
 
@@ -131,7 +137,8 @@ def _run_table(argv: list[str]) -> tuple[str, dict]:
   args = _table_parser().parse_args(argv)
   spec = table.load_spec(pathlib.Path(args.spec))
   options = table.TableOptions(strict=args.on_error == "strict", max_records_per_shard=args.max_records_per_shard,
-                               workers=args.workers, **_split_options(args))
+                               workers=args.workers, lists=args.lists, max_list_size=args.max_list_size,
+                               **_split_options(args))
   return args.output, table.convert(expand_inputs(args.input), args.output, spec, options)
 
 

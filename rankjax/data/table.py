@@ -11,6 +11,7 @@ The spec (a JSON object):
    "sequence": [{"name": "recent_items", "num_rows": 50000,     lists of ids (multi-hot)
                  "max_hotness": 20, "separator": "|"}],
    "qid": "query_id"}                                          optional int64 query id
+With --lists the rows of each query id become one list record instead (rankjax/data/table_lists.py).
 Records: label float32 (shape (k,) for k labels; training uses one, pipeline `label_index`,
 the first by default), dense float32[d], cat int32[categoricals + sum of max_hotness], and with
 a qid column, qid int64. Manifest: vocab_sizes = num_rows per feature, hotness = 1 per
@@ -55,7 +56,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from rankjax.data import criteo, layout, parallel
+from rankjax.data import criteo, layout, parallel, table_lists
 from rankjax.data.feature_stats import FeatureStats
 from rankjax.data.hashing import MAX_ROWS, hash_to_rows
 from rankjax.data.writer import DEFAULT_RECORDS_PER_SHARD, DatasetWriter, IngestError, IngestStats, excerpt
@@ -574,6 +575,8 @@ class TableOptions:
   eval_inputs: tuple[pathlib.Path, ...] = ()  # ... or these files are.
   max_records_per_shard: int = DEFAULT_RECORDS_PER_SHARD
   workers: int = 1  # Processes converting files in parallel (one file each at a time); the output is the same.
+  lists: bool = False  # One query list per qid (rankjax/data/table_lists.py) instead of one record per row.
+  max_list_size: int | None = None  # lists: documents kept per list; None = the longest query.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -674,6 +677,22 @@ def _convert_job(job: _Job) -> dict:
           "several": several}
 
 
+def _list_size(spec: FeatureSpec, files: Sequence[pathlib.Path], options: TableOptions) -> tuple[int, int]:
+  """(documents per list record, the longest query) with --lists; (0, 0) without."""
+  if not options.lists:
+    if options.max_list_size is not None:
+      raise ValueError("--max-list-size needs --lists")
+    return 0, 0
+  if not spec.qid:
+    raise ValueError("--lists groups rows into query lists by the spec's \"qid\" column, which the spec lacks")
+  if len(spec.labels) != 1:
+    raise ValueError(f"--lists takes one label column (the relevance), the spec has {list(spec.labels)}")
+  if options.max_list_size is not None and options.max_list_size < 1:
+    raise ValueError(f"--max-list-size must be >= 1, got {options.max_list_size}")
+  longest = table_lists.longest_query(files, spec.qid, _is_parquet)
+  return max(1, min(longest, options.max_list_size or longest)), longest
+
+
 def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, spec: FeatureSpec,
             options: TableOptions) -> dict:
   """Converts tables into a dataset directory; returns its manifest (see the module docstring).
@@ -696,6 +715,7 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, spe
           for i, p in enumerate(train_files)]
   jobs += [_Job(p, len(jobs) + i, "eval", 0, None) for i, p in enumerate(eval_files)]
   dtype = spec.record_dtype()
+  list_size, longest = _list_size(spec, [*train_files, *eval_files], options)
   vocabularies = {}
   if any(f.min_count for f in (*spec.categorical, *spec.sequence)):
     spec, vocabularies = _with_vocabularies(spec, jobs, options.strict)
@@ -703,10 +723,23 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, spe
   truncated = {f.name: 0 for f in spec.sequence}
   several = dict(truncated)  # Rows with more than one id: none at all hints at a wrong separator.
   dense_stats = FeatureStats(len(spec.dense))  # Over the train split: what training standardises with.
-  with DatasetWriter(output, dtype, options.max_records_per_shard) as writer:
+  out_dtype = table_lists.list_dtype(len(spec.dense), sum(spec.hotness), list_size) if options.lists else dtype
+  with DatasetWriter(output, out_dtype, options.max_records_per_shard) as writer:
     train, evaluation = writer.split("train"), writer.split("eval")
+    closed = set() if options.eval_fraction is not None else None  # One input: a qid is in one split.
+    groupers = {"train": table_lists.ListGrouper(train, out_dtype, pathlib.Path(output), dense_stats, closed),
+                "eval": table_lists.ListGrouper(evaluation, out_dtype, pathlib.Path(output), None, closed)
+                } if options.lists else {}
 
     def write(split: str, records: np.ndarray) -> None:
+      if groupers:
+        if split == "eval" and options.eval_fraction is not None and not evaluation.num_records \
+            and groupers["eval"].qid is None:  # A query straddling the boundary stays whole in train.
+          head = groupers["train"].leading_rows_of_current_query(records)
+          groupers["train"].add(records[:head])
+          records = records[head:]
+        groupers[split].add(records)
+        return
       (train if split == "train" else evaluation).write(records)
       if split == "train":
         dense_stats.add(records["dense"])
@@ -731,16 +764,27 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, spe
       for job in jobs:
         for split, records in _file_splits(job, spec, stats, truncated, several):
           write(split, records)
+    for grouper in groupers.values():
+      grouper.finish()
     for name, split in (("train", train), ("eval", evaluation)):
       if split.num_records == 0:
         raise layout.DataError(f"{output}: the {name} split would be empty ({stats.summary()})")
     for i, feature in enumerate(f for f in (*spec.categorical, *spec.sequence) if f.min_count):
       writer.write_array(f"vocab_{feature.name}", f"vocab/feature_{i}.u64", feature.vocabulary.ids.astype("<u8"))
+    source = {"kind": "table", "files": [str(p) for p in train_files], "eval_files": [str(p) for p in eval_files],
+              "on_error": "strict" if options.strict else "skip", "eval_fraction": options.eval_fraction,
+              "train_rows": train_rows}
+    if options.lists:
+      truncated_lists = {k: sum(getattr(g, k) for g in groupers.values())
+                         for k in ("documents_truncated", "queries_truncated")}
+      return writer.finish(
+          stats, rows_written=sum(g.rows for g in groupers.values()), num_features=len(spec.dense), max_list_size=list_size, feature_stats=dense_stats.as_dict(),
+          vocab_sizes=spec.vocab_sizes, hotness=spec.hotness, labels=list(spec.labels), feature_spec=spec.as_dict(),
+          sequences_truncated=truncated, sequence_rows_with_several_ids=several,
+          **({"vocabularies": vocabularies} if vocabularies else {}),
+          lists={"longest_query": longest, **truncated_lists}, source={**source, "lists": True})
     return writer.finish(
         stats, num_dense=len(spec.dense), vocab_sizes=spec.vocab_sizes, hotness=spec.hotness,
         labels=list(spec.labels), feature_spec=spec.as_dict(), sequences_truncated=truncated,
         sequence_rows_with_several_ids=several, **({"vocabularies": vocabularies} if vocabularies else {}),
-        dense_stats=dense_stats.as_dict(),
-        source={"kind": "table", "files": [str(p) for p in train_files], "eval_files": [str(p) for p in eval_files],
-                "on_error": "strict" if options.strict else "skip", "eval_fraction": options.eval_fraction,
-                "train_rows": train_rows})
+        dense_stats=dense_stats.as_dict(), source=source)

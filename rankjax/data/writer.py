@@ -219,10 +219,11 @@ class DatasetWriter:
     self.files[key] = {"file": relative_path, "dtype": data.dtype.str, "shape": list(data.shape),
                        "sha256": hashlib.sha256(data.view(np.uint8).reshape(-1)).hexdigest()}
 
-  def finish(self, stats: IngestStats, **extra: Any) -> dict[str, Any]:
-    """Closes every split and writes the manifest (with the row accounting); returns it."""
+  def finish(self, stats: IngestStats, rows_written: int | None = None, **extra: Any) -> dict[str, Any]:
+    """Closes every split and writes the manifest (with the row accounting); returns it.
+    `rows_written`: the input rows the records hold, where a record holds several (query lists)."""
     splits = {name: w.close() for name, w in self.splits.items()}
-    written = sum(entry["num_records"] for entry in splits.values())
+    written = sum(entry["num_records"] for entry in splits.values()) if rows_written is None else rows_written
     if stats.rows_read != written + stats.rows_skipped:
       raise RuntimeError(f"row accounting broken: read {stats.rows_read} != written {written} "
                          f"+ skipped {stats.rows_skipped}")

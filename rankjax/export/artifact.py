@@ -122,8 +122,8 @@ def input_specs(task: Task) -> dict[str, dict[str, Any]]:
     if task.inputs.list_size:
       shape[0] = "list"
     out[name] = {"shape": ["batch", *shape], "dtype": f.dtype}
-    if f.id_bounds is not None:  # Each column's ids: -1 (missing) or in [0, bound).
-      out[name]["id_bounds"] = [int(b) for b in f.id_bounds]
+    if f.id_bounds is not None:  # Each column's ids (the last axis; per document of a list): -1 or in [0, bound).
+      out[name]["id_bounds"] = [int(b) for b in f.id_bounds[:f.shape[-1]]]
   return out
 
 

@@ -80,9 +80,10 @@ class ServingModel:
         bounds = np.asarray(spec["id_bounds"])
         bad = (x < -1) | (x >= bounds)
         if bad.any():
-          row, column = (int(i) for i in np.argwhere(bad)[0][:2])
-          raise ValueError(f"input {name!r}: row {row} column {column}: id {int(x[row, column])} outside "
-                           f"[0, {int(bounds[column])}) and not -1 (missing)")
+          where = tuple(int(i) for i in np.argwhere(bad)[0])
+          document = f" document {where[1]}" if len(where) == 3 else ""  # A list's [batch, list, column].
+          raise ValueError(f"input {name!r}: row {where[0]}{document} column {where[-1]}: id {int(x[where])} "
+                           f"outside [0, {int(bounds[where[-1]])}) and not -1 (missing)")
       if kind == "f" and not np.isfinite(x).all():
         raise ValueError(f"input {name!r}: values must be finite")
       out[name] = x.astype(spec["dtype"])

@@ -2,9 +2,12 @@
 listwise or pairwise loss (rankjax.losses), evaluated on device by NDCG@k, DCG@k, precision@k,
 recall@k, MRR and MAP (eval.ranking_cutoffs, eval.no_relevant); dense parameters only.
 
-Batches hold `relevance` [B, L], `features` [B, L, N] and `mask` [B, L] (0 = padding document).
-Features are standardised with the train split's statistics from the manifest (task.normalize),
-constants applied in float32 before the model, never trained.
+Batches hold `relevance` [B, L], `features` [B, L, N] and `mask` [B, L] (0 = padding document),
+and, for lists with categorical columns (`rankjax data table --lists`), `cat` [B, L, S]: each
+document's ids, looked up in the embedding engine's sharded tables (trained by the sparse
+optimizers like the click models'), pooled per feature and appended to its dense features.
+Dense features are normalised with the train split's statistics from the manifest
+(task.normalize), constants applied in float32 before the model, never trained.
 """
 
 from __future__ import annotations
@@ -21,10 +24,14 @@ from rankjax import streaming_metrics
 from rankjax.config import ConfigError
 from rankjax.data.batch import BatchSpec, Field
 from rankjax.data.feature_stats import normalization
+from rankjax.embedding.builder import build_engine
+from rankjax.embedding.engine import Routing
+from rankjax.embedding.tables import EmbeddingTableConfig, FeatureSlots, scale_rows
 from rankjax.losses import RANKING_LOSSES, mean_of
 from rankjax.model_inputs import InputSpec, ModelInputs
 from rankjax.partitioner import Partitioner
 from rankjax.tasks.base import Task, cast_floating
+from rankjax.tasks.ctr import column_aliases
 
 NO_RELEVANT = ("skip", "zero", "one")  # eval.no_relevant: a query without a relevant document.
 
@@ -40,10 +47,10 @@ class RankingTask(Task):
 
   def __init__(self, config: ml_collections.ConfigDict, manifest: dict, partitioner: Partitioner):
     super().__init__(config, manifest)
-    if manifest.get("source", {}).get("kind") != "letor" or "num_features" not in manifest:
+    if "num_features" not in manifest or "max_list_size" not in manifest:
       raise ConfigError("task.name", f"'ranking' learns from query lists, but the data holds "
                         f"{manifest.get('source', {}).get('kind')} examples: give data.path a dataset from "
-                        "`rankjax data letor`, or use task.name='ctr'")
+                        "`rankjax data letor` or `rankjax data table --lists`, or use task.name='ctr'")
     self.loss_fn = RANKING_LOSSES[config.train.loss]
     if "topn" in inspect.signature(self.loss_fn).parameters:  # lambda_ndcg: NDCG@train.ndcg_k weights.
       self.loss_fn = functools.partial(self.loss_fn, topn=config.train.ndcg_k)
@@ -51,13 +58,36 @@ class RankingTask(Task):
     self.ndcg_key = f"ndcg@{config.train.ndcg_k}"
     self.cutoffs = tuple(sorted({*config.eval.ranking_cutoffs, config.train.ndcg_k}))
     list_size, num_features = manifest["max_list_size"], manifest["num_features"]
-    self.batch_spec = BatchSpec((
-        Field("relevance", "float32", (list_size,), values="nonnegative"),
-        Field("features", "float32", (list_size, num_features), values="finite"),
-        Field("mask", "float32", (list_size,), values="binary"),
-    ))
-    self.inputs = InputSpec(heads=(self.HEAD,), num_document_features=num_features, list_size=list_size)
+    fields = [Field("relevance", "float32", (list_size,), values="nonnegative"),
+              Field("features", "float32", (list_size, num_features), values="finite"),
+              Field("mask", "float32", (list_size,), values="binary")]
+    embedded_width = 0
+    if manifest.get("vocab_sizes"):
+      hotness = tuple(manifest["hotness"])
+      id_bounds = tuple(int(v) for v, h in zip(manifest["vocab_sizes"], hotness) for _ in range(h))
+      fields.append(Field("cat", "int32", (list_size, sum(hotness)), id_bounds=id_bounds * list_size))
+      slots = FeatureSlots(tuple(f"cat_{i}" for i in range(len(hotness))), hotness)
+      self.engine = build_engine(config, self.embedding_tables(config, manifest), slots, partitioner,
+                                 fold_ids=config.data.row_scale != 1, aliases=column_aliases(manifest))
+      if "none" in self.engine.combiners:
+        raise ConfigError("embedding.overrides", "a ranking task pools each document's ids per feature: combiner "
+                          "'none' (an unpooled sequence) is not supported")
+      embedded_width = sum(self.engine.feature_dim(n) for n in self.engine.slots.names)
+      self.SERVING_FIELDS = (*self.SERVING_FIELDS, "cat")
+    self.batch_spec = BatchSpec(tuple(fields))
+    self.inputs = InputSpec(heads=(self.HEAD,), num_document_features=num_features + embedded_width,
+                            list_size=list_size)
     self.normalization = normalization(manifest["feature_stats"], num_features, config.task.normalize)
+
+  @classmethod
+  def embedding_tables(cls, config: ml_collections.ConfigDict, manifest: dict) -> list:
+    """One table per categorical feature of the lists (none for LETOR lists), of model.embed_dim."""
+    vocab_sizes = manifest.get("vocab_sizes") or []
+    if config.data.row_scale != 1:
+      vocab_sizes = scale_rows(vocab_sizes, config.data.row_scale)
+    dim = config.model.get("embed_dim", 16)
+    return [EmbeddingTableConfig(name=f"cat_{i}", vocab_size=int(v), dim=dim, feature_names=(f"cat_{i}",))
+            for i, v in enumerate(vocab_sizes)]
 
   @classmethod
   def validate_config(cls, config: ml_collections.ConfigDict) -> None:
@@ -83,12 +113,22 @@ class RankingTask(Task):
     # Real documents rank above padding (noise - 2 < -1 <= noise), each in random order.
     _, chosen_bk = jax.lax.top_k(jnp.where(batch["mask"] > 0, noise_bl, noise_bl - 2.0), keep)
     take = lambda x: jnp.take_along_axis(x, chosen_bk.reshape(chosen_bk.shape + (1,) * (x.ndim - 2)), axis=1)
-    return {**batch, "relevance": take(batch["relevance"]), "features": take(batch["features"]),
-            "mask": take(batch["mask"])}
+    return {**batch, **{k: take(batch[k]) for k in ("relevance", "features", "mask", "cat") if k in batch}}
 
-  def model_inputs(self, batch: dict[str, jax.Array], rows: None, routing: None) -> ModelInputs:
-    normalized_bln = self.normalization(batch["features"])
-    return ModelInputs(documents=cast_floating(self.compute_dtype)(normalized_bln), document_mask=batch["mask"] > 0)
+  def sparse_ids(self, batch: dict[str, jax.Array]) -> jax.Array:
+    """Every document's ids, documents as rows: [B * L, S]."""
+    return batch["cat"].reshape(-1, batch["cat"].shape[-1])
+
+  def model_inputs(self, batch: dict[str, jax.Array], rows: dict[str, jax.Array] | None,
+                   routing: Routing | None) -> ModelInputs:
+    cast = cast_floating(self.compute_dtype)
+    documents_bln = cast(self.normalization(batch["features"]))
+    if self.engine:  # Each document's pooled embeddings after its dense features.
+      pooled, _ = self.engine.pool_by_dim(jax.tree.map(cast, rows), routing)
+      lists, size = batch["mask"].shape
+      documents_bln = jnp.concatenate([documents_bln, *(pooled[d].reshape(lists, size, -1) for d in sorted(pooled))],
+                                      axis=-1)
+    return ModelInputs(documents=documents_bln, document_mask=batch["mask"] > 0)
 
   def loss(self, outputs, batch):
     return mean_of(self.loss_fn(outputs[self.HEAD], batch["relevance"], batch["mask"])), {}
