@@ -9,6 +9,7 @@ queries with a relevant document (rankjax's eval.no_relevant=skip; checked again
 eval on its scores). LightGBM is installed at run time, not a dependency:
 
   pip install lightgbm && python scripts/ltr_vs_lightgbm.py --out /tmp/ltr_bench [--seeds 0 1 2]
+      [--set task.normalize=standardize --set train.dropout=0.1 ...] [--no-lightgbm]
 """
 
 from __future__ import annotations
@@ -46,7 +47,19 @@ def test_ndcg(relevance: np.ndarray, scores: np.ndarray, mask: np.ndarray) -> fl
   return metrics.ndcg_at_k(relevance[relevant], scores[relevant], mask[relevant], 10)
 
 
-def run_rankjax(data: pathlib.Path, work: pathlib.Path, loss: str, seed: int, records) -> dict:
+def _override(config, assignment: str) -> None:
+  """KEY=VALUE on the config, VALUE parsed as the key's current type."""
+  key, _, text = assignment.partition("=")
+  *parents, leaf = key.split(".")
+  node = config
+  for name in parents:
+    node = node[name]
+  old = node[leaf]
+  node[leaf] = (text.lower() == "true") if isinstance(old, bool) else type(old)(text)
+
+
+def run_rankjax(data: pathlib.Path, work: pathlib.Path, loss: str, seed: int, records,
+                overrides: tuple[str, ...] = ()) -> dict:
   from rankjax import train as train_lib
   from rankjax.config import load_config_file
   config = load_config_file(str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "ltr_letor.py"))
@@ -57,7 +70,9 @@ def run_rankjax(data: pathlib.Path, work: pathlib.Path, loss: str, seed: int, re
   config.train.early_stopping.metric, config.train.early_stopping.patience = "ndcg@10", 8
   config.train.progress_bar, config.eval.write_scores = False, True
   config.checkpoint.keep_best_metric = ""
-  workdir = work / f"rankjax_{loss}_{seed}"
+  for assignment in overrides:
+    _override(config, assignment)
+  workdir = work / f"rankjax_{loss}_{seed}" if not overrides else work / f"rankjax_{loss}_{seed}_{'_'.join(overrides)}"
   summary = train_lib.train(config, workdir, log=lambda _: None)
   table = pq.read_table(workdir / "eval_scores.parquet").to_pydict()
   scores = np.zeros(records["mask"].shape)
@@ -98,6 +113,9 @@ def main() -> None:
   parser.add_argument("--out", type=pathlib.Path, required=True)
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--losses", nargs="+", default=list(LOSSES))
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="a rankjax config override for every rankjax run (e.g. task.normalize=standardize)")
+  parser.add_argument("--no-lightgbm", action="store_true", help="rankjax runs only")
   args = parser.parse_args()
   args.out.mkdir(parents=True, exist_ok=True)
   from rankjax.cli import data as data_cli
@@ -110,12 +128,14 @@ def main() -> None:
   train_records, test_records = (layout.open_split(data, manifest, s)[:] for s in ("train", "eval"))
   results = {}
   for seed in args.seeds:
-    results[f"lightgbm/{seed}"] = run_lightgbm(train_records, test_records, seed)
-    print(json.dumps({"model": "lightgbm_lambdarank", "seed": seed, **results[f"lightgbm/{seed}"]}), flush=True)
+    if not args.no_lightgbm:
+      results[f"lightgbm/{seed}"] = run_lightgbm(train_records, test_records, seed)
+      print(json.dumps({"model": "lightgbm_lambdarank", "seed": seed, **results[f"lightgbm/{seed}"]}), flush=True)
     for loss in args.losses:
-      results[f"{loss}/{seed}"] = run_rankjax(data, args.out, loss, seed, test_records)
-      print(json.dumps({"model": f"rankjax ltr_mlp {loss}", "seed": seed, **results[f"{loss}/{seed}"]}), flush=True)
-  for name in ["lightgbm", *args.losses]:
+      results[f"{loss}/{seed}"] = run_rankjax(data, args.out, loss, seed, test_records, tuple(args.set))
+      print(json.dumps({"model": f"rankjax ltr_mlp {loss}", "seed": seed, "overrides": args.set,
+                        **results[f"{loss}/{seed}"]}), flush=True)
+  for name in [*([] if args.no_lightgbm else ["lightgbm"]), *args.losses]:
     values = [results[f"{name}/{s}"]["test_ndcg@10"] for s in args.seeds]
     print(json.dumps({"model": name, "test_ndcg@10_mean": float(np.mean(values)),
                       "test_ndcg@10_std": float(np.std(values)), "seeds": args.seeds}))
