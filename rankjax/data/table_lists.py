@@ -50,7 +50,7 @@ def longest_query(files: Sequence[pathlib.Path], column: str, is_parquet) -> int
   for path in files:
     previous, run = None, 0
     for array in _qid_batches(path, column, is_parquet(path)):
-      values = np.asarray(array.to_pylist(), object)
+      values = array.to_numpy(zero_copy_only=False)  # Ids, or text from CSV: compared as they are.
       if not len(values):
         continue
       starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
