@@ -223,6 +223,11 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   c.embedding.l1 = 0.0  # ftrl.
   c.embedding.l2 = 0.0  # ftrl.
   c.embedding.dtype = "float32"  # float32 | bfloat16 table storage.
+  # row_wise: each device sends each owner shard its distinct ids by all-to-all, with room for this
+  # multiple of an even share (ids per device / shards). A step with more for one owner takes the
+  # exact all-gather path (about 4x the bytes); the share of such steps is the train metric
+  # embedding_exchange_fallback. Raise it if that is often above 0; >= shards never falls back.
+  c.embedding.exchange_capacity = 1.25
   # Per-table overrides, "TABLE:KEY=VALUE" with KEY in sharding|optimizer|dtype|combiner|initializer|
   # qr_buckets (e.g. "cat_0:qr_buckets=1000": a quotient-remainder table);
   # they win over the defaults above and over the planner.
@@ -431,6 +436,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError("embedding.sharding", f"must be one of {SHARDINGS}")
   if config.embedding.dtype not in FLOAT_DTYPES:
     raise ConfigError("embedding.dtype", f"must be one of {FLOAT_DTYPES}")
+  if not config.embedding.exchange_capacity > 0:  # Also rejects NaN.
+    raise ConfigError("embedding.exchange_capacity", f"must be > 0, got {config.embedding.exchange_capacity!r}")
   for entry in config.embedding.overrides:
     table, sep, rest = entry.partition(":")
     key, eq, value = rest.partition("=")

@@ -8,6 +8,7 @@ import pytest
 
 from rankjax.embedding.tables import EmbeddingTableConfig, FeatureSlots
 from rankjax.embedding.engine import EmbeddingEngine
+from rankjax.embedding.sharding import row_wise
 from rankjax.partitioner import make_mesh
 
 SHARDINGS = ["replicated", "table_wise", "row_wise", "column_wise", "gspmd_row_wise"]
@@ -22,13 +23,13 @@ VOCAB_OF_SLOT = np.array([37, 37, 37, 100, 100, 100, 5, 64, 64])
 BATCH = 32
 
 
-def make_engine(shape, table_axes, sharding, optimizer="row_wise_adagrad", tables=TABLES):
+def make_engine(shape, table_axes, sharding, optimizer="row_wise_adagrad", tables=TABLES, exchange_capacity=1.25):
   devices = jax.devices()[: int(np.prod(shape))]
   mesh = make_mesh(("data", "model"), shape, devices)
   tables = [t.__class__(**{**t.__dict__, "sharding": sharding}) for t in tables]
   return EmbeddingEngine(tables, SLOTS, mesh, batch_axes=("data", "model"), shard_axes=table_axes,
                          default_optimizer=optimizer,
-                         optimizer_args={optimizer: {"learning_rate": 0.05}})
+                         optimizer_args={optimizer: {"learning_rate": 0.05}}, exchange_capacity=exchange_capacity)
 
 
 def batches(num, seed=0):
@@ -75,6 +76,46 @@ def test_sharded_engine_equals_single_device(single_device_runs, sharding, shape
   ref_forwards, ref_tables = single_device_runs[sharding]
   for got, want in zip(forwards, ref_forwards):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+  for name in ref_tables:
+    np.testing.assert_allclose(tables[name], ref_tables[name], rtol=1e-6, atol=1e-7)
+
+
+def row_wise_fallback_reference(ids, engine, shards):
+  """Per batch: whether some device (a contiguous block of the batch) has more distinct rows for
+  one owner shard than the all-to-all's capacity."""
+  (group,) = engine.groups
+  devices = 8
+  n = ids.shape[0] // devices
+  cap = row_wise.capacity(group, engine.axes, n * ids.shape[1])
+  rows = np.where((ids >= 0) & (ids < group.slot_vocab), ids + group.slot_offset, -1)
+  over = False
+  for d in range(devices):
+    distinct = np.unique(rows[d * n:(d + 1) * n])
+    distinct = distinct[distinct >= 0]
+    over |= np.bincount(distinct // group.rows_per_shard, minlength=shards).max() > cap
+  return over
+
+
+# Default capacity falls back on every one of these batches (tests above: the all-gather path);
+# 2.0 falls back on some (both paths), 8.0 never (capacity = all of a device's ids: no conditional).
+@pytest.mark.parametrize("capacity", [2.0, 8.0])
+@pytest.mark.parametrize("shape, table_axes, shards", [((8, 1), ("data", "model"), 8), ((2, 4), ("model",), 4)])
+def test_row_wise_all_to_all_equals_single_device_and_falls_back_exactly_when_over_capacity(
+    single_device_runs, capacity, shape, table_axes, shards):
+  engine = make_engine(shape, table_axes, "row_wise", exchange_capacity=capacity)
+  batch_sharding = jax.sharding.NamedSharding(engine.mesh, jax.sharding.PartitionSpec(engine.batch_axes))
+  flag = jax.jit(lambda ids: engine.exchange_fallback(engine.route(ids)))
+  with jax.set_mesh(engine.mesh):
+    got = [flag(jax.device_put(ids, batch_sharding)) for ids in batches(10)]
+  want = [row_wise_fallback_reference(ids, engine, shards) for ids in batches(10)]
+  if capacity >= 8.0:
+    assert got == [None] * 10 and not any(want)
+  else:
+    assert [bool(g) for g in got] == want and 0 < sum(want) < 10  # Both paths run.
+  forwards, tables = run(engine)
+  ref_forwards, ref_tables = single_device_runs["row_wise"]
+  for a, b in zip(forwards, ref_forwards):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
   for name in ref_tables:
     np.testing.assert_allclose(tables[name], ref_tables[name], rtol=1e-6, atol=1e-7)
 

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from rankjax.perf import hlo_stats
+from rankjax.embedding.sharding import row_wise
 from rankjax.embedding.tables import EmbeddingTableConfig, FeatureSlots
 from rankjax.embedding.engine import EmbeddingEngine, ShardingType
 from rankjax import partitioner
@@ -58,13 +59,14 @@ def _logit(w_fd, emb_bfd):
   return jnp.sum(emb_bfd * w_fd, axis=(1, 2))
 
 
-def sparse_engine(rows: int, sharding: str, optimizer: str, devices):
+def sparse_engine(rows: int, sharding: str, optimizer: str, devices, exchange_capacity: float = 1.25):
   """(engine, jitted step, initial state, batch sharding) for 26 tables of `rows` rows."""
   mesh = make_mesh(("data", "model"), (len(devices), 1), devices)
   tables = [EmbeddingTableConfig(f"t{i}", rows, DIM, (f"f{i}",), sharding=sharding) for i in range(NUM_TABLES)]
   engine = EmbeddingEngine(tables, FeatureSlots(tuple(f"f{i}" for i in range(NUM_TABLES)), (1,) * NUM_TABLES),
                            mesh, batch_axes=("data", "model"), shard_axes=("data", "model"),
-                           default_optimizer=optimizer, optimizer_args={optimizer: {"learning_rate": 0.05}})
+                           default_optimizer=optimizer, optimizer_args={optimizer: {"learning_rate": 0.05}},
+                           exchange_capacity=exchange_capacity)
   shardings = engine.shardings()
   rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
@@ -113,12 +115,12 @@ def naive(rows: int):
 
 
 def run(rows_list: list[int], steps: int, warmup: int, batch: int, sharding: str, optimizer: str,
-        naive_enabled: bool, emit: Callable[[dict], None]) -> dict:
+        naive_enabled: bool, emit: Callable[[dict], None], exchange_capacity: float = 1.25) -> dict:
   devices = jax.devices()
   placer = lambda x: jnp.asarray(x)
   medians = {}
   for rows in rows_list:
-    engine, step, state, batch_sharding = sparse_engine(rows, sharding, optimizer, devices)
+    engine, step, state, batch_sharding = sparse_engine(rows, sharding, optimizer, devices, exchange_capacity)
     times, state = _time_steps(step, state, _batches(rows, batch, steps + warmup), lambda x: jax.device_put(x, batch_sharding), warmup)
     medians[rows] = statistics.median(times)
     emit({"engine": "sparse", "sharding": sharding, "optimizer": optimizer, "rows_per_table": rows,
@@ -145,16 +147,33 @@ def run(rows_list: list[int], steps: int, warmup: int, batch: int, sharding: str
   return summary
 
 
-def collectives(rows: int, batch: int, optimizer: str, emit: Callable[[dict], None]) -> None:
-  """Per sharding type: the collectives of the compiled engine step and the bytes they move."""
-  for sharding in ShardingType:
-    engine, step, state, batch_sharding = sparse_engine(rows, sharding.value, optimizer, jax.devices())
+def collectives(rows: int, batch: int, optimizer: str, exchange_capacity: float, emit: Callable[[dict], None],
+                fallback_steps: int = 50, shardings: tuple[ShardingType, ...] = tuple(ShardingType)) -> None:
+  """Per sharding type: the collectives of the compiled engine step and the bytes they move.
+
+  row_wise's step holds two paths under one conditional: the capacity-bound all-to-all and the
+  all-gather fallback (ops under row_wise.FALLBACK_SCOPE). Its row gives the bytes of the path
+  taken, the fallback's separately, and how many of `fallback_steps` of the bench's data fell back.
+  """
+  for sharding in shardings:
+    engine, step, state, batch_sharding = sparse_engine(rows, sharding.value, optimizer, jax.devices(),
+                                                        exchange_capacity)
     ids, labels = next(_batches(rows, batch, 1))
     compiled = step.lower(state, jax.device_put(ids, batch_sharding), jax.device_put(labels, batch_sharding),
                           jnp.int32(1)).compile()
     ops = hlo_stats.collectives(compiled.as_text())
-    emit({"sharding": sharding.value, "devices": jax.device_count(), "rows_per_table": rows, "batch": batch,
-          "collectives": hlo_stats.summarize(ops), "collective_bytes_per_step": sum(o.bytes for o in ops)})
+    fallback = [o for o in ops if row_wise.FALLBACK_SCOPE in o.op_name]
+    taken = [o for o in ops if row_wise.FALLBACK_SCOPE not in o.op_name]
+    row = {"sharding": sharding.value, "devices": jax.device_count(), "rows_per_table": rows, "batch": batch,
+           "collectives": hlo_stats.summarize(taken), "collective_bytes_per_step": sum(o.bytes for o in taken)}
+    if fallback:
+      flag = partitioner.jit(lambda ids: engine.exchange_fallback(engine.route(ids)))
+      fell_back = sum(float(flag(jax.device_put(i, batch_sharding))) > 0
+                      for i, _ in _batches(rows, batch, fallback_steps, seed=1))
+      row |= {"exchange_capacity": exchange_capacity, "fallback_collectives": hlo_stats.summarize(fallback),
+              "fallback_bytes_per_step": sum(o.bytes for o in fallback),
+              "fallback_steps": f"{fell_back} of {fallback_steps}"}
+    emit(row)
 
 
 def _positive_ints(text: str) -> list[int]:
@@ -178,15 +197,18 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--sharding", default="row_wise", choices=[s.value for s in ShardingType])
   parser.add_argument("--optimizer", default="row_wise_adagrad")
   parser.add_argument("--no-naive", action="store_true", help="skip the tables-as-optax-params baseline")
+  parser.add_argument("--exchange-capacity", type=float, default=1.25,
+                      help="row_wise all-to-all room per owner (embedding.exchange_capacity)")
   parser.add_argument("--collectives", action="store_true",
                       help="instead of timing, print each sharding type's collectives from the compiled HLO")
   args = parser.parse_args(argv)
   emit = lambda obj: print(json.dumps(obj), flush=True)
   rows_list = args.rows
   if args.collectives:
-    collectives(rows_list[0], args.batch, args.optimizer, emit)
+    collectives(rows_list[0], args.batch, args.optimizer, args.exchange_capacity, emit)
     return 0
-  run(rows_list, args.steps, args.warmup, args.batch, args.sharding, args.optimizer, not args.no_naive, emit)
+  run(rows_list, args.steps, args.warmup, args.batch, args.sharding, args.optimizer, not args.no_naive, emit,
+      args.exchange_capacity)
   return 0
 
 

@@ -34,9 +34,11 @@ __all__ = ["ROW_PAD_MULTIPLE", "EmbeddingEngine", "Routing", "ShardingType", "Ta
 @flax.struct.dataclass
 class Routing:
   """Where a batch's ids go, computed once per step: for each group the global rows [B, T_g]
-  (-1 = padding), and which of the batch's slots hold an id (`valid_bt`, for pooling)."""
+  (-1 = padding), which of the batch's slots hold an id (`valid_bt`, for pooling), and for groups
+  whose exchange has a fixed capacity whether this step takes the exact fallback (`fallback`)."""
   rows: dict[str, jax.Array]
   valid_bt: jax.Array
+  fallback: dict[str, jax.Array]
 
   def dropped(self, drop: jax.Array) -> "Routing":
     """Every id padding when `drop` (a skipped step touches no row); otherwise unchanged."""
@@ -49,9 +51,10 @@ class EmbeddingEngine:
   def __init__(self, tables: Sequence[EmbeddingTableConfig], slots: FeatureSlots, mesh: jax.sharding.Mesh, *,
                batch_axes: Sequence[str], shard_axes: Sequence[str], default_sharding: str = "row_wise",
                default_optimizer: str = "row_wise_adagrad", optimizer_args: dict[str, dict] | None = None,
-               fold_ids: bool = False):
+               fold_ids: bool = False, exchange_capacity: float = 1.25):
     """fold_ids: map ids >= vocab to id % vocab (tables shrunk by data.row_scale) instead of
-    treating them as padding."""
+    treating them as padding. exchange_capacity: row_wise's all-to-all room per owner shard, as a
+    multiple of an even share of a device's ids (rankjax/embedding/sharding/row_wise.py)."""
     self.slots, self.mesh, self.fold_ids = slots, mesh, fold_ids
     self.user_tables = tuple(tables)
     # Quotient-remainder tables become two internal tables; the remainder rows get extra slots.
@@ -122,7 +125,8 @@ class EmbeddingEngine:
           optimizer=optimizers.make(opt_name, **optimizer_args.get(opt_name, {})), dim=dim,
           dtype=DTYPES[dtype], tables=tuple(group_tables), table_ids=np.array(ids, np.int32), layout=layout,
           slots=group_slots, slot_offset=np.asarray(layout.table_offsets, np.int64)[local_table].astype(np.int32),
-          slot_vocab=np.array([group_tables[j].vocab_size for j in local_table], np.int32)))
+          slot_vocab=np.array([group_tables[j].vocab_size for j in local_table], np.int32),
+          exchange_capacity=exchange_capacity))
     # Per dim: its groups, and the order that puts their concatenated slots in engine slot order.
     self.dims = tuple(sorted({g.dim for g in self.groups}))
     self._groups_of_dim = {d: [g for g in self.groups if g.dim == d] for d in self.dims}
@@ -206,12 +210,26 @@ class EmbeddingEngine:
         quotient, remainder = quotient_remainder.qr_split(qr_ids, self._qr_buckets)
         quotient, remainder = jnp.where(qr_ids >= 0, quotient, -1), jnp.where(qr_ids >= 0, remainder, -1)
         ids_bt = jnp.concatenate([ids_bt.at[:, self._qr_slots].set(quotient), remainder], axis=1)
-      rows = {}
+      rows, fallback = {}, {}
       for g in self.groups:
         ids = ids_bt[:, g.slots]
         ok = (ids >= 0) & (ids < jnp.asarray(g.slot_vocab))
         rows[g.name] = jnp.where(ok, ids + jnp.asarray(g.slot_offset), -1)
-      return Routing(rows=rows, valid_bt=valid_bt)
+        flag = self._sharding(g).exchange_fallback(g, self.axes, rows[g.name])
+        if flag is not None:
+          fallback[g.name] = flag
+      return Routing(rows=rows, valid_bt=valid_bt, fallback=fallback)
+
+  def exchange_fallback(self, routing: Routing) -> jax.Array | None:
+    """The share of this step's capacity-bound exchanges that took the exact fallback path (a
+    train metric, `embedding_exchange_fallback`); None when no group has such an exchange."""
+    if not routing.fallback:
+      return None
+    return jnp.mean(jnp.stack([f.astype(jnp.float32) for f in routing.fallback.values()]))
+
+  @staticmethod
+  def _extra(g: TableGroup, routing: Routing) -> dict:
+    return {"fallback": routing.fallback[g.name]} if g.name in routing.fallback else {}
 
   def _routing(self, ids_or_routing: jax.Array | Routing) -> Routing:
     return ids_or_routing if isinstance(ids_or_routing, Routing) else self.route(ids_or_routing)
@@ -220,7 +238,8 @@ class EmbeddingEngine:
     """Group name -> [B, T_g, D_g] float32 rows (zeros for padding), batch-sharded: what the
     gradient is taken w.r.t. and `apply_gradients` takes back."""
     with jax.named_scope("embedding_lookup"):
-      return {g.name: self._sharding(g).lookup(g, self.axes, state[g.name]["table"], routing.rows[g.name])
+      return {g.name: self._sharding(g).lookup(g, self.axes, state[g.name]["table"], routing.rows[g.name],
+                                               **self._extra(g, routing))
               for g in self.groups}
 
   def _rows_of_dim(self, rows: dict[str, jax.Array], dim: int) -> jax.Array:
@@ -275,7 +294,8 @@ class EmbeddingEngine:
     if not isinstance(grads, dict):
       grads = {g.name: grads if len(self.groups) == 1 else grads[:, g.slots] for g in self.groups}
     with jax.named_scope("sparse_update"):
-      return {g.name: self._sharding(g).update(g, self.axes, state[g.name], routing.rows[g.name], grads[g.name], step)
+      return {g.name: self._sharding(g).update(g, self.axes, state[g.name], routing.rows[g.name], grads[g.name], step,
+                                               **self._extra(g, routing))
               for g in self.groups}
 
   # ---- Checkpoint layouts: restore onto a mesh or plan with another row layout.

@@ -15,6 +15,7 @@ DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16"
                "f32": 4, "s64": 8, "u64": 8, "f64": 8}
 _OP = re.compile(r"=\s*(?P<type>.+?)\s+(?P<kind>" + "|".join(KINDS) + r")(?P<start>-start)?\(")
 _SHAPE = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([\d,]*)\]")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +23,7 @@ class Collective:
   kind: str
   bytes: int
   shape: str
+  op_name: str = ""  # The JAX name stack of the op (metadata), with its named scopes.
 
 
 def _bytes(type_text: str) -> tuple[int, str]:
@@ -46,7 +48,8 @@ def collectives(hlo_text: str) -> list[Collective]:
       shapes = _SHAPE.findall(type_text)
       type_text = f"{shapes[-1][0]}[{shapes[-1][1]}]" if shapes else type_text
     size, shape = _bytes(type_text)
-    out.append(Collective(m.group("kind"), size, shape))
+    name = _OP_NAME.search(line)
+    out.append(Collective(m.group("kind"), size, shape, name.group(1) if name else ""))
   return out
 
 

@@ -187,7 +187,9 @@ class Task(abc.ABC):
       routing = routing.dropped(skip) if self.skip_non_finite else routing
       embedding = self.engine.apply_gradients(state.embedding, routing, grad_rows, step)
     new_state = state.replace(step=step, params=params, opt_state=opt_state, embedding=embedding)
-    return new_state, {"loss": loss, "skipped": skip, **extra}
+    fallback = self.engine.exchange_fallback(routing) if self.engine else None
+    return new_state, {"loss": loss, "skipped": skip, **extra,
+                       **({"embedding_exchange_fallback": fallback} if fallback is not None else {})}
 
   # Inference in blocks (set by `set_inference_blocks`): each of `inference_shards` batch shards
   # scores its rows `inference_block` at a time; 0 = a shard's rows at once.

@@ -57,6 +57,8 @@ class TableGroup:
   slots: np.ndarray  # [T_g] engine slots served by this group.
   slot_offset: np.ndarray  # [T_g] row offset of each slot's table.
   slot_vocab: np.ndarray  # [T_g]
+  # row_wise: all-to-all room per owner shard, as a multiple of an even share of a device's ids.
+  exchange_capacity: float = 1.25
 
   @property
   def table_offsets(self) -> np.ndarray:
@@ -130,6 +132,12 @@ class Sharding(abc.ABC):
   splits_rows: bool = False  # Whether `layout` divides the rows among the shards.
   # Whether, on a mesh without table shard axes, the type runs as replicated (local lookups).
   local_without_shards: bool = True
+
+  def exchange_fallback(self, group: TableGroup, axes: MeshAxes, rows_bt: jax.Array) -> jax.Array | None:
+    """For a type with a fixed-capacity exchange and an exact fallback: whether this step takes the
+    fallback (a replicated bool, passed back to `lookup` and `update` as `fallback=`); None otherwise."""
+    del group, axes, rows_bt
+    return None
 
   def check_table(self, table: EmbeddingTableConfig, num_shards: int) -> None:
     """Raises ValueError naming the table when this type cannot hold it on `num_shards` shards."""
