@@ -45,3 +45,18 @@ def test_plan_that_does_not_fit_exits_2_naming_the_table(tmp_path):
                "--config.embedding.sharding=row_wise"], tmp_path)
   assert p.returncode == 2
   assert "table cat_" in p.stderr and "more than its 100 B" in p.stderr
+
+
+def test_plan_predict_time_compares_candidate_plans_and_names_the_fastest(tmp_path):
+  p = rankjax(["plan", "--config", TINY_CONFIG, "--devices", "4", "--predict-time", "--device-kind", "h100",
+               "--config.embedding.sharding=row_wise"], tmp_path)
+  assert p.returncode == 0, p.stderr
+  lines = p.stdout.splitlines()
+  head = next(i for i, l in enumerate(lines) if l.startswith("predicted train step on NVIDIA H100 SXM, 4 devices"))
+  rows = {l.split()[0]: l for l in lines[head + 2:head + 6]}
+  assert list(rows) == ["row_wise", "table_wise", "column_wise", "replicated"]
+  assert "(configured)" in rows["row_wise"]
+  step_ms = {name: float(row.split()[-2]) for name, row in rows.items() if "cannot" not in row}
+  assert len(step_ms) >= 3 and all(ms > 0 for ms in step_ms.values())
+  fastest = min(step_ms, key=step_ms.get)
+  assert lines[head + 6] == f"fastest that fits: {fastest} (--config.embedding.sharding={fastest})"
