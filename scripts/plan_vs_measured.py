@@ -61,7 +61,9 @@ def main(argv: list[str]) -> int:
           "ratio_predicted_over_measured": round(predicted["step_s"] * 1e3 / measured["step_ms_median"], 3),
           "roofline_ms": round(predicted["roofline_s"] * 1e3, 3),
           "compute_ms": round(predicted["compute_s"] * 1e3, 3), "memory_ms": round(predicted["memory_s"] * 1e3, 3),
-          "collective_ms": round(predicted["collective_s"] * 1e3, 3), "peak": predicted["peak"],
+          "collective_ms": round(predicted["collective_s"] * 1e3, 3),
+          "overhead_ms": round(predicted["overhead_s"] * 1e3, 3), "kernels": predicted["kernels_per_device"],
+          "peak": predicted["peak"],
           "peak_flops_per_s": peak.flops_per_s, "peak_bytes_per_s": peak.bytes_per_s}), flush=True)
   return 0
 
