@@ -184,8 +184,8 @@ def predict(config: ml_collections.ConfigDict, manifest: dict, devices: list[jax
   prediction = predict_from_costs(sum(matmul.values()), costs["bytes_accessed_without_table_passes_per_device"],
                                   collective, n, config.train.batch_size, peak, _entry_kernels(compiled.as_text()))
   if kind == "cpu":  # Measured products instead of FLOPs at the calibration matmul's rate.
-    measured = measure_dots(lowered.as_text(dialect="hlo"), devices[0]) - peak.call_s * len(dot_shapes(
-        lowered.as_text(dialect="hlo")))
+    unpartitioned = lowered.as_text(dialect="hlo")
+    measured = measure_dots(unpartitioned, devices[0]) - peak.call_s * len(dot_shapes(unpartitioned))
     prediction["step_s"] += max(measured, 0.0) - prediction["compute_s"]
     prediction["compute_s"] = max(measured, 0.0)
     prediction["samples_per_s"] = config.train.batch_size / prediction["step_s"]
