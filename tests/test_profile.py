@@ -73,6 +73,12 @@ def test_profile_writes_trace_hlo_and_report_on_a_sharded_mesh(tmp_path, capsys)
   assert report["peak"]["dtype"] == "fp32" and report["peak"]["flops_per_s"] > 0
   bound = report["roofline"]
   assert bound["bound_s"] == max(bound["compute_s"], bound["memory_s"])
+  # XLA:CPU's cost analysis includes the matmuls; on a GPU cuBLAS's are missing and the count is used.
+  assert report["flops_for_roofline"] == max(report["flops"], sum(report["matmul_flops_by_dtype"].values()))
+  assert bound["compute_s"] == pytest.approx(report["flops_for_roofline"] / report["peak"]["flops_per_s"])
+  assert "cuBLAS" not in profiling.format_report(report)
+  as_on_gpu = {**report, "flops": 0.05 * report["flops_for_roofline"]}
+  assert "cuBLAS" in profiling.format_report(as_on_gpu)
   assert bound["fraction_of_roofline"] == pytest.approx(bound["bound_s"] / (report["step_ms_median"] / 1e3))
   by_scope = report["ms_per_step_by_scope"]
   assert {"bottom_mlp", "top_mlp (backward)", "dot_interaction", "sparse_update"} <= set(by_scope)

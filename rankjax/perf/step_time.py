@@ -14,8 +14,9 @@ collective bytes are read from the compiled HLO (rankjax.perf.hlo_stats).
 
 Kernels are the instructions of the compiled program's entry computation (a fusion is one);
 their cost is what a small step is made of. On a CPU the time per kernel and per call are measured
-(a chain of tiny sorts, each a kernel of its own); on a GPU they are a typical launch latency
-(GPU_LAUNCH_S) and call overhead (GPU_CALL_S), not measured.
+(a chain of tiny sorts, each a kernel of its own); on a GPU they are GPU_LAUNCH_S per kernel,
+fitted on one H200 (jax 0.11.2, 2026-11-29: four configs' measured steps less their memory term,
+over their 82-144 kernels, gave 7.5-12.8 us a kernel), and a typical call overhead (GPU_CALL_S).
 
 Peaks: a GPU kind from the datasheet table (rankjax.perf.roofline.GPU_PEAKS) with its NVLink
 bandwidth per direction; "cpu" from a calibration on this host, where the simulated devices
@@ -44,7 +45,9 @@ from rankjax.perf.profiling import _bytes_per_device, step_costs, table_passes
 # A100 SXM 600 GB/s NVLink 3.
 LINK_BYTES_PER_S = {"NVIDIA H200 SXM": 450e9, "NVIDIA H100 SXM": 450e9, "NVIDIA H100 PCIe": 300e9,
                     "NVIDIA A100 80GB": 300e9, "NVIDIA A100 40GB": 300e9}
-GPU_LAUNCH_S, GPU_CALL_S = 5e-6, 50e-6  # A kernel launch; a jitted call's dispatch (typical figures).
+# A kernel of the step on a GPU (fitted on an H200, see the module doc; the typical 5 us launch
+# latency predicted 0.44-0.73 of the measured steps); a jitted call's dispatch (a typical figure).
+GPU_LAUNCH_S, GPU_CALL_S = 10e-6, 50e-6
 CALIBRATION_CHAIN = 200  # Tiny sorts in the CPU launch calibration.
 DEVICE_KINDS = ("cpu", "h100", "h100-pcie", "h200", "a100", "a100-40gb")
 _KIND_WORDS = {"h100": "H100 SXM", "h100-pcie": "H100 PCIe", "h200": "H200", "a100": "A100 80GB",
