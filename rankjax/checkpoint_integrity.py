@@ -68,6 +68,9 @@ def verify(state: Any, recorded: dict[str, str], step: int) -> None:
     raise CorruptCheckpoint(f"checkpoint step {step}: no digest recorded for {missing[0]}")
 
 
+DYNAMIC_KEYS = ("kind", "capacity", "admit_after", "eviction", "decay", "ttl")  # Table overrides of a map.
+
+
 def fingerprint(config: ml_collections.ConfigDict, manifest: dict, state_shapes: Any) -> dict[str, Any]:
   """What the state was trained on (JSON-able): data identity, the shaping config, state shapes."""
   if manifest.get("source", {}).get("kind") == "synthetic":
@@ -80,8 +83,11 @@ def fingerprint(config: ml_collections.ConfigDict, manifest: dict, state_shapes:
                                "seed": config.data.shuffle_seed}
   shapes = {jax.tree_util.keystr(p): [list(x.shape), str(x.dtype)]
             for p, x in jax.tree_util.tree_flatten_with_path(state_shapes)[0]}
+  # A dynamic table's map settings shape its state and which ids own rows (the tables' own shapes
+  # are re-laid-out, so only these overrides are part of the fingerprint).
+  dynamic = sorted(o for o in config.embedding.overrides if o.partition(":")[2].partition("=")[0] in DYNAMIC_KEYS)
   return json.loads(json.dumps({"data": data, "model": config.model.to_dict(), "task": config.task.to_dict(),
-                                "dense_shapes": shapes}, default=str))
+                                "dense_shapes": shapes, "dynamic_tables": dynamic}, default=str))
 
 
 def _differences(saved: Any, current: Any, where: str) -> list[str]:
@@ -106,15 +112,21 @@ def check_compatible(saved: dict | None, current: dict, step: int, workdir: str,
   returns a warning line for an old checkpoint without a fingerprint, else None."""
   if saved is None:
     return f"checkpoint step {step} in {workdir} records no fingerprint (written by an older rankjax): not checked"
-  for part, key in (("data", "data.path"), ("model", "model"), ("task", "task"), ("dense_shapes", "model")):
+  for part, key in (("data", "data.path"), ("model", "model"), ("task", "task"), ("dense_shapes", "model"),
+                    ("dynamic_tables", "embedding.overrides")):
     if part == "data" and allow_data_change:
       continue
-    differences = _differences(saved.get(part), current[part], "" if part in ("data", "dense_shapes") else f"{part}.")
+    # A checkpoint from before dynamic tables has none.
+    saved_part = saved.get(part, []) if part == "dynamic_tables" else saved.get(part)
+    if part == "dynamic_tables":
+      differences = ([f"embedding.overrides: {saved_part} -> {current[part]}"] if saved_part != current[part] else [])
+    else:
+      differences = _differences(saved_part, current[part], "" if part in ("data", "dense_shapes") else f"{part}.")
     if differences:
       difference = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
       first_key = differences[0].split(":")[0]
       what = "other data" if part == "data" else "another model"
-      raise ConfigError(first_key if part != "dense_shapes" else key,
+      raise ConfigError(first_key if part not in ("dense_shapes", "dynamic_tables") else key,
                         f"checkpoint step {step} in {workdir} was trained on {what}: {difference}"
                         + ("; point --workdir elsewhere, or set checkpoint.allow_data_change=true to continue "
                            "on the new data" if part == "data" else "; point --workdir elsewhere"))

@@ -22,7 +22,8 @@ from rankjax.dense_optim import DENSE_OPTIMIZERS as _DENSE_OPTIMIZERS
 from rankjax.dense_optim import LR_SCHEDULES
 from rankjax.embedding import optimizers as _sparse_optimizers
 from rankjax.embedding.sharding import SHARDINGS as _SHARDINGS
-from rankjax.embedding.tables import COMBINERS, DTYPES, INITIALIZERS, EmbeddingTableConfig
+from rankjax.embedding.dynamic import EVICTIONS
+from rankjax.embedding.tables import COMBINERS, DTYPES, INITIALIZERS, KINDS, EmbeddingTableConfig
 from rankjax.errors import ConfigError
 
 __all__ = ["ConfigError", "base_config", "load_config_file", "model_module", "task_class", "validate"]
@@ -229,7 +230,10 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   # embedding_exchange_fallback. Raise it if that is often above 0; >= shards never falls back.
   c.embedding.exchange_capacity = 1.25
   # Per-table overrides, "TABLE:KEY=VALUE" with KEY in sharding|optimizer|dtype|combiner|initializer|
-  # qr_buckets (e.g. "cat_0:qr_buckets=1000": a quotient-remainder table);
+  # qr_buckets (e.g. "cat_0:qr_buckets=1000": a quotient-remainder table), rows ("cat_0:rows=5000":
+  # ids hashed into 5000 rows, id mod rows), or a dynamic table's
+  # kind=dynamic|capacity|admit_after|eviction=lfu|ttl|decay|ttl ("cat_0:kind=dynamic",
+  # "cat_0:capacity=100000": raw ids get rows without collisions, rankjax/embedding/dynamic.py);
   # they win over the defaults above and over the planner.
   c.embedding.overrides = ()
 
@@ -443,12 +447,19 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     key, eq, value = rest.partition("=")
     if not (sep and eq and table) or key not in OVERRIDE_KEYS:
       raise ConfigError("embedding.overrides", f"{entry!r} is not TABLE:KEY=VALUE with KEY in {OVERRIDE_KEYS}")
-    if key == "qr_buckets":
+    if key in ("qr_buckets", "rows", "capacity", "admit_after", "ttl"):
       if not value.isdigit():
-        raise ConfigError("embedding.overrides", f"{entry!r}: qr_buckets must be a non-negative int")
+        raise ConfigError("embedding.overrides", f"{entry!r}: {key} must be a non-negative int")
+      continue
+    if key == "decay":
+      try:
+        if not 0.0 < float(value) <= 1.0:
+          raise ValueError
+      except ValueError:
+        raise ConfigError("embedding.overrides", f"{entry!r}: decay must be a number in (0, 1]") from None
       continue
     allowed = {"sharding": SHARDINGS[:-1], "optimizer": SPARSE_OPTIMIZERS, "dtype": FLOAT_DTYPES,
-               "combiner": COMBINERS, "initializer": INITIALIZERS}[key]
+               "combiner": COMBINERS, "initializer": INITIALIZERS, "kind": KINDS, "eviction": EVICTIONS}[key]
     if value not in allowed:
       raise ConfigError("embedding.overrides", f"{entry!r}: {key} must be one of {allowed}")
 

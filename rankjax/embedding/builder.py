@@ -15,6 +15,11 @@ from rankjax.embedding.engine import EmbeddingEngine
 from rankjax.partitioner import Partitioner
 
 
+# An override's value type, by table setting ("str | None" fields take the text).
+_FIELD_TYPES = {f.name: {"int": int, "float": float}.get(str(f.type), str)
+                for f in dataclasses.fields(EmbeddingTableConfig)}
+
+
 def configured_tables(config: ml_collections.ConfigDict, tables: Sequence[EmbeddingTableConfig],
                       num_shards: int, aliases: dict[str, str] | None = None) -> list[EmbeddingTableConfig]:
   """Tables with config defaults, `embedding.overrides` and (for sharding "auto") the planner
@@ -30,13 +35,26 @@ def configured_tables(config: ml_collections.ConfigDict, tables: Sequence[Embedd
     if name not in by_name:
       columns = f"; columns: {', '.join(aliases)}" if aliases else ""
       raise ConfigError("embedding.overrides", f"{entry!r}: no table {name!r} (tables: {', '.join(by_name)}{columns})")
-    overrides.setdefault(name, {})[key] = int(value) if key == "qr_buckets" else value
+    if key not in _FIELD_TYPES or key in ("name", "feature_names", "vocab_size", "dim"):
+      raise ConfigError("embedding.overrides", f"{entry!r}: {key!r} is not a table setting one can override "
+                        f"({', '.join(k for k in _FIELD_TYPES if k not in ('name', 'feature_names', 'vocab_size', 'dim'))})")
+    try:
+      overrides.setdefault(name, {})[key] = _FIELD_TYPES[key](value)
+    except ValueError:
+      raise ConfigError("embedding.overrides", f"{entry!r}: {value!r} is not a{'n' if _FIELD_TYPES[key] is int else ''} "
+                        f"{_FIELD_TYPES[key].__name__}") from None
   out = []
   for t in tables:
     t = dataclasses.replace(t, dtype=e.dtype if t.dtype == "float32" else t.dtype)
     if e.sharding != "auto":
       t = dataclasses.replace(t, sharding=t.sharding or e.sharding)
-    out.append(dataclasses.replace(t, **overrides.get(t.name, {})))
+    try:
+      out.append(dataclasses.replace(t, **overrides.get(t.name, {})))
+    except ValueError as err:
+      raise ConfigError("embedding.overrides", str(err)) from None
+  # Rows the tables will have: a hashed table's `rows`, a dynamic table's capacity + its default row.
+  out = [dataclasses.replace(t, vocab_size=t.capacity + 1) if t.kind == "dynamic"
+         else dataclasses.replace(t, vocab_size=t.rows) if t.rows else t for t in out]
   if e.sharding == "auto":
     chosen = planner.plan(out, num_shards, optimizer=e.optimizer).sharding_of()
     out = [dataclasses.replace(t, sharding=chosen[t.name]) for t in out]

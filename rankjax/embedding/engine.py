@@ -23,12 +23,27 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rankjax.embedding import optimizers, quotient_remainder
+from rankjax.embedding import dynamic, optimizers, quotient_remainder
 from rankjax.embedding.sharding import SHARDINGS
 from rankjax.embedding.sharding.base import ROW_PAD_MULTIPLE, MeshAxes, ShardingType, TableGroup
 from rankjax.embedding.tables import DTYPES, EmbeddingTableConfig, FeatureSlots, init_stacked, num_output_vectors, pool
 
+DYNAMIC = "dynamic"  # The embedding state's key of the dynamic tables' maps (no group is named so).
+DYNAMIC_KEY_STREAM = 0x64796E  # fold_in(table init key, this): the maps' keys.
+
 __all__ = ["ROW_PAD_MULTIPLE", "EmbeddingEngine", "Routing", "ShardingType", "TableGroup"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Dynamic:
+  """A dynamic table in the engine: its map's spec, the batch columns of its features' ids, its
+  group, its first row there, its init scale and its index among the engine's tables."""
+  spec: dynamic.DynamicSpec
+  columns: np.ndarray
+  group: TableGroup
+  offset: int
+  scale: float
+  index: int
 
 
 @flax.struct.dataclass
@@ -56,6 +71,10 @@ class EmbeddingEngine:
     treating them as padding. exchange_capacity: row_wise's all-to-all room per owner shard, as a
     multiple of an even share of a device's ids (rankjax/embedding/sharding/row_wise.py)."""
     self.slots, self.mesh, self.fold_ids = slots, mesh, fold_ids
+    # A dynamic table's ids become rows 0..capacity (the last the default row) before routing.
+    # A static table with `rows` set hashes its ids into that many rows (id mod rows).
+    tables = [dataclasses.replace(t, vocab_size=t.capacity + 1) if t.kind == "dynamic"
+              else dataclasses.replace(t, vocab_size=t.rows) if t.rows else t for t in tables]
     self.user_tables = tuple(tables)
     # Quotient-remainder tables become two internal tables; the remainder rows get extra slots.
     internal, remainder_of = [], {}
@@ -105,6 +124,7 @@ class EmbeddingEngine:
     user_table = {t.name: t for t in self.user_tables}
     slot_user = [user_table[self.tables[i].name.removesuffix("/quotient")] for i in slot_table]
     self._slot_vocab = np.array([t.vocab_size for t in slot_user], np.int32)  # Ids valid per slot.
+    self._slot_fold = np.array([fold_ids or bool(t.rows) for t in slot_user], bool)  # Ids folded mod vocab.
     self._qr_slots = np.array([s for s, t in enumerate(slot_user) if t.qr_buckets], np.int32)
     self._qr_buckets = np.array([slot_user[s].qr_buckets for s in self._qr_slots], np.int32)
     slot_table = np.concatenate([slot_table, [remainder_of[slot_user[s].name] for s in self._qr_slots]]).astype(np.int64)
@@ -127,11 +147,32 @@ class EmbeddingEngine:
           slots=group_slots, slot_offset=np.asarray(layout.table_offsets, np.int64)[local_table].astype(np.int32),
           slot_vocab=np.array([group_tables[j].vocab_size for j in local_table], np.int32),
           exchange_capacity=exchange_capacity))
+    self.dynamic = self._dynamic_tables(serving)
     # Per dim: its groups, and the order that puts their concatenated slots in engine slot order.
     self.dims = tuple(sorted({g.dim for g in self.groups}))
     self._groups_of_dim = {d: [g for g in self.groups if g.dim == d] for d in self.dims}
     self._slot_order = {d: np.argsort(np.concatenate([g.slots for g in gs]), kind="stable")
                         for d, gs in self._groups_of_dim.items()}
+
+  def _dynamic_tables(self, serving: dict[str, list[int]]) -> dict[str, "_Dynamic"]:
+    """Each dynamic table's map spec, its columns of the batch's ids, and where its rows live."""
+    out = {}
+    starts = dict(zip(self.batch_slots.names, self.batch_slots.start))
+    hotness = dict(zip(self.batch_slots.names, self.batch_slots.hotness))
+    for i, t in enumerate(self.tables):
+      if t.kind != "dynamic":
+        continue
+      shared = [f for f in t.feature_names if len(serving[f]) > 1]
+      if shared:
+        raise ValueError(f"table {t.name}: dynamic, but feature {shared[0]!r} is served by another table too")
+      group = next(g for g in self.groups if i in g.table_ids)
+      offset = int(group.table_offsets[list(group.table_ids).index(i)])
+      columns = np.concatenate([np.arange(starts[f], starts[f] + hotness[f]) for f in t.feature_names])
+      spec = dynamic.DynamicSpec(capacity=t.capacity, admit_after=t.admit_after, eviction=t.eviction,
+                                 decay=t.decay, ttl=t.ttl)
+      scale = 1.0 / np.sqrt(t.vocab_size) if t.initializer == "uniform" else 0.0
+      out[t.name] = _Dynamic(spec, columns.astype(np.int32), group, offset, scale, index=i)
+    return out
 
   def _sharding(self, group: TableGroup):
     """The module that runs a group's collectives: without shard axes every type is local."""
@@ -152,9 +193,17 @@ class EmbeddingEngine:
   # ---- Shardings and init.
 
   def shardings(self) -> dict[str, dict[str, NamedSharding]]:
-    return {g.name: {k: NamedSharding(self.mesh, spec)
-                     for k, spec in SHARDINGS[g.sharding].state_specs(g, self.axes).items()}
-            for g in self.groups}
+    out = {g.name: {k: NamedSharding(self.mesh, spec)
+                    for k, spec in SHARDINGS[g.sharding].state_specs(g, self.axes).items()}
+           for g in self.groups}
+    if self.dynamic:  # The maps are replicated.
+      out[DYNAMIC] = {name: {k: NamedSharding(self.mesh, P()) for k in self._map_keys(d)}
+                      for name, d in self.dynamic.items()}
+    return out
+
+  @staticmethod
+  def _map_keys(d: _Dynamic) -> tuple[str, ...]:
+    return tuple(jax.eval_shape(lambda: dynamic.init_map(d.spec, jnp.zeros((2,), jnp.uint32))))
 
   def init(self, key: jax.Array) -> dict[str, dict[str, jax.Array]]:
     """Tables and optimizer state; call under jit with out_shardings=self.shardings().
@@ -164,6 +213,10 @@ class EmbeddingEngine:
     state = {}
     for g in self.groups:
       state[g.name] = {"table": self._init_table(g, key), **g.optimizer.init(g.num_rows, g.dim)}
+    if self.dynamic:
+      map_key = jax.random.fold_in(key, DYNAMIC_KEY_STREAM)
+      state[DYNAMIC] = {name: dynamic.init_map(d.spec, jax.random.key_data(jax.random.fold_in(map_key, d.index)))
+                        for name, d in self.dynamic.items()}
     return state
 
   def _init_table(self, g: TableGroup, key: jax.Array) -> jax.Array:
@@ -184,14 +237,54 @@ class EmbeddingEngine:
 
     return self.axes.shard_map(local_init, (P(),), spec)(key)
 
+  # ---- Dynamic tables: raw ids -> rows, before routing.
+
+  def admit(self, state: dict, ids_bt: jax.Array, step: jax.Array) -> tuple[dict, jax.Array, dict[str, jax.Array]]:
+    """A train step's map updates: (state with the maps and the new ids' fresh rows, the batch's
+    ids with each dynamic table's raw ids replaced by its rows, stats summed over the dynamic
+    tables: embedding_dynamic_{admitted,evicted,pending,overflow} and the mean occupancy)."""
+    if not self.dynamic:
+      return state, ids_bt, {}
+    state, maps, totals = dict(state), dict(state[DYNAMIC]), {}
+    with jax.named_scope("embedding_dynamic_admit"):
+      for name, d in self.dynamic.items():
+        maps[name], rows, fresh_rows, fresh_ids, stats = dynamic.admit(d.spec, maps[name], ids_bt[:, d.columns], step)
+        ids_bt = ids_bt.at[:, d.columns].set(rows)
+        state[d.group.name] = self._fresh(d, state[d.group.name], fresh_rows, fresh_ids, maps[name]["key"])
+        for k, v in stats.items():
+          totals[f"embedding_dynamic_{k}"] = totals.get(f"embedding_dynamic_{k}", 0.0) + v.astype(jnp.float32)
+    totals["embedding_dynamic_occupancy"] = totals["embedding_dynamic_occupancy"] / len(self.dynamic)
+    state[DYNAMIC] = maps
+    return state, ids_bt, totals
+
+  def _fresh(self, d: _Dynamic, arrays: dict, fresh_rows: jax.Array, fresh_ids: jax.Array, key: jax.Array) -> dict:
+    """The group's arrays with the rows new ids took initialised from the ids and their
+    optimizer state reset to its initial value."""
+    g = d.group
+    at = jnp.where(fresh_rows >= 0, d.offset + fresh_rows, g.num_rows)  # Out of range: dropped.
+    out = dict(arrays)
+    values = dynamic.fresh_values(key, fresh_ids, g.dim, d.scale)
+    out["table"] = arrays["table"].at[at].set(values.astype(arrays["table"].dtype), mode="drop")
+    initial = g.optimizer.init(1, g.dim)
+    for k in g.optimizer.state_is_per_row():
+      out[k] = arrays[k].at[at].set(jnp.broadcast_to(initial[k][0], (at.shape[0], *arrays[k].shape[1:])),
+                                    mode="drop")
+    return out
+
+  def map_ids(self, state: dict, ids_bt: jax.Array) -> jax.Array:
+    """Eval and serving: each dynamic table's raw ids -> its rows (unknown ids: the default row)."""
+    for name, d in self.dynamic.items():
+      ids_bt = ids_bt.at[:, d.columns].set(dynamic.lookup(state[DYNAMIC][name], ids_bt[:, d.columns]))
+    return ids_bt
+
   # ---- Ids -> rows.
 
   def valid(self, ids_bt: jax.Array) -> jax.Array:
     """Slots holding an id of the table (padding is -1; unless folding, ids >= vocab count as
     padding); `ids_bt` in slot order (see `route`)."""
-    if self.fold_ids:
+    if self._slot_fold.all():
       return ids_bt >= 0
-    return (ids_bt >= 0) & (ids_bt < jnp.asarray(self._slot_vocab))
+    return (ids_bt >= 0) & (jnp.asarray(self._slot_fold) | (ids_bt < jnp.asarray(self._slot_vocab)))
 
   def route(self, ids_bt: jax.Array) -> Routing:
     """[B, T] batch ids -> the routing of the step: ids copied to one slot per table of a feature,
@@ -202,8 +295,9 @@ class EmbeddingEngine:
       if self._slot_source is not None:
         ids_bt = ids_bt[:, self._slot_source]
       valid_bt = self.valid(ids_bt)
-      if self.fold_ids:
-        ids_bt = jnp.where(ids_bt >= 0, ids_bt % jnp.asarray(self._slot_vocab), -1)
+      if self._slot_fold.any():
+        ids_bt = jnp.where(ids_bt >= 0, jnp.where(jnp.asarray(self._slot_fold), ids_bt % jnp.asarray(self._slot_vocab),
+                                                  ids_bt), -1)
       ids_bt = jnp.where(self.valid(ids_bt), ids_bt, -1)
       if self._qr_slots.size:
         qr_ids = ids_bt[:, self._qr_slots]
@@ -294,16 +388,31 @@ class EmbeddingEngine:
     if not isinstance(grads, dict):
       grads = {g.name: grads if len(self.groups) == 1 else grads[:, g.slots] for g in self.groups}
     with jax.named_scope("sparse_update"):
-      return {g.name: self._sharding(g).update(g, self.axes, state[g.name], routing.rows[g.name], grads[g.name], step,
-                                               **self._extra(g, routing))
-              for g in self.groups}
+      out = {g.name: self._sharding(g).update(g, self.axes, state[g.name], routing.rows[g.name], grads[g.name], step,
+                                              **self._extra(g, routing))
+             for g in self.groups}
+    if DYNAMIC in state:  # The maps (updated by `admit`) pass through.
+      out[DYNAMIC] = state[DYNAMIC]
+    return out
 
   # ---- Checkpoint layouts: restore onto a mesh or plan with another row layout.
 
   def layout_descriptor(self) -> dict:
     """Where each table's rows live; saved with a checkpoint (JSON-able)."""
-    return {"groups": {g.name: {"num_rows": int(g.num_rows), "dim": int(g.dim)} for g in self.groups},
-            "tables": {t.name: [g.name, int(off)] for g in self.groups for t, off in zip(g.tables, g.table_offsets)}}
+    out = {"groups": {g.name: {"num_rows": int(g.num_rows), "dim": int(g.dim)} for g in self.groups},
+           "tables": {t.name: [g.name, int(off)] for g in self.groups for t, off in zip(g.tables, g.table_offsets)}}
+    if self.dynamic:
+      out[DYNAMIC] = {name: dataclasses.asdict(d.spec) for name, d in self.dynamic.items()}
+    return out
+
+  def _check_dynamic(self, descriptor: dict) -> None:
+    """A checkpoint's dynamic tables must be these, with the same maps (capacity, policy)."""
+    saved = descriptor.get(DYNAMIC, {})
+    for name in sorted(set(saved) | set(self.dynamic)):
+      now = dataclasses.asdict(self.dynamic[name].spec) if name in self.dynamic else None
+      if saved.get(name) != now:
+        raise ValueError(f"table {name}: the checkpoint's dynamic map is {saved.get(name) or 'absent'}, "
+                         f"the config's {now or 'absent'}: restore with the same kind, capacity and policy")
 
   def abstract_state_for(self, descriptor: dict) -> dict:
     """Abstract embedding state in a saved layout, sharded over rows where they divide evenly."""
@@ -319,6 +428,13 @@ class EmbeddingEngine:
       for key, per_row in group.optimizer.state_is_per_row().items():
         shape = (rows,) if per_row else (rows, meta["dim"])
         out[name][key] = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=rows_sharding if per_row else two_d)
+    self._check_dynamic(descriptor)
+    if self.dynamic:
+      replicated = NamedSharding(self.mesh, P())
+      out[DYNAMIC] = {name: {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=replicated)
+                             for k, v in jax.eval_shape(lambda d=d: dynamic.init_map(
+                                 d.spec, jnp.zeros((2,), jnp.uint32))).items()}
+                      for name, d in self.dynamic.items()}
     return out
 
   def _group_of(self, table_name: str) -> TableGroup:
@@ -344,6 +460,9 @@ class EmbeddingEngine:
           template = jax.lax.dynamic_update_slice_in_dim(template, rows.astype(template.dtype), int(offset), axis=0)
         arrays[key] = template
       new_state[g.name] = arrays
+    self._check_dynamic(descriptor)
+    if self.dynamic:  # Replicated, and rows keep their numbers within a table: moved as they are.
+      new_state[DYNAMIC] = old_state[DYNAMIC]
     return new_state
 
   # ---- Host views.

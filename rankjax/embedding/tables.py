@@ -20,6 +20,7 @@ from jax.extend.random import threefry2x32_p
 COMBINERS = ("sum", "mean", "none")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 INITIALIZERS = ("uniform", "zeros")
+KINDS = ("static", "dynamic")
 
 
 def scale_rows(vocab_sizes: Sequence[int], row_scale: float) -> tuple[int, ...]:
@@ -39,6 +40,10 @@ class EmbeddingTableConfig:
   optimizer / sharding: None = the engine's default / the planner's choice.
   qr_buckets: > 0 makes it a quotient-remainder table (Shi et al. 2020) for huge vocabularies:
     two tables of ceil(vocab / q) and q rows; id i's vector is quotient[i // q] + remainder[i % q].
+  rows: > 0 hashes a static table's ids into that many rows (id mod rows, the hashing trick).
+  kind: "static" (id i is row i) or "dynamic": raw ids get rows through an on-device map of
+    `capacity` rows, without collisions while it has room (rankjax/embedding/dynamic.py, with
+    admit_after, eviction "lfu" (decay) or "ttl" (ttl steps)).
   """
   name: str
   vocab_size: int
@@ -50,6 +55,13 @@ class EmbeddingTableConfig:
   optimizer: str | None = None
   sharding: str | None = None
   qr_buckets: int = 0
+  rows: int = 0
+  kind: str = "static"
+  capacity: int = 0
+  admit_after: int = 1
+  eviction: str = "lfu"
+  decay: float = 0.99
+  ttl: int = 0
 
   def __post_init__(self):
     if self.vocab_size <= 0 or self.dim <= 0:
@@ -62,6 +74,14 @@ class EmbeddingTableConfig:
       raise ValueError(f"table {self.name}: qr_buckets must be >= 0")
     if self.initializer not in INITIALIZERS:
       raise ValueError(f"table {self.name}: initializer {self.initializer!r} not in {INITIALIZERS}")
+    if self.kind not in KINDS:
+      raise ValueError(f"table {self.name}: kind {self.kind!r} not in {KINDS}")
+    if self.rows and (self.kind == "dynamic" or self.qr_buckets):
+      raise ValueError(f"table {self.name}: rows (a hashed table) goes with neither a dynamic nor a QR table")
+    if self.kind == "dynamic" and self.qr_buckets:
+      raise ValueError(f"table {self.name}: a dynamic table cannot be a quotient-remainder table too")
+    if self.kind == "dynamic" and self.capacity <= 0:
+      raise ValueError(f"table {self.name}: a dynamic table needs capacity > 0 (its rows)")
 
 
 @dataclasses.dataclass(frozen=True)

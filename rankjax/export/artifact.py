@@ -41,6 +41,7 @@ from rankjax.data import layout
 from rankjax.experiment import Experiment, UsageError, build
 from rankjax.partitioner import jit
 from rankjax.data import pipeline
+from rankjax.embedding.engine import DYNAMIC
 from rankjax.export import weights as weights_lib
 from rankjax.export.serving import FORMAT, MANIFEST, padded, read_batches
 from rankjax.tasks.base import Task, TrainState
@@ -49,6 +50,7 @@ from rankjax.train import _host, _restore
 FUNCTION = "model.jax_exported"
 DATA_FILES = "data"  # The data's side files (a frequency vocabulary), for scoring raw rows.
 PLATFORMS = ("cpu", "cuda")
+MAP_WEIGHTS = ("keys", "rows")  # A dynamic table's map as served (lookup reads these two).
 
 
 def run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
@@ -108,7 +110,9 @@ def named_weights(task: Task, state: TrainState) -> list[tuple[str, jax.Array]]:
   path), then each embedding table group's stacked table."""
   params = [("params" + jax.tree_util.keystr(p), x) for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]]
   groups = [(f"embedding/{g.name}", state.embedding[g.name]["table"]) for g in (task.engine.groups if task.engine else ())]
-  return params + groups
+  maps = [(f"embedding/{DYNAMIC}/{name}/{k}", state.embedding[DYNAMIC][name][k])
+          for name in (task.engine.dynamic if task.engine else ()) for k in MAP_WEIGHTS]
+  return params + groups + maps
 
 
 def input_specs(task: Task) -> dict[str, dict[str, Any]]:
@@ -133,10 +137,14 @@ def inference_function(task: Task, state: TrainState):
   params_def = jax.tree.structure(state.params)
   num_params = params_def.num_leaves
   groups = [g.name for g in task.engine.groups] if task.engine else []
+  dynamic_tables = list(task.engine.dynamic) if task.engine else []
 
   def infer(weights: list[jax.Array], inputs: dict[str, jax.Array]) -> dict[str, jax.Array]:
     params = jax.tree.unflatten(params_def, weights[:num_params])
     embedding = {g: {"table": w} for g, w in zip(groups, weights[num_params:])}
+    maps = iter(weights[num_params + len(groups):])
+    if dynamic_tables:  # Each map's keys and rows: what dynamic.lookup reads.
+      embedding[DYNAMIC] = {name: {k: next(maps) for k in MAP_WEIGHTS} for name in dynamic_tables}
     served = TrainState(step=jnp.zeros((), jnp.int32), rng=None, params=params, opt_state=None, embedding=embedding)
     return task.serving_scores(task.forward(served, inputs))
 

@@ -152,11 +152,21 @@ class Task(abc.ABC):
       return optax.apply_updates(state.params, updates), opt_state
 
   def _route_and_lookup(self, state: TrainState, batch: dict[str, jax.Array]):
-    """(routing, rows per group) of the batch's ids, routed once per step; (None, None) without tables."""
+    """(routing, rows per group) of the batch's ids, routed once per step; (None, None) without
+    tables. Dynamic tables' ids are looked up in their maps (eval and serving: nothing admitted)."""
     if not self.engine:
       return None, None
-    routing = self.engine.route(self.sparse_ids(batch))
+    routing = self.engine.route(self.engine.map_ids(state.embedding, self.sparse_ids(batch)))
     return routing, self.engine.lookup_groups(state.embedding, routing)
+
+  def _admit_route_and_lookup(self, state: TrainState, batch: dict[str, jax.Array]):
+    """A train step's (embedding state, routing, rows per group, dynamic-table stats): dynamic
+    tables admit the batch's new ids first (rankjax/embedding/dynamic.py)."""
+    if not self.engine:
+      return state.embedding, None, None, {}
+    embedding, ids, stats = self.engine.admit(state.embedding, self.sparse_ids(batch), state.step)
+    routing = self.engine.route(ids)
+    return embedding, routing, self.engine.lookup_groups(embedding, routing), stats
 
   def train_batch(self, state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """The batch a train step learns from (a task may sample it, e.g. documents of long lists)."""
@@ -165,7 +175,7 @@ class Task(abc.ABC):
 
   def train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
     batch = self.train_batch(state, batch)
-    routing, rows = self._route_and_lookup(state, batch)
+    embedding, routing, rows, dynamic_stats = self._admit_route_and_lookup(state, batch)
     dropout_key = (jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step),
                                       DROPOUT_STREAM) if self.config.train.dropout else None)
 
@@ -181,14 +191,13 @@ class Task(abc.ABC):
     skip = non_finite_skip(loss, (grad_params, grad_rows), self.skip_non_finite)
     params, opt_state = self._dense_update(state, grad_params, skip)
     step = state.step + 1
-    embedding = state.embedding
     if self.engine:
       # A skipped step touches no table row: every id becomes padding (tables are never copied).
       routing = routing.dropped(skip) if self.skip_non_finite else routing
-      embedding = self.engine.apply_gradients(state.embedding, routing, grad_rows, step)
+      embedding = self.engine.apply_gradients(embedding, routing, grad_rows, step)
     new_state = state.replace(step=step, params=params, opt_state=opt_state, embedding=embedding)
     fallback = self.engine.exchange_fallback(routing) if self.engine else None
-    return new_state, {"loss": loss, "skipped": skip, **extra,
+    return new_state, {"loss": loss, "skipped": skip, **extra, **dynamic_stats,
                        **({"embedding_exchange_fallback": fallback} if fallback is not None else {})}
 
   # Inference in blocks (set by `set_inference_blocks`): each of `inference_shards` batch shards

@@ -1,0 +1,263 @@
+"""Dynamic (collision-free) embedding tables: the id -> row map against Python references (no
+collision below capacity, LFU / TTL eviction order, admission counts), and in the trainer: meshes
+equal one device, resume is exact, a checkpoint re-lays out onto another device count."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rankjax import train as train_lib
+from rankjax.embedding import dynamic
+from rankjax.embedding.engine import DYNAMIC
+from rankjax.errors import ConfigError
+
+from helpers import tiny_config
+from test_train_step import run_steps
+
+
+def _admit_fn(spec):
+  return jax.jit(lambda state, ids, step: dynamic.admit(spec, state, ids, step))
+
+
+def _key():
+  return jax.random.key_data(jax.random.key(0))
+
+
+class ReferenceMap:
+  """The policy of rankjax/embedding/dynamic.py written out with Python dicts (exact counts
+  stand in for the sketch: the tests give it room enough to have no shared counters)."""
+
+  def __init__(self, spec: dynamic.DynamicSpec):
+    self.spec, self.entries, self.seen = spec, {}, {}  # id -> [score, last]; id -> sightings
+
+  def step(self, ids, step):
+    ids = np.asarray(ids).reshape(-1)
+    u, counts = np.unique(ids[ids >= 0], return_counts=True)
+    if self.spec.eviction == "lfu":
+      for entry in self.entries.values():
+        entry[0] = np.float32(entry[0] * np.float32(self.spec.decay))
+    protected, eligible, pending = set(), [], 0
+    for x, c in zip(u.tolist(), counts.tolist()):
+      if x in self.entries:
+        self.entries[x][0] = np.float32(self.entries[x][0] + c)
+        self.entries[x][1] = step
+        protected.add(x)
+        continue
+      self.seen[x] = self.seen.get(x, 0) + c
+      if self.seen[x] >= self.spec.admit_after:
+        eligible.append((x, c))
+      else:
+        pending += 1
+    evicted = set()
+    if self.spec.eviction == "ttl":
+      evicted = {x for x, (_, last) in self.entries.items() if x not in protected and step - last > self.spec.ttl}
+    for x in evicted:
+      del self.entries[x]
+    free = self.spec.capacity - len(self.entries)
+    candidates = sorted((x for x in self.entries if x not in protected),
+                        key=lambda x: ((self.entries[x][0], self.entries[x][1], x) if self.spec.eviction == "lfu"
+                                       else (self.entries[x][1], x)))
+    n_evict = min(max(len(eligible) - free, 0), len(candidates))
+    for x in candidates[:n_evict]:
+      evicted.add(x)
+      del self.entries[x]
+    admitted = sorted(eligible, key=lambda xc: (-xc[1], xc[0]))[:free + n_evict]
+    for x, c in admitted:
+      self.entries[x] = [np.float32(c), step]
+    return {"admitted": len(admitted), "evicted": len(evicted), "pending": pending,
+            "overflow": len(eligible) - len(admitted)}, evicted
+
+
+def _map_of(state):
+  keys, rows = np.asarray(state["keys"]), np.asarray(state["rows"])
+  live = keys != dynamic.EMPTY
+  return dict(zip(keys[live].tolist(), rows[live].tolist()))
+
+
+def test_below_capacity_every_distinct_id_keeps_its_own_row():
+  spec = dynamic.DynamicSpec(capacity=300)
+  state, admit = dynamic.init_map(spec, _key()), _admit_fn(spec)
+  rng = np.random.default_rng(0)
+  owner = {}  # row -> id, and id -> row: a Python dict of every id seen
+  row_of = {}
+  pool = rng.choice(2**31 - 2, size=300, replace=False)  # raw ids anywhere in [0, 2^31 - 1)
+  for step in range(1, 16):
+    ids = np.where(rng.random((64, 3)) < 0.1, -1, pool[rng.zipf(1.2, (64, 3)) % 300]).astype(np.int32)
+    state, rows, _, _, stats = admit(state, jnp.asarray(ids), step)
+    rows = np.asarray(rows)
+    assert np.all(rows[ids < 0] == -1)
+    for x, r in zip(ids[ids >= 0].tolist(), rows[ids >= 0].tolist()):
+      assert 0 <= r < spec.capacity
+      assert row_of.setdefault(x, r) == r  # an id keeps its row
+      assert owner.setdefault(r, x) == x  # no two ids share one
+    assert int(stats["evicted"]) == 0 and int(stats["overflow"]) == 0
+    assert _map_of(state) == row_of
+  assert float(stats["occupancy"]) == pytest.approx(len(row_of) / spec.capacity)
+  # Eval: known ids read their rows, unknown ones the default row, padding stays padding.
+  unknown = np.setdiff1d(np.arange(1000), pool)[:3]
+  probe = np.array([pool[0], unknown[0], -1, unknown[1]], np.int32)
+  looked = np.asarray(dynamic.lookup(state, jnp.asarray(probe)))
+  want = [row_of.get(int(pool[0]), spec.capacity), spec.capacity, -1, spec.capacity]
+  assert looked.tolist() == want
+
+
+@pytest.mark.parametrize("spec", [dynamic.DynamicSpec(capacity=12, decay=0.5),
+                                  dynamic.DynamicSpec(capacity=12, decay=1.0),
+                                  dynamic.DynamicSpec(capacity=12, eviction="ttl", ttl=3)],
+                         ids=["lfu_decay", "lfu", "ttl"])
+def test_eviction_order_equals_the_reference(spec):
+  state, admit, ref = dynamic.init_map(spec, _key()), _admit_fn(spec), ReferenceMap(spec)
+  rng = np.random.default_rng(1)
+  total_evicted = 0
+  for step in range(1, 41):
+    ids = (rng.zipf(1.3, (16, 2)) % 40).astype(np.int32)
+    ids[rng.random(ids.shape) < 0.2] = -1
+    before = set(_map_of(state))
+    state, rows, fresh_rows, fresh_ids, stats = admit(state, jnp.asarray(ids), step)
+    want_stats, want_evicted = ref.step(ids, step)
+    after = _map_of(state)
+    assert set(after) == set(ref.entries), step
+    assert before - set(after) == want_evicted, step
+    assert {k: int(v) for k, v in stats.items() if k != "occupancy"} == want_stats, step
+    # New ids took exactly the rows handed out this step, and read them.
+    fresh = {int(i): int(r) for i, r in zip(np.asarray(fresh_ids), np.asarray(fresh_rows)) if i >= 0}
+    assert fresh == {x: after[x] for x in set(after) - before}
+    rows = np.asarray(rows)
+    for x, r in zip(ids[ids >= 0].tolist(), rows[ids >= 0].tolist()):
+      assert r == after.get(x, spec.capacity)
+    assert sorted(after.values()) == sorted(set(after.values()))  # one id per row
+    total_evicted += want_stats["evicted"]
+  assert total_evicted > 20  # the stream overflows the map again and again
+
+
+def test_admission_after_n_sightings_reads_the_default_row_until_then():
+  spec = dynamic.DynamicSpec(capacity=50, admit_after=3, sketch_width=1 << 16)
+  state, admit, ref = dynamic.init_map(spec, _key()), _admit_fn(spec), ReferenceMap(spec)
+  slots = dynamic.sketch_slots(np.arange(60), spec.width, xp=np)
+  assert all(len(set(row.tolist())) == 60 for row in slots)  # no shared counters among these ids
+  np.testing.assert_array_equal(slots, np.asarray(dynamic.sketch_slots(jnp.arange(60), spec.width)))
+  rng = np.random.default_rng(2)
+  pending_total = 0
+  for step in range(1, 11):
+    ids = rng.integers(0, 60, (8, 2)).astype(np.int32)
+    state, rows, _, _, stats = admit(state, jnp.asarray(ids), step)
+    want_stats, _ = ref.step(ids, step)
+    assert {k: int(v) for k, v in stats.items() if k != "occupancy"} == want_stats, step
+    assert set(_map_of(state)) == set(ref.entries)
+    rows = np.asarray(rows)
+    for x, r in zip(ids.reshape(-1).tolist(), rows.reshape(-1).tolist()):
+      assert (r == spec.capacity) == (x not in ref.entries)  # not yet admitted: the shared default row
+    pending_total += want_stats["pending"]
+  assert pending_total > 0 and len(ref.entries) > 0
+
+
+def test_spec_and_override_errors_name_the_setting(tmp_path):
+  with pytest.raises(ValueError, match="capacity"):
+    dynamic.DynamicSpec(capacity=0)
+  with pytest.raises(ValueError, match="ttl"):
+    dynamic.DynamicSpec(capacity=4, eviction="ttl")
+  for overrides, match in [(("cat_0:kind=dynamic",), "capacity > 0"),
+                           (("cat_0:kind=dynamic", "cat_0:capacity=ten"), "not an int"),
+                           (("cat_0:kind=dynamic", "cat_0:capacity=8", "cat_0:eviction=lru"), "eviction"),
+                           (("cat_0:colour=red",), "not a table setting")]:
+    config = tiny_config()
+    config.mesh.shape = (1, 1)
+    config.embedding.overrides = overrides
+    with pytest.raises(ConfigError, match=match) as err:
+      train_lib.build(config, tmp_path, jax.devices()[:1])
+    assert "embedding" in str(err.value)
+
+
+def dynamic_config(sharding="row_wise", **train):
+  config = tiny_config(**train)
+  config.embedding.sharding = sharding
+  # cat_0: 50 ids into 24 rows (evictions); cat_3: 7 ids, admitted at their third sighting.
+  config.embedding.overrides = ("cat_0:kind=dynamic", "cat_0:capacity=24", "cat_3:kind=dynamic",
+                                "cat_3:capacity=16", "cat_3:admit_after=3")
+  return config
+
+
+@pytest.mark.parametrize("sharding, shape", [("row_wise", (8, 1)), ("row_wise", (2, 4)), ("table_wise", (8, 1))])
+def test_sharded_steps_with_dynamic_tables_equal_one_device(sharding, shape, tmp_path):
+  ref_config = dynamic_config(sharding)
+  ref_config.mesh.shape = (1, 1)
+  ref_exp, ref_state, ref_losses = run_steps(ref_config, tmp_path / "ref", jax.devices()[:1], 10)
+  config = dynamic_config(sharding)
+  config.mesh.shape = shape
+  exp, state, losses = run_steps(config, tmp_path / "mesh", jax.devices(), 10)
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+  tables, ref_tables = exp.task.engine.table_values(state.embedding), ref_exp.task.engine.table_values(ref_state.embedding)
+  for name in ref_tables:
+    np.testing.assert_allclose(tables[name], ref_tables[name], rtol=1e-5, atol=1e-6)
+  for name, arrays in ref_state.embedding[DYNAMIC].items():
+    for key, want in arrays.items():
+      np.testing.assert_array_equal(np.asarray(state.embedding[DYNAMIC][name][key]), np.asarray(want))
+  assert tables["cat_0"].shape[0] == 25  # capacity rows + the default row
+  assert len(_map_of(ref_state.embedding[DYNAMIC]["cat_0"])) == 24  # full: 50 ids came
+
+
+def _losses(workdir):
+  import json
+  events = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return {e["step"]: e for e in events if e["split"] == "train"}
+
+
+def test_resume_is_exact_and_a_checkpoint_moves_to_another_device_count(tmp_path):
+  quiet = lambda _: None  # noqa: E731
+  straight = train_lib.train(dynamic_config("table_wise", steps=12, log_every=1), tmp_path / "straight",
+                             devices=jax.devices()[:8], log=quiet)
+  train_lib.train(dynamic_config("table_wise", steps=6, log_every=1), tmp_path / "resumed",
+                  devices=jax.devices()[:8], log=quiet)
+  resumed = train_lib.train(dynamic_config("table_wise", steps=12, log_every=1), tmp_path / "resumed",
+                            devices=jax.devices()[:8], log=quiet)
+  a, b = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+  assert [b[s]["loss"] for s in range(7, 13)] == [a[s]["loss"] for s in range(7, 13)]  # bit for bit
+  assert resumed["eval_auc"] == straight["eval_auc"]
+  assert sum(a[s]["embedding_dynamic_evicted"] for s in a) > 0
+  assert all("embedding_dynamic_occupancy" in a[s] for s in a)
+
+  train_lib.train(dynamic_config("table_wise", steps=6, log_every=1), tmp_path / "moved",
+                  devices=jax.devices()[:8], log=quiet)
+  messages = []
+  moved = train_lib.train(dynamic_config("table_wise", steps=12, log_every=1), tmp_path / "moved",
+                          devices=jax.devices()[:4], log=messages.append)
+  assert any("re-laid-out" in m for m in messages)
+  c = _losses(tmp_path / "moved")
+  np.testing.assert_allclose([c[s]["loss"] for s in range(7, 13)], [a[s]["loss"] for s in range(7, 13)], rtol=1e-5)
+  assert moved["eval_auc"] == pytest.approx(straight["eval_auc"], rel=1e-5)
+
+  changed = dynamic_config("table_wise", steps=14, log_every=1)
+  changed.embedding.overrides = tuple(o.replace("capacity=24", "capacity=32") for o in changed.embedding.overrides)
+  with pytest.raises(ConfigError, match="capacity=24.*capacity=32") as err:
+    train_lib.train(changed, tmp_path / "moved", devices=jax.devices()[:4], log=quiet)
+  assert err.value.key == "embedding.overrides"
+
+
+def test_exported_model_with_dynamic_and_hashed_tables_scores_as_the_trainer(tmp_path):
+  from test_export import _assert_bitwise_parity, _trained
+  from rankjax.export import artifact
+  config = dynamic_config(steps=8)
+  config.embedding.overrides += ("cat_2:rows=13",)  # 100 ids hashed into 13 rows
+  data_dir = _trained(config, tmp_path / "run")
+  artifact.export(tmp_path / "run", tmp_path / "model")
+  _assert_bitwise_parity(tmp_path / "run", tmp_path / "model", data_dir, batch_size=300)
+
+
+def test_a_hashed_table_folds_ids_into_its_rows(tmp_path):
+  config = tiny_config()
+  config.mesh.shape = (1, 1)
+  config.embedding.overrides = ("cat_2:rows=13",)
+  exp = train_lib.build(config, tmp_path, jax.devices()[:1])
+  engine = exp.task.engine
+  with jax.set_mesh(exp.partitioner.mesh):
+    state = exp.init_fn(config.seed)
+    ids = np.full((4, 6), -1, np.int32)
+    ids[:, 2] = [5, 18, 99, -1]  # 18 = 5 + 13: the same row as 5
+    rows = np.asarray(engine.lookup(state.embedding, jnp.asarray(ids)))
+  table = engine.table_values(state.embedding)["cat_2"]
+  assert table.shape[0] == 13
+  np.testing.assert_array_equal(rows[0, 2], table[5])
+  np.testing.assert_array_equal(rows[1, 2], table[5])
+  np.testing.assert_array_equal(rows[2, 2], table[99 % 13])
+  np.testing.assert_array_equal(rows[3, 2], 0)  # padding
