@@ -261,3 +261,25 @@ def test_a_hashed_table_folds_ids_into_its_rows(tmp_path):
   np.testing.assert_array_equal(rows[1, 2], table[5])
   np.testing.assert_array_equal(rows[2, 2], table[99 % 13])
   np.testing.assert_array_equal(rows[3, 2], 0)  # padding
+
+
+def test_a_dynamic_table_beats_a_hashed_table_of_the_same_memory(tmp_path):
+  """2,000 Zipf ids into 200 hashed rows (10x more ids than rows) against a dynamic table of 169
+  rows + its default row: the same memory, the map's 12 bytes a row paid for with rows (a dim-16
+  row with row-wise Adagrad is 68 bytes, 80 with its map entry). Measured eval AUC (this CPU,
+  seeds 0, 1, 2): dynamic - hashed = +0.0016, +0.0023, +0.0009; asserted at seed 0: > +0.0005."""
+  def config(overrides):
+    c = tiny_config(steps=150, log_every=1000)
+    c.mesh.shape = (1, 1)
+    c.seed = c.data.shuffle_seed = 0
+    s = c.data.synthetic
+    s.vocab_sizes, s.num_train, s.num_eval = (2000, 20, 100, 7, 30, 60), 150_000, 20_000
+    c.train.batch_size, c.model.embed_dim, c.model.bottom_mlp = 1024, 16, (16, 16)
+    c.embedding.overrides = overrides
+    return c
+
+  quiet = lambda _: None  # noqa: E731
+  hashed = train_lib.train(config(("cat_0:rows=200",)), tmp_path / "hashed", devices=jax.devices()[:1], log=quiet)
+  dyn = train_lib.train(config(("cat_0:kind=dynamic", "cat_0:capacity=169")), tmp_path / "dynamic",
+                        devices=jax.devices()[:1], log=quiet)
+  assert dyn["eval_auc"] > hashed["eval_auc"] + 0.0005, (dyn["eval_auc"], hashed["eval_auc"])

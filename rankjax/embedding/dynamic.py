@@ -3,9 +3,10 @@
 A dynamic table (`kind="dynamic"`) has `capacity` rows for ids plus one shared default row (row
 `capacity`). Its map holds the ids that own a row: `keys` sorted ascending (EMPTY past the live
 ones), the `rows` they own (EMPTY entries carry the free rows), a `score` (decayed count of
-sightings) and the step each was `last` seen. Looking an id up is a binary search; the map is
-rebuilt by two sorts a step, so it is deterministic (no hashing races, no atomics) and two runs
-give the same rows for the same ids. Below capacity no two ids share a row.
+sightings) and the step each was `last` seen. Looking an id up is a binary search; a step sorts
+the batch's ids once and rebuilds the map by a stable partition and a merge (sorting the map only
+on steps that evict), so it is deterministic (no hashing races, no atomics) and two runs give the
+same rows for the same ids. Below capacity no two ids share a row.
 
 A train step (`admit`), for the distinct ids of the batch:
   1. ids in the map count a sighting (score += occurrences, last = step); lfu scores decay by
@@ -114,7 +115,7 @@ def admit(spec: DynamicSpec, state: dict[str, jax.Array], ids: jax.Array, step: 
   flat = ids.reshape(-1)
   n = flat.shape[0]
   valid = (flat >= 0) & (flat < EMPTY)
-  u, counts = jnp.unique(jnp.where(valid, flat, EMPTY), size=n, fill_value=EMPTY, return_counts=True)
+  u, counts = _distinct(jnp.where(valid, flat, EMPTY))
   u_valid = u != EMPTY
   keys, rows, score, last = state["keys"], state["rows"], state["score"], state["last"]
   if spec.eviction == "lfu":
@@ -148,33 +149,74 @@ def admit(spec: DynamicSpec, state: dict[str, jax.Array], ids: jax.Array, step: 
   need = jnp.sum(eligible)
   free = c - jnp.sum(live)
   n_evict = jnp.clip(need - free, 0, jnp.sum(evictable))
-  first = (~evictable).astype(jnp.int32)
-  order_keys = (first, score, last, keys) if spec.eviction == "lfu" else (first, last, keys)
-  order = jax.lax.sort((*order_keys, jnp.arange(c, dtype=jnp.int32)), num_keys=len(order_keys))[-1]
-  evict = jnp.zeros((c,), bool).at[order].set(jnp.arange(c) < n_evict)
+  # Sorts only on steps that need them: the eviction order when evicting, the admission order
+  # when more ids are eligible than there are rows.
+  order_keys = ((~evictable).astype(jnp.int32), score, last, keys) if spec.eviction == "lfu" else (
+      (~evictable).astype(jnp.int32), last, keys)
+  evict = jax.lax.cond(
+      n_evict > 0,
+      lambda: jnp.zeros((c,), bool).at[jax.lax.sort((*order_keys, jnp.arange(c, dtype=jnp.int32)),
+                                                    num_keys=len(order_keys))[-1]].set(jnp.arange(c) < n_evict),
+      lambda: jnp.zeros((c,), bool))
   keys = jnp.where(evict, EMPTY, keys)
   room = free + n_evict
 
-  # Eligible ids by occurrences (most first), then id; the first `room` take rows.
-  rank_order = jax.lax.sort(((~eligible).astype(jnp.int32), -counts, u, jnp.arange(n, dtype=jnp.int32)),
-                            num_keys=3)[-1]
-  rank = jnp.zeros((n,), jnp.int32).at[rank_order].set(jnp.arange(n, dtype=jnp.int32))
-  admitted = eligible & (rank < room)
+  def by_occurrences():  # Most occurrences first, then id (u is ascending; the sort is stable).
+    order = jax.lax.sort((jnp.where(eligible, -counts, 1), jnp.arange(n, dtype=jnp.int32)),
+                         num_keys=1, is_stable=True)[-1]
+    return eligible & (jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32)) < room)
 
-  keys, rows, score, last = jax.lax.sort((keys, rows, score, last), num_keys=1, is_stable=True)
-  live_count = jnp.sum(keys != EMPTY)
-  target = jnp.where(admitted, live_count + jnp.cumsum(admitted) - 1, c)
-  fresh_rows = jnp.where(admitted, rows[jnp.clip(target, 0, c - 1)], -1)
-  keys = keys.at[target].set(u, mode="drop")
-  score = score.at[target].set(counts.astype(jnp.float32), mode="drop")
-  last = last.at[target].set(step, mode="drop")
-  keys, rows, score, last = jax.lax.sort((keys, rows, score, last), num_keys=1, is_stable=True)
+  admitted = jax.lax.cond(need > room, by_occurrences, lambda: eligible)
+  changed = jnp.any(admitted) | jnp.any(evict) | jnp.any(expired)  # Else the map stays sorted as it is.
+  keys, rows, score, last = jax.lax.cond(changed, _merge, lambda keys, rows, score, last, *_: (keys, rows, score, last),
+                                         keys, rows, score, last, u, counts, admitted, step)
+  fresh_rows = jnp.where(admitted, rows[jnp.clip(jnp.searchsorted(keys, u), 0, c - 1)], -1)
   out.update(keys=keys, rows=rows, score=score, last=last)
 
   stats = {"admitted": jnp.sum(admitted), "evicted": n_evict + jnp.sum(expired),
            "pending": jnp.sum(new & ~eligible), "overflow": jnp.sum(eligible & ~admitted),
            "occupancy": jnp.sum(keys != EMPTY) / c}
   return out, lookup(out, ids), fresh_rows, jnp.where(admitted, u, -1), stats
+
+
+def _merge(keys, rows, score, last, u, counts, admitted, step):
+  """The map with evicted entries (EMPTY keys among the live ones) gone and the admitted ids in,
+  sorted by key again, without a sort: live entries keep their order (stable partition by a
+  cumulative sum), the free entries' rows go to the admitted ids in ascending id order (u is
+  ascending), and the two ascending runs are merged by binary search."""
+  c, n = keys.shape[0], u.shape[0]
+  idx = jnp.arange(c, dtype=jnp.int32)
+  live = keys != EMPTY
+  num_live = jnp.sum(live, dtype=jnp.int32)
+  compact = jnp.where(live, jnp.cumsum(live) - 1, num_live + jnp.cumsum(~live) - 1)
+  keys, rows, score, last = (jnp.zeros_like(a).at[compact].set(a, unique_indices=True)
+                             for a in (keys, rows, score, last))
+  k = jnp.cumsum(admitted) - 1  # The k-th admitted id takes the row of free entry num_live + k.
+  taken = jnp.sum(admitted, dtype=jnp.int32)
+  slot = jnp.where(admitted, k, n)
+  new_keys = jnp.full((n,), EMPTY, jnp.int32).at[slot].set(u, mode="drop")
+  new_score = jnp.zeros((n,), jnp.float32).at[slot].set(counts.astype(jnp.float32), mode="drop")
+  new_rows = rows[jnp.clip(num_live + jnp.arange(n, dtype=jnp.int32), 0, c - 1)]
+  is_live, consumed = idx < num_live, (idx >= num_live) & (idx < num_live + taken)
+  old_at = jnp.where(is_live, idx + jnp.searchsorted(new_keys, keys), jnp.where(consumed, c, idx))
+  new_at = jnp.where(jnp.arange(n) < taken, jnp.arange(n) + jnp.searchsorted(keys, new_keys), c)
+
+  def place(old, new, fill):
+    return jnp.full((c,), fill, old.dtype).at[old_at].set(old, mode="drop").at[new_at].set(new, mode="drop")
+
+  return (place(keys, new_keys, EMPTY), place(rows, new_rows, 0), place(score, new_score, 0),
+          place(last, jnp.full((n,), step, jnp.int32), 0))
+
+
+def _distinct(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(distinct values ascending, padded with EMPTY to x's size; their counts): one sort, a
+  cumulative sum and two scatters (jnp.unique with a size takes 6x as long on XLA:CPU)."""
+  s = jnp.sort(x)
+  first = jnp.concatenate([jnp.ones((1,), bool), s[1:] != s[:-1]])
+  segment = jnp.cumsum(first) - 1
+  u = jnp.full(x.shape, EMPTY, jnp.int32).at[segment].set(s)
+  counts = jnp.zeros(x.shape, jnp.int32).at[segment].add(1)
+  return u, jnp.where(u == EMPTY, 0, counts)
 
 
 def fresh_values(key_data: jax.Array, ids: jax.Array, dim: int, scale: float) -> jax.Array:
