@@ -68,7 +68,9 @@ def verify(state: Any, recorded: dict[str, str], step: int) -> None:
     raise CorruptCheckpoint(f"checkpoint step {step}: no digest recorded for {missing[0]}")
 
 
-DYNAMIC_KEYS = ("kind", "capacity", "admit_after", "eviction", "decay", "ttl")  # Table overrides of a map.
+# Table overrides that decide which id owns which row: a dynamic table's map, a hashed table's
+# rows, a quotient-remainder split. Re-laying out cannot carry rows across a change of these.
+ROW_KEYS = ("kind", "capacity", "admit_after", "eviction", "decay", "ttl", "rows", "qr_buckets")
 
 
 def fingerprint(config: ml_collections.ConfigDict, manifest: dict, state_shapes: Any) -> dict[str, Any]:
@@ -83,9 +85,14 @@ def fingerprint(config: ml_collections.ConfigDict, manifest: dict, state_shapes:
                                "seed": config.data.shuffle_seed}
   shapes = {jax.tree_util.keystr(p): [list(x.shape), str(x.dtype)]
             for p, x in jax.tree_util.tree_flatten_with_path(state_shapes)[0]}
-  # A dynamic table's map settings shape its state and which ids own rows (the tables' own shapes
-  # are re-laid-out, so only these overrides are part of the fingerprint).
-  dynamic = sorted(o for o in config.embedding.overrides if o.partition(":")[2].partition("=")[0] in DYNAMIC_KEYS)
+  # Per table and setting, the value that wins (the last override), as written.
+  dynamic = {}
+  for o in config.embedding.overrides:
+    table, _, rest = o.partition(":")
+    key, _, value = rest.partition("=")
+    if key in ROW_KEYS:
+      dynamic[f"{table}:{key}"] = value
+  dynamic = [f"{k}={v}" for k, v in sorted(dynamic.items())]
   return json.loads(json.dumps({"data": data, "model": config.model.to_dict(), "task": config.task.to_dict(),
                                 "dense_shapes": shapes, "dynamic_tables": dynamic}, default=str))
 
@@ -116,8 +123,9 @@ def check_compatible(saved: dict | None, current: dict, step: int, workdir: str,
                     ("dynamic_tables", "embedding.overrides")):
     if part == "data" and allow_data_change:
       continue
-    # A checkpoint from before dynamic tables has none.
-    saved_part = saved.get(part, []) if part == "dynamic_tables" else saved.get(part)
+    saved_part = saved.get(part)
+    if part == "dynamic_tables" and saved_part is None:  # Written before this part was recorded.
+      continue
     if part == "dynamic_tables":
       differences = ([f"embedding.overrides: {saved_part} -> {current[part]}"] if saved_part != current[part] else [])
     else:

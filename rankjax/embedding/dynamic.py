@@ -26,13 +26,16 @@ A train step (`admit`), for the distinct ids of the batch:
 A step whose update is skipped (non-finite loss) still admits: sightings are data, not gradients.
 Eval and serving (`lookup`) only read the map: an unknown id reads the default row.
 
-The map is replicated on every device (12 bytes a row, plus the sketch); the rows themselves live
-in the table's group under any sharding type (row_wise, table_wise, ...).
+The map is replicated on every device (16 bytes a row: key, row, score, last seen; plus
+SKETCH_DEPTH x sketch_width x 4 bytes with admission, whose counters never decay: on a long run
+admit_after counts sightings since the start); the rows themselves live in the table's group under
+any sharding type (row_wise, table_wise, ...).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -88,7 +91,14 @@ def sketch_slots(ids, width: int, xp=jnp):
 def init_map(spec: DynamicSpec, key_data: jax.Array) -> dict[str, jax.Array]:
   """An empty map; `key_data` (uint32 key data) seeds the rows of new ids."""
   c = spec.capacity
-  state = {"keys": jnp.full((c,), EMPTY, jnp.int32), "rows": jnp.arange(c, dtype=jnp.int32),
+  # Free rows are handed out in a scattered order (i x stride mod c, a stride near c / golden ratio
+  # and prime to c: the same on every mesh), so the first ids, the most frequent, spread over a
+  # row-sharded table's shards.
+  stride = max(1, int(c * 0.6180339887))
+  while math.gcd(stride, c) != 1:
+    stride += 1
+  free_rows = (np.arange(c, dtype=np.int64) * stride % c).astype(np.int32)
+  state = {"keys": jnp.full((c,), EMPTY, jnp.int32), "rows": jnp.asarray(free_rows),
            "score": jnp.zeros((c,), jnp.float32), "last": jnp.zeros((c,), jnp.int32),
            "key": jnp.asarray(key_data, jnp.uint32)}
   if spec.admit_after > 1:

@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from rankjax.embedding import dynamic, optimizers, quotient_remainder
 from rankjax.embedding.sharding import SHARDINGS
 from rankjax.embedding.sharding.base import ROW_PAD_MULTIPLE, MeshAxes, ShardingType, TableGroup
+from rankjax.errors import ConfigError
 from rankjax.embedding.tables import DTYPES, EmbeddingTableConfig, FeatureSlots, init_stacked, num_output_vectors, pool
 
 DYNAMIC = "dynamic"  # The embedding state's key of the dynamic tables' maps (no group is named so).
@@ -213,7 +214,10 @@ class EmbeddingEngine:
     state = {}
     for g in self.groups:
       state[g.name] = {"table": self._init_table(g, key), **g.optimizer.init(g.num_rows, g.dim)}
-    if self.dynamic:
+    if self.dynamic:  # The default row starts at zero: what an id unknown at eval reads if never trained.
+      for d in self.dynamic.values():
+        arrays = state[d.group.name]
+        arrays["table"] = arrays["table"].at[d.offset + d.spec.capacity].set(0)
       map_key = jax.random.fold_in(key, DYNAMIC_KEY_STREAM)
       state[DYNAMIC] = {name: dynamic.init_map(d.spec, jax.random.key_data(jax.random.fold_in(map_key, d.index)))
                         for name, d in self.dynamic.items()}
@@ -411,8 +415,9 @@ class EmbeddingEngine:
     for name in sorted(set(saved) | set(self.dynamic)):
       now = dataclasses.asdict(self.dynamic[name].spec) if name in self.dynamic else None
       if saved.get(name) != now:
-        raise ValueError(f"table {name}: the checkpoint's dynamic map is {saved.get(name) or 'absent'}, "
-                         f"the config's {now or 'absent'}: restore with the same kind, capacity and policy")
+        raise ConfigError("embedding.overrides", f"table {name}: the checkpoint's dynamic map is "
+                          f"{saved.get(name) or 'absent'}, the config's {now or 'absent'}: restore with the same "
+                          "kind, capacity and policy, or point --workdir elsewhere")
 
   def abstract_state_for(self, descriptor: dict) -> dict:
     """Abstract embedding state in a saved layout, sharded over rows where they divide evenly."""

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rankjax.embedding import dynamic
 from rankjax.embedding.tables import EmbeddingTableConfig
 
 BYTES = {"float32": 4, "bfloat16": 2}
@@ -57,6 +58,16 @@ def table_bytes(t: EmbeddingTableConfig, optimizer: str) -> int:
   return t.vocab_size * (t.dim * BYTES[t.dtype] + 4 * per_row + 4 * per_coord * t.dim)
 
 
+def map_bytes(t: EmbeddingTableConfig) -> int:
+  """A dynamic table's map on each device (rankjax/embedding/dynamic.py): 16 bytes a row, plus the
+  admission sketch; 0 for a static table."""
+  if t.kind != "dynamic":
+    return 0
+  spec = dynamic.DynamicSpec(capacity=t.capacity, admit_after=t.admit_after, eviction=t.eviction, decay=t.decay,
+                             ttl=t.ttl)
+  return 16 * t.capacity + (4 * dynamic.SKETCH_DEPTH * spec.width if t.admit_after > 1 else 0)
+
+
 def plan(tables: Sequence[EmbeddingTableConfig], num_devices: int, *, optimizer: str,
          device_memory: int | None = None, replicate_bytes: int = 1 << 20) -> Plan:
   """Chooses shardings for tables without one and places them; raises PlanError if it cannot fit."""
@@ -83,6 +94,7 @@ def plan(tables: Sequence[EmbeddingTableConfig], num_devices: int, *, optimizer:
       d[int(np.argmin(load))] = b
     else:  # row_wise, column_wise, gspmd_row_wise split evenly (row padding ignored).
       d[:] = -(-b // num_devices)
+    d += map_bytes(t)  # A dynamic table's map is on every device.
     load += d
     per_device[t.name] = d
   result = Plan(tuple(TablePlan(t.name, choice[t.name], sizes[t.name], tuple(int(x) for x in per_device[t.name]))

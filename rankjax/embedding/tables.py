@@ -80,6 +80,10 @@ class EmbeddingTableConfig:
       raise ValueError(f"table {self.name}: rows (a hashed table) goes with neither a dynamic nor a QR table")
     if self.kind == "dynamic" and self.qr_buckets:
       raise ValueError(f"table {self.name}: a dynamic table cannot be a quotient-remainder table too")
+    if self.kind == "static" and (self.capacity or self.admit_after != 1 or self.eviction != "lfu"
+                                  or self.decay != 0.99 or self.ttl):
+      raise ValueError(f"table {self.name}: capacity, admit_after, eviction, decay and ttl are settings of a "
+                       "dynamic table: add kind=dynamic")
     if self.kind == "dynamic" and self.capacity <= 0:
       raise ValueError(f"table {self.name}: a dynamic table needs capacity > 0 (its rows)")
 

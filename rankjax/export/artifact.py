@@ -211,7 +211,8 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path, *, step: int | 
   (staging / FUNCTION).write_bytes(exported.serialize())
   entries = []
   for i, (name, x) in enumerate(named):
-    stored_as = quantize if name.startswith("embedding/") else "none"
+    # Tables may be stored quantized; a dynamic table's map (int32 ids and rows) never.
+    stored_as = quantize if name.startswith("embedding/") and not name.startswith(f"embedding/{DYNAMIC}/") else "none"
     entries.append({"name": name, **weights_lib.write(staging / "weights" / f"{i:04d}", _host(x), stored_as)})
     entries[-1]["path"] = f"weights/{entries[-1]['path']}"
   manifest = {

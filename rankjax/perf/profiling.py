@@ -103,8 +103,13 @@ def table_passes(config: ml_collections.ConfigDict, manifest: dict, devices: lis
   """
   if not table_bytes_per_device:  # A task without embedding tables.
     return {"whole_table_passes": 0.0, "bytes_accessed_without_table_passes_per_device": bytes_accessed_per_device}
-  grown = task_class(config.task.name).with_vocab_sizes(manifest, lambda v: 2 * int(v) + ROW_PAD_MULTIPLE * len(devices))
-  exp, _, compiled = compile_abstract(config, grown, devices)
+  grow = lambda v: 2 * int(v) + ROW_PAD_MULTIPLE * len(devices)  # noqa: E731
+  grown = task_class(config.task.name).with_vocab_sizes(manifest, grow)
+  grown_config = config.copy_and_resolve_references()  # Tables sized by config (dynamic, hashed) grow too.
+  grown_config.embedding.overrides = tuple(
+      f"{o.partition('=')[0]}={grow(o.partition('=')[2])}" if o.partition(":")[2].partition("=")[0] in ("capacity", "rows")
+      else o for o in config.embedding.overrides)
+  exp, _, compiled = compile_abstract(grown_config, grown, devices)
   grown_table_bytes = _bytes_per_device(abstract_state(exp, config.seed).embedding)
   passes = ((float(_cost_analysis(compiled).get("bytes accessed", 0.0)) - bytes_accessed_per_device)
             / (grown_table_bytes - table_bytes_per_device))
