@@ -25,8 +25,8 @@ def _key():
 
 
 class ReferenceMap:
-  """The policy of rankjax/embedding/dynamic.py written out with Python dicts (exact counts
-  stand in for the sketch: the tests give it room enough to have no shared counters)."""
+  """The policy of rankjax/embedding/dynamic.py written out with Python dicts (exact decayed
+  counts stand in for the sketch: the tests give it room enough to have no shared counters)."""
 
   def __init__(self, spec: dynamic.DynamicSpec):
     self.spec, self.entries, self.seen = spec, {}, {}  # id -> [score, last]; id -> sightings
@@ -38,13 +38,15 @@ class ReferenceMap:
       for entry in self.entries.values():
         entry[0] = np.float32(entry[0] * np.float32(self.spec.decay))
     protected, eligible, pending = set(), [], 0
+    decay = np.float32(self.spec.decay)
+    self.seen = {x: np.float32(n * decay) for x, n in self.seen.items()}
     for x, c in zip(u.tolist(), counts.tolist()):
       if x in self.entries:
         self.entries[x][0] = np.float32(self.entries[x][0] + c)
         self.entries[x][1] = step
         protected.add(x)
         continue
-      self.seen[x] = self.seen.get(x, 0) + c
+      self.seen[x] = np.float32(self.seen.get(x, np.float32(0)) + np.float32(c))
       if self.seen[x] >= self.spec.admit_after:
         eligible.append((x, c))
       else:
@@ -134,8 +136,9 @@ def test_eviction_order_equals_the_reference(spec):
   assert total_evicted > 20  # the stream overflows the map again and again
 
 
-def test_admission_after_n_sightings_reads_the_default_row_until_then():
-  spec = dynamic.DynamicSpec(capacity=50, admit_after=3, sketch_width=1 << 16)
+@pytest.mark.parametrize("decay", [0.99, 0.5, 1.0])
+def test_admission_after_n_sightings_reads_the_default_row_until_then(decay):
+  spec = dynamic.DynamicSpec(capacity=50, admit_after=3, decay=decay, sketch_width=1 << 16)
   state, admit, ref = dynamic.init_map(spec, _key()), _admit_fn(spec), ReferenceMap(spec)
   slots = dynamic.sketch_slots(np.arange(60), spec.width, xp=np)
   assert all(len(set(row.tolist())) == 60 for row in slots)  # no shared counters among these ids

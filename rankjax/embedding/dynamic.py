@@ -14,7 +14,10 @@ A train step (`admit`), for the distinct ids of the batch:
   2. with `admit_after` > 1, an id not in the map is counted in a count-min sketch
      (SKETCH_DEPTH rows of `sketch_width` counters, `sketch_slots`) and becomes eligible once its
      estimate reaches admit_after (count-min never underestimates: an id may be admitted early
-     when it shares counters with frequent ones, never late); until then it reads the default row;
+     when it shares counters with frequent ones, never late); until then it reads the default row.
+     The counters decay by `decay` a step too (whatever the eviction), so admission counts recent
+     sightings: at 0.99 a sighting counts half after 69 steps, and on a long run the sketch does
+     not fill up into admitting every id at first sight (decay=1 counts since the start);
   3. eviction: "ttl" frees the rows of ids unseen for more than `ttl` steps; then, if the eligible
      new ids outnumber the free rows, ids not in this batch are evicted in order of (score, last
      seen, id) for "lfu" or (last seen, id) for "ttl", lowest first;
@@ -27,8 +30,7 @@ A step whose update is skipped (non-finite loss) still admits: sightings are dat
 Eval and serving (`lookup`) only read the map: an unknown id reads the default row.
 
 The map is replicated on every device (16 bytes a row: key, row, score, last seen; plus
-SKETCH_DEPTH x sketch_width x 4 bytes with admission, whose counters never decay: on a long run
-admit_after counts sightings since the start); the rows themselves live in the table's group under
+SKETCH_DEPTH x sketch_width x 4 bytes with admission); the rows themselves live in the table's group under
 any sharding type (row_wise, table_wise, ...).
 """
 
@@ -102,7 +104,7 @@ def init_map(spec: DynamicSpec, key_data: jax.Array) -> dict[str, jax.Array]:
            "score": jnp.zeros((c,), jnp.float32), "last": jnp.zeros((c,), jnp.int32),
            "key": jnp.asarray(key_data, jnp.uint32)}
   if spec.admit_after > 1:
-    state["sketch"] = jnp.zeros((SKETCH_DEPTH, spec.width), jnp.int32)
+    state["sketch"] = jnp.zeros((SKETCH_DEPTH, spec.width), jnp.float32)
   return state
 
 
@@ -142,8 +144,8 @@ def admit(spec: DynamicSpec, state: dict[str, jax.Array], ids: jax.Array, step: 
   if spec.admit_after > 1:
     slots = sketch_slots(u, spec.width)  # [D, N]
     depth = jnp.arange(slots.shape[0])[:, None]
-    sketch = state["sketch"].at[depth, jnp.where(new, slots, spec.width)].add(
-        jnp.where(new, counts, 0).astype(jnp.int32), mode="drop")
+    sketch = (state["sketch"] * spec.decay).at[depth, jnp.where(new, slots, spec.width)].add(
+        jnp.where(new, counts, 0).astype(jnp.float32), mode="drop")
     estimate = jnp.min(sketch[depth, slots], axis=0)
     eligible = new & (estimate >= spec.admit_after)
     out["sketch"] = sketch
