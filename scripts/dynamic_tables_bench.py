@@ -1,0 +1,98 @@
+"""What a dynamic table's map costs, on the default backend (BENCHMARKS.md, "Dynamic tables ...").
+
+  python scripts/dynamic_tables_bench.py [--ids 2048] [--capacities 169,100000] [--steps 20]
+
+1. One table's map update (`dynamic.admit`, jitted) for a batch of Zipf ids, per capacity: a
+   fresh batch every step (new ids arrive) and the same batch again (nothing new).
+2. The default config's train step with its nine largest features hashed into a tenth of their
+   rows, or dynamic tables of the same memory (and with admit_after=4), alternated in one process.
+One JSON line per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rankjax.config import load_config_file
+from rankjax.embedding import dynamic
+from rankjax.perf.bench import bench
+
+
+def _median_ms(fn, steps: int) -> float:
+  times = []
+  for i in range(steps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(i))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times) * 1e3
+
+
+def map_update(num_ids: int, capacities: list[int], steps: int) -> None:
+  rng = np.random.default_rng(0)
+  batches = [jnp.asarray((rng.zipf(1.2, (num_ids, 1)) % (20 * max(capacities))).astype(np.int32))
+             for _ in range(steps + 3)]
+  for capacity in capacities:
+    spec = dynamic.DynamicSpec(capacity=capacity)
+    admit = jax.jit(lambda state, ids, step, spec=spec: dynamic.admit(spec, state, ids, step))
+    box = [dynamic.init_map(spec, jax.random.key_data(jax.random.key(0)))]
+
+    def step(i, fresh):
+      box[0] = admit(box[0], batches[i % len(batches)] if fresh else batches[0], jnp.int32(i + 1))[0]
+      return box[0]
+
+    for i in range(3):
+      step(i, True)
+    fresh = _median_ms(lambda i: step(i + 3, True), steps)
+    same = _median_ms(lambda i: step(i, False), steps)
+    print(json.dumps({"part": "map_update", "device": jax.devices()[0].device_kind, "ids": num_ids,
+                      "capacity": capacity, "new_ids_every_step_ms": round(fresh, 3),
+                      "same_batch_ms": round(same, 3)}), flush=True)
+
+
+def config(mode: str):
+  c = load_config_file("configs/default.py")
+  big = [i for i, v in enumerate(c.data.synthetic.vocab_sizes) if v >= 1500]
+  overrides = []
+  for i in big:
+    rows = c.data.synthetic.vocab_sizes[i] // 10
+    if mode == "hashed":
+      overrides.append(f"cat_{i}:rows={rows}")
+    else:  # The same memory: 68 B a dim-16 row with row-wise Adagrad, 84 with its map entry.
+      overrides += [f"cat_{i}:kind=dynamic", f"cat_{i}:capacity={int(rows * 68 / 84) - 1}"]
+      if mode == "dynamic_admit4":
+        overrides.append(f"cat_{i}:admit_after=4")
+  c.embedding.overrides = tuple(overrides)
+  c.data.synthetic.num_train, c.data.synthetic.num_eval = 65536, 8192
+  return c
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--ids", type=int, default=2048)
+  parser.add_argument("--capacities", default="169,100000")
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--reps", type=int, default=2)
+  args = parser.parse_args(argv)
+  map_update(args.ids, [int(c) for c in args.capacities.split(",")], args.steps)
+  work = pathlib.Path(tempfile.mkdtemp())
+  for rep in range(args.reps):
+    for mode in ("hashed", "dynamic", "dynamic_admit4"):
+      r = bench(config(mode), work / mode, args.steps, 3, jax.devices()[:1])
+      print(json.dumps({"part": "train_step", "rep": rep, "mode": mode, "device": r["device_kind"],
+                        "step_ms": round(r["step_ms_median"], 3), "samples_per_s": round(r["samples_per_sec"])}),
+            flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
