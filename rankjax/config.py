@@ -23,7 +23,7 @@ from rankjax.dense_optim import LR_SCHEDULES
 from rankjax.embedding import optimizers as _sparse_optimizers
 from rankjax.embedding.sharding import SHARDINGS as _SHARDINGS
 from rankjax.embedding.dynamic import EVICTIONS
-from rankjax.embedding.tables import COMBINERS, DTYPES, INITIALIZERS, KINDS, EmbeddingTableConfig
+from rankjax.embedding.tables import COMBINERS, DTYPES, IDENTITY_FIELDS, INITIALIZERS, KINDS, EmbeddingTableConfig
 from rankjax.errors import ConfigError
 
 __all__ = ["ConfigError", "base_config", "load_config_file", "model_module", "task_class", "validate"]
@@ -279,8 +279,7 @@ SPARSE_OPTIMIZERS = _sparse_optimizers.NAMES
 SHARDINGS = (*(t.value for t in _SHARDINGS), "auto")
 FLOAT_DTYPES = tuple(DTYPES)
 # Per-table settings `embedding.overrides` may change: the table fields beyond its identity.
-OVERRIDE_KEYS = tuple(f.name for f in dataclasses.fields(EmbeddingTableConfig)
-                      if f.name not in ("name", "vocab_size", "dim", "feature_names"))
+OVERRIDE_KEYS = tuple(f.name for f in dataclasses.fields(EmbeddingTableConfig) if f.name not in IDENTITY_FIELDS)
 
 
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:

@@ -10,7 +10,7 @@ import ml_collections
 from rankjax.dense_optim import learning_rate_schedule
 from rankjax.embedding import optimizers, planner
 from rankjax.errors import ConfigError
-from rankjax.embedding.tables import EmbeddingTableConfig, FeatureSlots
+from rankjax.embedding.tables import IDENTITY_FIELDS, EmbeddingTableConfig, FeatureSlots, with_rows
 from rankjax.embedding.engine import EmbeddingEngine
 from rankjax.partitioner import Partitioner
 
@@ -35,9 +35,9 @@ def configured_tables(config: ml_collections.ConfigDict, tables: Sequence[Embedd
     if name not in by_name:
       columns = f"; columns: {', '.join(aliases)}" if aliases else ""
       raise ConfigError("embedding.overrides", f"{entry!r}: no table {name!r} (tables: {', '.join(by_name)}{columns})")
-    if key not in _FIELD_TYPES or key in ("name", "feature_names", "vocab_size", "dim"):
+    if key not in _FIELD_TYPES or key in IDENTITY_FIELDS:
       raise ConfigError("embedding.overrides", f"{entry!r}: {key!r} is not a table setting one can override "
-                        f"({', '.join(k for k in _FIELD_TYPES if k not in ('name', 'feature_names', 'vocab_size', 'dim'))})")
+                        f"({', '.join(k for k in _FIELD_TYPES if k not in IDENTITY_FIELDS)})")
     try:
       overrides.setdefault(name, {})[key] = _FIELD_TYPES[key](value)
     except ValueError:
@@ -53,8 +53,7 @@ def configured_tables(config: ml_collections.ConfigDict, tables: Sequence[Embedd
     except ValueError as err:
       raise ConfigError("embedding.overrides", str(err)) from None
   # Rows the tables will have: a hashed table's `rows`, a dynamic table's capacity + its default row.
-  out = [dataclasses.replace(t, vocab_size=t.capacity + 1) if t.kind == "dynamic"
-         else dataclasses.replace(t, vocab_size=t.rows) if t.rows else t for t in out]
+  out = [with_rows(t) for t in out]
   if e.sharding == "auto":
     chosen = planner.plan(out, num_shards, optimizer=e.optimizer).sharding_of()
     out = [dataclasses.replace(t, sharding=chosen[t.name]) for t in out]

@@ -71,6 +71,12 @@ class DynamicSpec:
     if self.eviction == "ttl" and self.ttl < 1:
       raise ValueError(f"eviction 'ttl' needs ttl >= 1 (steps), got {self.ttl}")
 
+  @classmethod
+  def of(cls, table) -> "DynamicSpec":
+    """The map of a dynamic EmbeddingTableConfig."""
+    return cls(capacity=table.capacity, admit_after=table.admit_after, eviction=table.eviction,
+               decay=table.decay, ttl=table.ttl)
+
   @property
   def width(self) -> int:
     return self.sketch_width or max(1024, 4 * self.capacity)

@@ -27,7 +27,8 @@ from rankjax.embedding import dynamic, optimizers, quotient_remainder
 from rankjax.embedding.sharding import SHARDINGS
 from rankjax.embedding.sharding.base import ROW_PAD_MULTIPLE, MeshAxes, ShardingType, TableGroup
 from rankjax.errors import ConfigError
-from rankjax.embedding.tables import DTYPES, EmbeddingTableConfig, FeatureSlots, init_stacked, num_output_vectors, pool
+from rankjax.embedding.tables import (DTYPES, EmbeddingTableConfig, FeatureSlots, init_stacked, num_output_vectors,
+                                     pool, with_rows)
 
 DYNAMIC = "dynamic"  # The embedding state's key of the dynamic tables' maps (no group is named so).
 DYNAMIC_KEY_STREAM = 0x64796E  # fold_in(table init key, this): the maps' keys.
@@ -72,10 +73,9 @@ class EmbeddingEngine:
     treating them as padding. exchange_capacity: row_wise's all-to-all room per owner shard, as a
     multiple of an even share of a device's ids (rankjax/embedding/sharding/row_wise.py)."""
     self.slots, self.mesh, self.fold_ids = slots, mesh, fold_ids
-    # A dynamic table's ids become rows 0..capacity (the last the default row) before routing.
-    # A static table with `rows` set hashes its ids into that many rows (id mod rows).
-    tables = [dataclasses.replace(t, vocab_size=t.capacity + 1) if t.kind == "dynamic"
-              else dataclasses.replace(t, vocab_size=t.rows) if t.rows else t for t in tables]
+    # A dynamic table's ids become rows 0..capacity (the last the default row) before routing; a
+    # static table with `rows` set hashes its ids into that many rows (id mod rows).
+    tables = [with_rows(t) for t in tables]
     self.user_tables = tuple(tables)
     # Quotient-remainder tables become two internal tables; the remainder rows get extra slots.
     internal, remainder_of = [], {}
@@ -169,8 +169,7 @@ class EmbeddingEngine:
       group = next(g for g in self.groups if i in g.table_ids)
       offset = int(group.table_offsets[list(group.table_ids).index(i)])
       columns = np.concatenate([np.arange(starts[f], starts[f] + hotness[f]) for f in t.feature_names])
-      spec = dynamic.DynamicSpec(capacity=t.capacity, admit_after=t.admit_after, eviction=t.eviction,
-                                 decay=t.decay, ttl=t.ttl)
+      spec = dynamic.DynamicSpec.of(t)
       scale = 1.0 / np.sqrt(t.vocab_size) if t.initializer == "uniform" else 0.0
       out[t.name] = _Dynamic(spec, columns.astype(np.int32), group, offset, scale, index=i)
     return out
@@ -198,13 +197,13 @@ class EmbeddingEngine:
                     for k, spec in SHARDINGS[g.sharding].state_specs(g, self.axes).items()}
            for g in self.groups}
     if self.dynamic:  # The maps are replicated.
-      out[DYNAMIC] = {name: {k: NamedSharding(self.mesh, P()) for k in self._map_keys(d)}
+      out[DYNAMIC] = {name: {k: NamedSharding(self.mesh, P()) for k in self._abstract_map(d)}
                       for name, d in self.dynamic.items()}
     return out
 
   @staticmethod
-  def _map_keys(d: _Dynamic) -> tuple[str, ...]:
-    return tuple(jax.eval_shape(lambda: dynamic.init_map(d.spec, jnp.zeros((2,), jnp.uint32))))
+  def _abstract_map(d: _Dynamic) -> dict[str, jax.ShapeDtypeStruct]:
+    return jax.eval_shape(lambda: dynamic.init_map(d.spec, jnp.zeros((2,), jnp.uint32)))
 
   def init(self, key: jax.Array) -> dict[str, dict[str, jax.Array]]:
     """Tables and optimizer state; call under jit with out_shardings=self.shardings().
@@ -437,8 +436,7 @@ class EmbeddingEngine:
     if self.dynamic:
       replicated = NamedSharding(self.mesh, P())
       out[DYNAMIC] = {name: {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=replicated)
-                             for k, v in jax.eval_shape(lambda d=d: dynamic.init_map(
-                                 d.spec, jnp.zeros((2,), jnp.uint32))).items()}
+                             for k, v in self._abstract_map(d).items()}
                       for name, d in self.dynamic.items()}
     return out
 

@@ -63,9 +63,7 @@ def map_bytes(t: EmbeddingTableConfig) -> int:
   admission sketch; 0 for a static table."""
   if t.kind != "dynamic":
     return 0
-  spec = dynamic.DynamicSpec(capacity=t.capacity, admit_after=t.admit_after, eviction=t.eviction, decay=t.decay,
-                             ttl=t.ttl)
-  return 16 * t.capacity + (4 * dynamic.SKETCH_DEPTH * spec.width if t.admit_after > 1 else 0)
+  return 16 * t.capacity + (4 * dynamic.SKETCH_DEPTH * dynamic.DynamicSpec.of(t).width if t.admit_after > 1 else 0)
 
 
 def plan(tables: Sequence[EmbeddingTableConfig], num_devices: int, *, optimizer: str,

@@ -21,6 +21,7 @@ COMBINERS = ("sum", "mean", "none")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 INITIALIZERS = ("uniform", "zeros")
 KINDS = ("static", "dynamic")
+IDENTITY_FIELDS = ("name", "vocab_size", "dim", "feature_names")  # What `embedding.overrides` cannot change.
 
 
 def scale_rows(vocab_sizes: Sequence[int], row_scale: float) -> tuple[int, ...]:
@@ -86,6 +87,14 @@ class EmbeddingTableConfig:
                        "dynamic table: add kind=dynamic")
     if self.kind == "dynamic" and self.capacity <= 0:
       raise ValueError(f"table {self.name}: a dynamic table needs capacity > 0 (its rows)")
+
+
+def with_rows(t: EmbeddingTableConfig) -> EmbeddingTableConfig:
+  """The table with vocab_size = the rows it has: a dynamic table's capacity + its default row, a
+  hashed table's `rows`, else its vocabulary."""
+  if t.kind == "dynamic":
+    return dataclasses.replace(t, vocab_size=t.capacity + 1)
+  return dataclasses.replace(t, vocab_size=t.rows) if t.rows else t
 
 
 @dataclasses.dataclass(frozen=True)
