@@ -1,8 +1,10 @@
-"""`rankjax data criteo --workers N` writes the same dataset as one worker: the same shards with
+"""`rankjax data criteo|letor --workers N` writes the same dataset as one worker: the same shards with
 the same checksums and the same row accounting, for both vocabularies, with bad lines skipped and
 counted, gzip and plain files, and the same first error in strict mode."""
 
 import json
+
+import numpy as np
 
 import pytest
 
@@ -64,3 +66,94 @@ def test_strict_mode_reports_the_same_first_bad_line_with_workers(tmp_path, smal
   assert _convert(tmp_path, files, "many", "--workers", "3")[0] == 2
   many = capsys.readouterr().err
   assert one == many and "c.tsv:251: wrong column count" in one
+
+
+# ---- `rankjax data letor --workers N`: byte ranges of LETOR files, queries across range cuts.
+
+def _letor_lines(n, seed=0):
+  """n documents of queries of 1-40 documents, sparse increasing feature ids up to 30."""
+  rng = np.random.default_rng(seed)
+  lines, qid = [], 100
+  while len(lines) < n:
+    qid += 1
+    for _ in range(int(rng.integers(1, 41))):
+      ids = np.flatnonzero(rng.random(30) < 0.4) + 1
+      lines.append(f"{rng.integers(0, 5)} qid:{qid} " + " ".join(f"{i}:{rng.normal():.5g}" for i in ids)
+                   + (" # doc" if rng.random() < 0.1 else ""))
+  return lines[:n]
+
+
+def _letor_inputs(tmp_path, lines, names=("a", "b")):
+  cut = len(lines) // 2
+  for name, part in zip(names, (lines[:cut], lines[cut:])):
+    (tmp_path / f"{name}.txt").write_bytes(("\r\n".join(part) + "\r\n").encode())
+
+
+def _letor(tmp_path, name, *args):
+  out = tmp_path / name
+  code = data_cli.main(["letor", "--input", str(tmp_path / "train-*.txt"), "--output", str(out),
+                        "--max-records-per-shard", "30", *args])
+  return code, out
+
+
+@pytest.mark.parametrize("sizes", [[], ["--num-features", "32", "--max-list-size", "25"]])
+def test_letor_with_workers_writes_the_dataset_of_one_byte_for_byte(tmp_path, small_units, sizes):
+  lines = _letor_lines(1500)
+  lines[10] = "oops qid:1 1:2"  # bad relevance
+  lines[400] = lines[3]  # query 101 again, far from its lines: not contiguous
+  lines[401] = lines[4]
+  lines[700] = "1 qid:7 3:1 2:1"  # ids not increasing
+  lines.insert(900, "")  # blank line
+  lines.insert(901, "# comment only")
+  _letor_inputs(tmp_path, lines, names=("train-a", "train-b"))
+  eval_lines = _letor_lines(300, seed=1)
+  (tmp_path / "eval.txt").write_text("\n".join(eval_lines) + "\n")
+  (tmp_path / "vali.txt").write_text("\n".join(_letor_lines(200, seed=2)))  # no final newline
+  (tmp_path / "train-c.txt").write_text("# nothing but a comment\n")  # a file without documents
+  splits = ["--eval-input", str(tmp_path / "eval.txt"), "--validation-input", str(tmp_path / "vali.txt")]
+  files = sorted(tmp_path.glob("*.txt"))
+  assert len(parallel.cut_units(files, lambda p: False)) > 20
+  code_one, one = _letor(tmp_path, "one", "--on-error", "skip", *splits, *sizes, "--workers", "1")
+  code_many, many = _letor(tmp_path, "many", "--on-error", "skip", *splits, *sizes, "--workers", "3")
+  assert code_one == code_many == 0
+  manifest_one, files_one = _dataset(one)
+  manifest_many, files_many = _dataset(many)
+  ingest = manifest_one["ingest"]
+  assert ingest["skipped_by_reason"] == {"bad feature token": 1, "bad relevance": 1, "non-contiguous query": 2}
+  assert ingest["blank_or_comment_lines"] == 3  # The blank line and two comment-only lines.
+  assert len(ingest["file_errors"]) == 1 and ingest["file_errors"][0]["file"].endswith("train-c.txt")
+  assert ingest["rows_read"] == 1500 + 300 + 200
+  assert json.dumps(manifest_many, sort_keys=True) == json.dumps(manifest_one, sort_keys=True)
+  assert files_many == files_one and len(layout.split_shards(manifest_one, "train")) > 2
+  assert not list(tmp_path.glob("*.ingest-workers"))  # The scratch of the measuring pass is gone.
+
+
+@pytest.mark.parametrize("first_bad,second_bad,expected", [
+    ((620, "1 qid:5 x"), (1100, "nope qid:5 1:1"), "train-a.txt:621: bad feature token"),
+    ((1100, "nope qid:5 1:1"), None, "train-b.txt:351: bad relevance"),
+])
+def test_letor_strict_mode_reports_the_same_first_bad_line_with_workers(tmp_path, small_units, capsys,
+                                                                       first_bad, second_bad, expected):
+  lines = _letor_lines(1500)
+  for bad in filter(None, (first_bad, second_bad)):
+    lines[bad[0]] = bad[1]
+  _letor_inputs(tmp_path, lines, names=("train-a", "train-b"))
+  assert _letor(tmp_path, "one", "--workers", "1")[0] == 2
+  one = capsys.readouterr().err
+  assert _letor(tmp_path, "many", "--workers", "3")[0] == 2
+  many = capsys.readouterr().err
+  assert one == many and expected in one, one
+
+
+def test_letor_strict_mode_with_workers_reports_a_non_contiguous_query_before_a_later_bad_line(
+    tmp_path, small_units, capsys):
+  lines = _letor_lines(1500)
+  qid = lines[0].split()[1]
+  lines[300] = f"1 {qid} 1:1"  # The first query again: not contiguous (line 301 of train-a).
+  lines[305] = "x qid:1 1:1"  # A bad relevance after it, in the same byte range.
+  _letor_inputs(tmp_path, lines, names=("train-a", "train-b"))
+  assert _letor(tmp_path, "one", "--workers", "1")[0] == 2
+  one = capsys.readouterr().err
+  assert _letor(tmp_path, "many", "--workers", "2")[0] == 2
+  many = capsys.readouterr().err
+  assert one == many and "train-a.txt:301: non-contiguous query" in one, one

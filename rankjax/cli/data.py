@@ -62,7 +62,8 @@ def _workers_argument(parser: argparse.ArgumentParser) -> None:
   from rankjax.data.parallel import workers_default
   parser.add_argument("--workers", type=int, default=workers_default(),
                       help="processes converting in parallel (default: every core; criteo: byte ranges of "
-                           "files, table: whole files); the dataset is the same whatever the count")
+                           "files, table: whole files, letor: byte ranges of files); the dataset is the same whatever "
+                           "the count")
 
 
 def _criteo_parser() -> argparse.ArgumentParser:
@@ -113,6 +114,7 @@ def _letor_parser() -> argparse.ArgumentParser:
                       help="strict: stop at the first malformed line (exit 2, FILE:LINE); skip: skip and count it")
   parser.add_argument("--max-records-per-shard", type=int, default=None,
                       help=f"query lists per shard file (default: shards of about {letor.SHARD_BYTES >> 20} MiB)")
+  _workers_argument(parser)
   return parser
 
 
@@ -150,7 +152,7 @@ def _run_letor(argv: list[str]) -> tuple[str, dict]:
                                strict=args.on_error == "strict", eval_inputs=eval_inputs,
                                validation_inputs=tuple(expand_inputs(args.validation_input))
                                if args.validation_input is not None else (),
-                               max_records_per_shard=args.max_records_per_shard)
+                               max_records_per_shard=args.max_records_per_shard, workers=args.workers)
   return args.output, letor.convert(expand_inputs(args.input), args.output, options)
 
 

@@ -28,21 +28,29 @@ Manifest, besides the layout's keys:
                    "max_list_size_given"}
 Memory: one query's first L documents, the write buffer, and the set of qids seen (to detect a
 query that is not contiguous): 8 bytes or so per query, not per document.
+
+Workers (`workers` > 1, rankjax.data.parallel): processes parse byte ranges of the files (cut at
+line starts) into scratch files of parsed documents; the parent replays them in input order
+through the same contiguity rule and list grouping, so a query that spans two ranges, the row
+accounting and the first strict-mode error are those of one worker, and the dataset is byte for
+byte the same.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import math
 import pathlib
+import shutil
 from collections.abc import Iterator, Sequence
 import numpy as np
 
-from rankjax.data import layout
-from rankjax.data.criteo import EMPTY_FILE, LONG_LINE, MAX_LINE_BYTES
+from rankjax.data import layout, parallel
+from rankjax.data.criteo import EMPTY_FILE, LONG_LINE, MAX_LINE_BYTES, count_lines
 from rankjax.data.feature_stats import FeatureStats
-from rankjax.data.writer import INCOMPLETE_MARKER, DatasetWriter, IngestStats, ShardWriter, excerpt
+from rankjax.data.writer import INCOMPLETE_MARKER, DatasetWriter, IngestError, IngestStats, ShardWriter, excerpt
 
 BAD_RELEVANCE, MISSING_QID, BAD_QID = "bad relevance", "missing qid", "bad qid"
 BAD_FEATURE, FEATURE_OUT_OF_RANGE = "bad feature token", "feature id out of range"
@@ -53,6 +61,7 @@ MAX_FEATURES = 1 << 16  # A record holds every feature of L documents densely; n
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 # "1", "2", ...: a line whose ids are exactly 1..n (dense LETOR files) skips parsing them.
 _ID_TEXT = [str(i) for i in range(1, 1025)]
+_COLON = itertools.repeat(":")
 
 
 def record_dtype(num_features: int, max_list_size: int) -> np.dtype:
@@ -69,6 +78,7 @@ class LetorOptions:
   eval_inputs: tuple[pathlib.Path, ...] = ()  # Files of an eval split; none: only a train split.
   validation_inputs: tuple[pathlib.Path, ...] = ()  # Files of a validation split (e.g. MSLR's vali.txt).
   max_records_per_shard: int | None = None  # None: shards of about SHARD_BYTES.
+  workers: int = 1  # Processes parsing byte ranges in parallel (rankjax.data.parallel); the output is the same.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +142,7 @@ def parse_line(text: str, num_features: int) -> Document:
   # Fast path: "a:b c:d" -> [a, b, c, d]; each token must hold exactly one ':'.
   flat = ":".join(features).split(":") if features else []
   try:
-    if len(flat) != 2 * len(features) or not all(":" in t for t in features):
+    if len(flat) != 2 * len(features) or not all(map(str.__contains__, features, _COLON)):
       raise ValueError
     id_text = flat[0::2]
     ids = (np.arange(1, len(id_text) + 1) if id_text == _ID_TEXT[:len(id_text)]
@@ -146,66 +156,251 @@ def parse_line(text: str, num_features: int) -> Document:
   return Document(qid, relevance, ids - 1, values.astype(np.float32))
 
 
-def _file_lines(path: pathlib.Path, stats: IngestStats) -> Iterator[tuple[int, bytes]]:
-  """(line number, bytes without the line end) of each line; a line over MAX_LINE_BYTES is read
-  as a row and rejected without being held in memory."""
+def _file_lines(path: pathlib.Path, byte_range: tuple[int, int] | None = None,
+                first_line: int = 1) -> Iterator[tuple[int, bytes]]:
+  """(line number, bytes without the line end) of each line of the file or of `byte_range` (which
+  starts at line `first_line`); a line over MAX_LINE_BYTES is a BadLine, never held in memory."""
   with open(path, "rb") as f:
-    number = 0
-    while line := f.readline(MAX_LINE_BYTES + 1):
+    start, end = byte_range or (0, path.stat().st_size)
+    f.seek(start)
+    position, number = start, first_line - 1
+    while position < end and (line := f.readline(min(MAX_LINE_BYTES + 1, end - position))):
+      position += len(line)
       number += 1
       if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
-        stats.rows_read += 1
-        stats.reject_rows(str(path), number, LONG_LINE, excerpt(line))
-        while (rest := f.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
-          pass
+        yield number, BadLine(LONG_LINE, line.decode("utf-8", errors="replace"))
+        while position < end and (rest := f.readline(min(MAX_LINE_BYTES, end - position))):
+          position += len(rest)
+          if rest.endswith(b"\n"):
+            break
         continue
       yield number, line.rstrip(b"\r\n")
 
 
-def documents(files: Sequence[pathlib.Path], stats: IngestStats, num_features: int,
-              counts: collections.Counter) -> Iterator[Document]:
-  """The valid documents of `files` in order. Malformed lines and lines of a query seen before
-  (not contiguous) go to `stats`; blank and comment-only lines are counted in `counts`."""
-  seen: set[int] = set()
-  current = None
-  for path in files:
-    rows_before = stats.rows_read
-    for number, line in _file_lines(path, stats):
-      text = line.partition(b"#")[0].decode("utf-8", errors="replace").strip()
-      if not text:
-        counts["blank_or_comment_lines"] += 1
-        continue
-      stats.rows_read += 1
-      try:
-        document = parse_line(text, num_features)
-      except BadLine as e:
-        stats.reject_rows(str(path), number, e.reason, e.excerpt)
-        continue
-      if document.qid != current:
-        if document.qid in seen:
-          stats.reject_rows(str(path), number, NON_CONTIGUOUS_QUERY,
-                            excerpt(f"query {document.qid} is not contiguous: it reappears after query {current}"))
-          continue
-        seen.add(document.qid)
-        current = document.qid
-      yield document
-    if stats.rows_read == rows_before:
-      stats.reject_file(str(path), 0, EMPTY_FILE, "no documents")
+DOCUMENT_CHUNK = 4096  # Documents parsed, handed on and replayed at a time.
 
 
-def _measure(split_files: Sequence[Sequence[pathlib.Path]], options: LetorOptions) -> tuple[int, int]:
+def document_dtype(num_features: int | None) -> np.dtype:
+  """A parsed document: its line, qid, relevance and 1 + its largest feature id (0: none), with its
+  features densely when the feature count is known (the write pass; the measuring pass has none)."""
+  fields = [("line", "<i8"), ("qid", "<i8"), ("relevance", "<f4"), ("width", "<i4")]
+  return np.dtype(fields + ([("features", "<f4", (num_features,))] if num_features else []))
+
+
+def parsed_documents(path: pathlib.Path, stats: IngestStats, counts: collections.Counter,
+                     num_features: int | None, dense: bool, byte_range: tuple[int, int] | None = None,
+                     first_line: int = 1) -> Iterator[np.ndarray]:
+  """The well-formed documents of a file (or a byte range of one starting at line `first_line`) in
+  chunks of `document_dtype(num_features if dense else None)`, in line order. Malformed lines go to `stats` (strict:
+  raised once the documents before them are yielded); blank and comment-only lines are counted in
+  `counts`. Feature ids over `num_features` (MAX_FEATURES when None) are out of range."""
+  dtype = document_dtype(num_features if dense else None)
+  chunk, filled = np.zeros(DOCUMENT_CHUNK, dtype), 0
+  for number, line in _file_lines(path, byte_range, first_line):
+    text = line.partition(b"#")[0].decode("utf-8", errors="replace").strip() if isinstance(line, bytes) else "-"
+    if not text:
+      counts["blank_or_comment_lines"] += 1
+      continue
+    stats.rows_read += 1
+    try:
+      if isinstance(line, BadLine):
+        raise line
+      document = parse_line(text, num_features or MAX_FEATURES)
+    except BadLine as e:
+      if filled and stats.strict:
+        yield chunk[:filled]
+        filled = 0
+      stats.reject_rows(str(path), number, e.reason, e.excerpt)
+      continue
+    row = chunk[filled]
+    row["line"], row["qid"], row["relevance"] = number, document.qid, document.relevance
+    row["width"] = int(document.ids[-1]) + 1 if len(document.ids) else 0
+    if dense:
+      row["features"][document.ids] = document.values
+    filled += 1
+    if filled == DOCUMENT_CHUNK:
+      yield chunk
+      chunk, filled = np.zeros(DOCUMENT_CHUNK, dtype), 0
+  if filled:
+    yield chunk[:filled]
+
+
+class _QueryOrder:
+  """A split's rule that a query's lines are contiguous: a document whose qid was seen before,
+  under another query since, is malformed (it is rejected and the current query goes on)."""
+
+  def __init__(self, stats: IngestStats):
+    self.stats, self.seen, self.current = stats, set(), None
+
+  def accept(self, path: pathlib.Path, documents: np.ndarray) -> np.ndarray:
+    """The documents (in input order) that keep their query contiguous."""
+    if not len(documents):
+      return documents
+    qids = documents["qid"]
+    starts = np.flatnonzero(np.r_[True, qids[1:] != qids[:-1]])
+    keep = np.ones(len(documents), bool)
+    for begin, end in zip(starts.tolist(), np.r_[starts[1:], len(qids)].tolist()):
+      qid = int(qids[begin])
+      if qid == self.current:
+        continue
+      if qid in self.seen:
+        keep[begin:end] = False
+        self.stats.reject_rows(str(path), int(documents["line"][begin]), NON_CONTIGUOUS_QUERY,
+                               excerpt(f"query {qid} is not contiguous: it reappears after query {self.current}"),
+                               rows=end - begin)
+        continue
+      self.seen.add(qid)
+      self.current = qid
+    return documents[keep]
+
+
+class _Lists:
+  """Groups accepted documents, in order, into query lists (a list ends where the qid changes):
+  each list's first `max_list_size` documents and how many followed them go to `emit`."""
+
+  def __init__(self, max_list_size: int, emit):
+    self.max_list_size, self.emit = max_list_size, emit
+    self.qid, self.parts, self.kept, self.dropped = None, [], 0, 0
+
+  def add(self, documents: np.ndarray) -> None:
+    if not len(documents):
+      return
+    qids = documents["qid"]
+    starts = np.flatnonzero(np.r_[True, qids[1:] != qids[:-1]])
+    for begin, end in zip(starts.tolist(), np.r_[starts[1:], len(qids)].tolist()):
+      if self.parts and qids[begin] != self.qid:
+        self.finish()
+      self.qid = qids[begin]
+      take = min(end - begin, self.max_list_size - self.kept)
+      if take:
+        self.parts.append(documents[begin:begin + take])
+        self.kept += take
+      self.dropped += end - begin - take
+
+  def finish(self) -> None:
+    if self.parts:
+      self.emit(np.concatenate(self.parts), self.dropped)
+    self.qid, self.parts, self.kept, self.dropped = None, [], 0, 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+  """A run of whole lines of one split's file (rankjax.data.parallel) and its first line's number."""
+  split: str
+  unit: parallel.Unit
+  index: int
+  first_line: int
+
+
+def _split_chunks(split_files: dict[str, Sequence[pathlib.Path]], options: LetorOptions,
+                  num_features: int | None, dense: bool, stats: IngestStats, counts: collections.Counter, scratch: pathlib.Path
+                  ) -> Iterator[tuple[str, pathlib.Path, bool, Iterator[np.ndarray]]]:
+  """(split, file, whether it is the file's last part, its parsed documents in chunks) in input
+  order: parsed here with one worker, else by `options.workers` processes over byte ranges, each
+  part's counts merged (and a strict-mode error raised) after its documents."""
+  if options.workers <= 1:
+    for split, files in split_files.items():
+      for path in files:
+        yield split, path, True, parsed_documents(path, stats, counts, num_features, dense)
+    return
+  # Parts of ~1/4 of a worker's share (>= 1 MiB): the text is parsed line by line in Python, so
+  # even parts keep every worker busy to the end.
+  total = sum(path.stat().st_size for files in split_files.values() for path in files)
+  unit_bytes = min(parallel.UNIT_BYTES, max(1 << 20, total // (4 * options.workers)))
+  units = [(split, unit) for split, files in split_files.items()
+           for unit in parallel.cut_units(files, lambda p: False, unit_bytes)]
+  line_counts = parallel.map_in_order(_count_unit_lines, [unit for _, unit in units], options.workers)
+  jobs, line = [], 1
+  for index, ((split, unit), lines) in enumerate(zip(units, line_counts)):
+    line = 1 if unit.first_in_file else line
+    jobs.append(_Job(split, unit, index, line))
+    line += lines
+  scratch.mkdir(exist_ok=True)
+  _WORKER.update(num_features=num_features, dense=dense, strict=options.strict, scratch=scratch)
+  try:
+    for job, result in zip(jobs, parallel.map_in_order(_parse_worker, jobs, options.workers)):
+      last_part = job.unit.byte_range is None or job.unit.byte_range[1] == job.unit.path.stat().st_size
+      yield job.split, job.unit.path, last_part, _worker_chunks(result, num_features if dense else None, stats, counts)
+  finally:
+    _WORKER.clear()
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+_WORKER: dict = {}  # Set by the parent before forking: num_features, strict, scratch.
+
+
+def _count_unit_lines(unit: parallel.Unit) -> int:  # Module level: the pool sends it by name.
+  return count_lines(unit.path, unit.byte_range)
+
+
+def _parse_worker(job: _Job) -> dict:  # Module level: the pool sends it by name.
+  """One part's documents into a scratch file; its counts, and a strict-mode error as data (the
+  parent raises it after the part's documents, so the first error in input order wins)."""
+  stats, counts = IngestStats(strict=_WORKER["strict"]), collections.Counter()
+  path = _WORKER["scratch"] / f"{job.index}.bin"
+  error = None
+  with open(path, "wb") as f:
+    try:
+      for chunk in parsed_documents(job.unit.path, stats, counts, _WORKER["num_features"], _WORKER["dense"],
+                                    job.unit.byte_range, job.first_line):
+        f.write(chunk.tobytes())
+    except IngestError as e:
+      error = [e.file, e.line, e.reason, e.excerpt]
+  return {"path": str(path), "blank_or_comment_lines": counts["blank_or_comment_lines"],
+          **stats.as_worker_result(), **({"error": error} if error else {})}
+
+
+def _worker_chunks(result: dict, num_features: int | None, stats: IngestStats,
+                   counts: collections.Counter) -> Iterator[np.ndarray]:
+  """A worker's documents read back in chunks, then its counts merged (raising its error)."""
+  path = pathlib.Path(result["path"])
+  with open(path, "rb") as f:
+    while len(chunk := np.fromfile(f, document_dtype(num_features), count=DOCUMENT_CHUNK)):
+      yield chunk
+  path.unlink()
+  counts["blank_or_comment_lines"] += result["blank_or_comment_lines"]
+  stats.merge_worker_result(result)
+
+
+def _each_split(split_files: dict[str, Sequence[pathlib.Path]], options: LetorOptions, num_features: int | None,
+                dense: bool, stats: IngestStats, counts: collections.Counter, scratch: pathlib.Path,
+                on_split, on_documents) -> None:
+  """Feeds every split's accepted documents, in input order, to on_documents(split, chunk), after
+  on_split(split); a file without a document is a file error (raised when strict)."""
+  order, rows_before = None, stats.rows_read
+  for split, path, last_part, chunks in _split_chunks(split_files, options, num_features, dense, stats, counts,
+                                                      scratch):
+    if order is None or order[0] != split:
+      order = (split, _QueryOrder(stats))
+      on_split(split)
+    for chunk in chunks:
+      on_documents(split, order[1].accept(path, chunk))
+    if last_part:
+      if stats.rows_read == rows_before:
+        stats.reject_file(str(path), 0, EMPTY_FILE, "no documents")
+      rows_before = stats.rows_read
+
+
+def _measure(split_files: dict[str, Sequence[pathlib.Path]], options: LetorOptions,
+             scratch: pathlib.Path) -> tuple[int, int]:
   """(largest feature id, longest query list) over the valid documents of all files. Strict mode
   raises the first malformed line here; the write pass counts skips."""
   stats, counts = IngestStats(strict=options.strict), collections.Counter()
-  largest_id, longest = 0, 0
-  for files in split_files:
-    qid, run = None, 0
-    for document in documents(files, stats, options.num_features or MAX_FEATURES, counts):
-      run = run + 1 if document.qid == qid else 1
-      qid, longest = document.qid, max(longest, run)
-      if len(document.ids):
-        largest_id = max(largest_id, int(document.ids[-1]) + 1)
-  return largest_id, longest
+  largest = {"id": 0, "list": 0}
+
+  def on_list(documents: np.ndarray, dropped: int) -> None:
+    largest["list"] = max(largest["list"], len(documents))
+    largest["id"] = max(largest["id"], int(documents["width"].max()))
+
+  lists = {}
+  def on_split(split: str) -> None:
+    lists[split] = _Lists(np.iinfo(np.int64).max, on_list)
+
+  _each_split(split_files, options, options.num_features, False, stats, counts, scratch, on_split,
+              lambda split, documents: lists[split].add(documents))
+  for split_lists in lists.values():
+    split_lists.finish()
+  return largest["id"], largest["list"]
 
 
 class _ListWriter:
@@ -218,15 +413,15 @@ class _ListWriter:
     self.capacity = max(1, WRITE_BUFFER_BYTES // dtype.itemsize)
     self.buffer, self.filled = np.zeros(self.capacity, dtype), 0
     self.documents_written = self.documents_truncated = self.queries_truncated = 0
+    self.lists = _Lists(self.max_list_size, self.add)
 
-  def add(self, kept: Sequence[Document], dropped: int) -> None:
+  def add(self, documents: np.ndarray, dropped: int) -> None:
     """One query's list: its first max_list_size documents, and how many followed them."""
-    i, k = self.filled, len(kept)
-    rows = np.repeat(np.arange(k), [len(d.ids) for d in kept])
-    self.buffer["features"][i, rows, np.concatenate([d.ids for d in kept])] = np.concatenate([d.values for d in kept])
-    self.buffer["relevance"][i, :k] = [d.relevance for d in kept]
+    i, k = self.filled, len(documents)
+    self.buffer["features"][i, :k] = documents["features"]
+    self.buffer["relevance"][i, :k] = documents["relevance"]
     self.buffer["mask"][i, :k] = 1
-    self.buffer["qid"][i] = kept[0].qid
+    self.buffer["qid"][i] = documents["qid"][0]
     if self.feature_stats is not None:
       self.feature_stats.add(self.buffer["features"][i, :k])
     self.documents_written += k
@@ -236,26 +431,13 @@ class _ListWriter:
     if self.filled == self.capacity:
       self.flush()
 
+  def close(self) -> None:
+    self.lists.finish()
+    self.flush()
+
   def flush(self) -> None:
     self.split.write(self.buffer[:self.filled])
     self.buffer, self.filled = np.zeros(self.capacity, self.dtype), 0
-
-
-def _write_lists(documents_in_order: Iterator[Document], out: _ListWriter) -> None:
-  """Groups documents into query lists (a list ends where the qid changes) and writes them."""
-  kept: list[Document] = []
-  dropped = 0
-  for document in documents_in_order:
-    if kept and document.qid != kept[0].qid:
-      out.add(kept, dropped)
-      kept, dropped = [], 0
-    if len(kept) < out.max_list_size:
-      kept.append(document)
-    else:
-      dropped += 1
-  if kept:
-    out.add(kept, dropped)
-  out.flush()
 
 
 def _check_options(options: LetorOptions) -> None:
@@ -263,6 +445,8 @@ def _check_options(options: LetorOptions) -> None:
                       ("--max-records-per-shard", options.max_records_per_shard)):
     if value is not None and value < 1:
       raise ValueError(f"{name} must be >= 1, got {value}")
+  if options.workers < 1:
+    raise ValueError(f"--workers must be >= 1, got {options.workers}")
   if options.num_features is not None and options.num_features > MAX_FEATURES:
     raise ValueError(f"--num-features must be <= {MAX_FEATURES}, got {options.num_features}")
 
@@ -270,19 +454,23 @@ def _check_options(options: LetorOptions) -> None:
 def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, options: LetorOptions) -> dict:
   """Converts LETOR/SVMlight files into a dataset directory (a train split, an eval (test) split
   with `options.eval_inputs`, a validation split with `options.validation_inputs`); returns its
-  manifest. Feature statistics are of the train split only.
+  manifest. Feature statistics are of the train split only. With `options.workers` > 1, worker
+  processes parse byte ranges of the files; the dataset is byte for byte the one of one worker.
 
   Raises IngestError (strict) for the first malformed line or file, DataError for unusable input.
   """
   _check_options(options)
-  train_files = [pathlib.Path(p) for p in train_files]
-  eval_files = [pathlib.Path(p) for p in options.eval_inputs]
-  validation_files = [pathlib.Path(p) for p in options.validation_inputs]
+  split_files = {"train": [pathlib.Path(p) for p in train_files],
+                 "eval": [pathlib.Path(p) for p in options.eval_inputs],
+                 "validation": [pathlib.Path(p) for p in options.validation_inputs]}
+  split_files = {split: files for split, files in split_files.items() if files or split == "train"}
   num_features, max_list_size = options.num_features, options.max_list_size
+  output = pathlib.Path(output)
+  scratch = output.with_name(output.name + ".ingest-workers")
   if num_features is None or max_list_size is None:
-    largest_id, longest = _measure((train_files, eval_files, validation_files), options)
+    largest_id, longest = _measure(split_files, options, scratch)
     if num_features is None and largest_id == 0 and longest > 0:
-      raise layout.DataError(f"{train_files[0]}: no feature in any document; give --num-features")
+      raise layout.DataError(f"{split_files['train'][0]}: no feature in any document; give --num-features")
     num_features = num_features or largest_id or 1
     max_list_size = max_list_size or longest or 1
   dtype = record_dtype(num_features, max_list_size)
@@ -290,16 +478,19 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, opt
   feature_stats = FeatureStats(num_features)
   records_per_shard = options.max_records_per_shard or max(1, SHARD_BYTES // dtype.itemsize)
   with DatasetWriter(output, dtype, records_per_shard) as writer:
-    writers = {"train": _ListWriter(writer.split("train"), dtype, feature_stats)}
-    if eval_files:
-      writers["eval"] = _ListWriter(writer.split("eval"), dtype, None)
-    if validation_files:
-      writers["validation"] = _ListWriter(writer.split("validation"), dtype, None)
-    for name, files in (("train", train_files), ("eval", eval_files), ("validation", validation_files)):
-      if name in writers:
-        _write_lists(documents(files, stats, num_features, counts), writers[name])
-        if writers[name].split.num_records == 0:
-          raise layout.DataError(f"{output}: the {name} split would be empty ({stats.summary()})")
+    writers = {}
+
+    def on_split(split: str) -> None:
+      writers[split] = _ListWriter(writer.split(split), dtype, feature_stats if split == "train" else None)
+
+    _each_split(split_files, options, num_features, True, stats, counts, writer.directory / ".ingest-workers",
+                on_split, lambda split, documents: writers[split].lists.add(documents))
+    for name in split_files:
+      if name not in writers:
+        on_split(name)
+      writers[name].close()
+      if writers[name].split.num_records == 0:
+        raise layout.DataError(f"{output}: the {name} split would be empty ({stats.summary()})")
     written = sum(w.documents_written for w in writers.values())
     truncated = sum(w.documents_truncated for w in writers.values())
     if stats.rows_read != written + stats.rows_skipped + truncated:
@@ -311,8 +502,9 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, opt
               "queries_written": sum(w.split.num_records for w in writers.values()),
               "queries_truncated": sum(w.queries_truncated for w in writers.values()),
               "blank_or_comment_lines": counts["blank_or_comment_lines"]}
-    source = {"kind": "letor", "files": [str(p) for p in train_files], "eval_files": [str(p) for p in eval_files],
-              **({"validation_files": [str(p) for p in validation_files]} if validation_files else {}),
+    source = {"kind": "letor", "files": [str(p) for p in split_files["train"]],
+              "eval_files": [str(p) for p in split_files.get("eval", [])],
+              **({"validation_files": [str(p) for p in split_files["validation"]]} if "validation" in split_files else {}),
               "on_error": "strict" if options.strict else "skip",
               "num_features_given": options.num_features is not None,
               "max_list_size_given": options.max_list_size is not None}
