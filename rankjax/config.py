@@ -169,6 +169,11 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   # afresh each step (without replacement, from the run's seed and the step). 0 = whole lists.
   # Evaluation always scores whole lists.
   c.train.list_size = 0
+  # Ranking: lists of like lengths batched together, each batch's list axis cut to the next 2^k or
+  # 1.5 x 2^k above its longest list, so padding does not dominate the step: the epoch's order sorted by
+  # length within runs of this many batches, the batches of a run in a seeded random order
+  # (rankjax/data/pipeline.py ShuffledBatches). 0 = off (batches as drawn, padded to the longest list).
+  c.train.length_buckets = 0
 
   c.eval = ml_collections.ConfigDict()
   # Click heads' AUC comes from on-device histograms of the logits in this many bins (see
@@ -183,6 +188,9 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   # ranking: "skip" (left out and counted as queries_skipped), "zero" or "one" (scores that).
   c.eval.ranking_cutoffs = (1, 3, 5, 10)
   c.eval.no_relevant = "skip"
+  # Ranking eval: lists scored shortest first, each batch cut to the next 2^k or 1.5 x 2^k above its
+  # longest list (every list whole; the metrics are sums over lists, so only rounding can change).
+  c.eval.length_buckets = True
   # Write the final model's score of every eval record to WORKDIR/eval_scores.parquet (columns
   # `row` and `score` / `score_<head>`; the layout `rankjax predict` writes).
   c.eval.write_scores = False
@@ -377,6 +385,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError("embedding.initial_accumulator", "must be >= 0")
   if config.train.list_size < 0:
     raise ConfigError("train.list_size", "must be >= 0 (0 = whole lists)")
+  if isinstance(config.train.length_buckets, bool) or config.train.length_buckets < 0:
+    raise ConfigError("train.length_buckets", f"must be an int >= 0 (batches per sorted run; 0 = off), "
+                      f"got {config.train.length_buckets!r}")
+  if config.train.length_buckets and config.task.name != "ranking":
+    raise ConfigError("train.length_buckets", f"batches query lists by length; task {config.task.name!r} has no lists")
   if config.task.normalize not in NORMALIZATIONS:
     raise ConfigError("task.normalize", f"must be one of {NORMALIZATIONS}, got {config.task.normalize!r}")
   if config.task.uniform_negatives < 0:

@@ -62,7 +62,8 @@ def evaluate(exp: Experiment, state: TrainState, split: str = "eval") -> dict[st
                               read_threads=config.data.read_threads, prefetch=config.data.prefetch_batches,
                               process_index=jax.process_index(), process_count=jax.process_count(),
                               spec=exp.task.batch_spec, verify=config.data.verify_checksums,
-                              invalid_records=config.data.invalid_records, split=split, holdout=holdout(config))
+                              invalid_records=config.data.invalid_records, split=split, holdout=holdout(config),
+                              length_buckets=config.eval.length_buckets)
   eval_shardings = exp.task.batch_spec.with_weight().shardings(exp.partitioner)
   totals = exp.eval_prepare_fn(state, exp.eval_init_fn())
   for batch in it:
@@ -269,7 +270,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devic
         prefetch=config.data.prefetch_batches,
         process_index=jax.process_index(), process_count=jax.process_count(),
         spec=exp.task.batch_spec, verify=config.data.verify_checksums,
-        invalid_records=config.data.invalid_records, holdout=holdout(config))
+        invalid_records=config.data.invalid_records, holdout=holdout(config),
+        length_window=train_config.length_buckets)
     # The current log window's step metrics: a checkpoint between log steps carries them, so a
     # resumed run logs the same means as an uninterrupted one.
     log_window: list[dict[str, float]] = []

@@ -406,3 +406,93 @@ def test_a_sampled_train_list_size_still_scores_whole_eval_lists(letor_data, str
   assert p.returncode == 0, p.stderr
   (sampled,), (whole,) = _events(tmp_path, "eval"), _events(straight_run[0], "eval")
   assert sampled["queries"] == whole["queries"] and sampled["ndcg@10"] != whole["ndcg@10"]
+
+
+# ---------------------------------------------------------------- length-bucketed batches
+
+def _lists_of(batch, weight=None):
+  """Each real list of a batch as bytes of its documents (relevance, features), padding cut off."""
+  keep = np.ones(len(batch["mask"]), bool) if weight is None else weight > 0
+  return [batch["relevance"][i][batch["mask"][i] > 0].tobytes() + batch["features"][i][batch["mask"][i] > 0].tobytes()
+          for i in np.flatnonzero(keep)]
+
+
+def _expected_width(batch, stored):
+  """The smallest of 8, 12, 16, 24, 32, 48, ... (2^k and 1.5 x 2^k) that holds the longest list."""
+  longest = int(batch["mask"].sum(axis=1).max())
+  widths = sorted({2 ** k for k in range(3, 12)} | {3 * 2 ** k for k in range(2, 11)})
+  return min(stored, next(w for w in widths if w >= longest))
+
+
+def test_length_bucketed_eval_batches_hold_every_list_once_whole_in_power_of_two_widths(letor_data):
+  manifest = layout.read_manifest(letor_data)
+  records = layout.open_split(letor_data, manifest, "eval")
+  config = load_config_file(LTR_CONFIG)
+  config.data.path = str(letor_data)
+  spec = task_batch_spec(config, manifest).with_weight()
+  stored = manifest["max_list_size"]
+  plain = pipeline.SequentialBatches(records, 8, spec=spec)
+  bucketed = pipeline.SequentialBatches(records, 8, spec=spec, length_buckets=True)
+  halves = [pipeline.SequentialBatches(records, 8, p, 2, spec=spec, length_buckets=True) for p in (0, 1)]
+  seen, widths = [], set()
+  for i in range(len(bucketed)):
+    batch = bucketed[i]
+    width = batch["mask"].shape[1]
+    assert width == _expected_width(batch, stored) and batch["features"].shape[1] == width
+    widths.add(width)
+    seen += _lists_of(batch, batch["weight"])
+    for p, half in enumerate(halves):  # Each process's share: its rows of the global batch, same width.
+      share = half[i]
+      np.testing.assert_array_equal(share["features"], batch["features"][p * 4:(p + 1) * 4])
+  assert len(widths) >= 2  # Several buckets (lists of 3..20 documents: widths 8, 12, 16, 20).
+  expected = [x for i in range(len(plain)) for x in _lists_of(plain[i], plain[i]["weight"])]
+  assert sorted(seen) == sorted(expected) and len(seen) == len(records)
+
+
+def test_length_bucketed_train_batches_sort_runs_by_length_and_keep_each_epoch_s_lists(letor_data):
+  manifest = layout.read_manifest(letor_data)
+  records = layout.open_split(letor_data, manifest, "train")
+  config = load_config_file(LTR_CONFIG)
+  config.data.path = str(letor_data)
+  spec = task_batch_spec(config, manifest)
+  plain = pipeline.ShuffledBatches(records, 16, seed=3, spec=spec)
+  bucketed = pipeline.ShuffledBatches(records, 16, seed=3, spec=spec, length_window=4)
+  again = pipeline.ShuffledBatches(records, 16, seed=3, spec=spec, length_window=4)
+  halves = [pipeline.ShuffledBatches(records, 16, 3, p, 2, spec=spec, length_window=4) for p in (0, 1)]
+  per_epoch = plain.batches_per_epoch
+  assert per_epoch == 10  # Runs of 4, 4 and 2 batches.
+  spreads = []
+  for epoch in range(2):
+    for run_start in range(0, per_epoch, 4):
+      indices = range(epoch * per_epoch + run_start, epoch * per_epoch + min(run_start + 4, per_epoch))
+      got, want = [], []
+      for i in indices:
+        batch = bucketed[i]
+        assert batch["mask"].shape[1] == _expected_width(batch, manifest["max_list_size"])
+        lengths = batch["mask"].sum(axis=1)
+        spreads.append(lengths.max() - lengths.min())
+        got += _lists_of(batch)
+        want += _lists_of(plain[i])
+        np.testing.assert_array_equal(batch["features"], again[i]["features"])
+        shares = [half[i] for half in halves]
+        assert {s["mask"].shape[1] for s in shares} == {batch["mask"].shape[1]}
+        assert sorted(_lists_of(shares[0]) + _lists_of(shares[1])) == sorted(_lists_of(batch))
+      assert sorted(got) == sorted(want)  # A run holds the lists of the same batches unbucketed.
+  plain_spreads = [np.ptp(plain[i]["mask"].sum(axis=1)) for i in range(2 * per_epoch)]
+  assert np.mean(spreads) < 0.5 * np.mean(plain_spreads)  # Lists of like lengths share a batch.
+
+
+@pytest.mark.slow
+def test_length_buckets_leave_eval_metrics_unchanged_and_bucketed_training_learns(letor_data, straight_run, tmp_path):
+  p = _train(tmp_path / "unbucketed", letor_data, "--config.train.steps=30", "--config.eval.length_buckets=False")
+  assert p.returncode == 0, p.stderr
+  (bucketed,), (unbucketed,) = _events(straight_run[0], "eval"), _events(tmp_path / "unbucketed", "eval")
+  for key, value in unbucketed.items():
+    if isinstance(value, float):
+      assert bucketed[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+  p = _train(tmp_path / "train_buckets", letor_data, "--config.train.steps=30", "--config.train.length_buckets=4")
+  assert p.returncode == 0, p.stderr
+  (trained,) = _events(tmp_path / "train_buckets", "eval")
+  manifest = layout.read_manifest(letor_data)
+  records = layout.open_split(letor_data, manifest, "eval")[:]
+  assert trained["ndcg@10"] > _random_ndcg(records["relevance"], records["mask"], 10) + 0.05

@@ -31,6 +31,8 @@ class Field:
   values: what a valid value is, checked when a split is opened (rankjax.data.validation):
     "binary" (0 or 1), "finite", "nonnegative" (finite and >= 0), or "" (anything).
   id_bounds: for id fields, column c holds -1 (padding) or an id in [0, id_bounds[c]).
+  list_axis: per-example dim 0 is a query list's documents (padded; the `mask` field marks them):
+    length-bucketed batches (rankjax.data.pipeline) cut it to the batch's bucket width.
   """
   name: str
   dtype: str
@@ -41,6 +43,7 @@ class Field:
   axes: tuple[str | None, ...] | None = None
   values: str = ""
   id_bounds: tuple[int, ...] | None = None
+  list_axis: bool = False
 
   @property
   def record_field(self) -> str:
@@ -119,6 +122,17 @@ class BatchSpec:
         x = x.reshape(len(x), -1)[:, list(f.columns)]
       out[f.name] = np.ascontiguousarray(x, dtype=f.dtype)
     return out
+
+  @property
+  def has_lists(self) -> bool:
+    """Whether the batch holds padded query lists (fields with a list axis and their `mask`)."""
+    return any(f.list_axis for f in self.fields)
+
+  def cut_lists(self, batch: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
+    """The batch with every list-axis field cut to its first `width` documents (padding only, when
+    `width` is at least the longest list)."""
+    cut = {f.name for f in self.fields if f.list_axis}
+    return {k: np.ascontiguousarray(v[:, :width]) if k in cut else v for k, v in batch.items()}
 
   def shardings(self, partitioner) -> dict[str, jax.sharding.NamedSharding]:
     return {f.name: partitioner.sharding(*f.logical_axes) for f in self.fields}

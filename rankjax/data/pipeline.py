@@ -35,15 +35,50 @@ from rankjax.data.batch import BatchSpec
 _CACHED_EPOCHS = 4
 
 
+MIN_BUCKET_WIDTH = 8
+_LENGTHS: dict[int, tuple[Any, np.ndarray]] = {}  # id(records) -> (records, each list's documents).
+
+
+def list_lengths(records) -> np.ndarray:
+  """Each record's documents (the sum of its `mask`), reading only the masks; cached per opened split."""
+  cached = _LENGTHS.get(id(records))
+  if cached is None or cached[0] is not records:
+    if isinstance(records, validation.SelectedRecords):
+      lengths = np.count_nonzero(records.records["mask"], axis=1)[records.indices]
+    else:
+      lengths = np.count_nonzero(records["mask"], axis=1)
+    cached = _LENGTHS[id(records)] = (records, lengths.astype(np.int64))
+  return cached[1]
+
+
+def bucket_width(longest: int, max_width: int) -> int:
+  """The list width of a batch whose longest list has `longest` documents: the next of 2^k and
+  1.5 x 2^k (at least MIN_BUCKET_WIDTH, at most the stored width), so a split compiles two shapes
+  an octave of list lengths and no batch is over 1.5x as wide as its longest list."""
+  n = max(int(longest), MIN_BUCKET_WIDTH)
+  power = 1 << (n - 1).bit_length()
+  return int(min(max_width, power * 3 // 4 if n <= power * 3 // 4 else power))
+
+
+def _max_width(spec: BatchSpec) -> int:
+  return next(f.shape[0] for f in spec.fields if f.list_axis)
+
+
 class ShuffledBatches:
   """Random access to the training stream: index i -> this process's share of global batch i.
 
   The last len % batch_size records of each epoch's permutation are not used in that epoch;
   since the permutation changes every epoch, a different remainder is left out each time.
+
+  With `length_window` W > 0 (query lists; the spec has list fields), each run of W batches of the
+  epoch's permutation is sorted by list length (stably) and cut into batches, their order within
+  the run shuffled from (seed, epoch, run): lists of like lengths share a batch, and each batch's
+  list axis is cut to bucket_width of its longest list.
   """
 
   def __init__(self, records: layout.ShardedRecords, global_batch_size: int, seed: int,
-               process_index: int = 0, process_count: int = 1, spec: BatchSpec | None = None):
+               process_index: int = 0, process_count: int = 1, spec: BatchSpec | None = None,
+               length_window: int = 0):
     if global_batch_size % process_count:
       raise ValueError(f"batch size {global_batch_size} is not divisible by {process_count} processes")
     if len(records) < global_batch_size:
@@ -60,6 +95,9 @@ class ShuffledBatches:
     # The epochs readers asked for most recently. Prefetch threads run ahead of each other, so with
     # few batches per epoch they may ask for an epoch older than the newest ones cached.
     self._permutations: dict[int, np.ndarray] = {}
+    self.length_window = length_window if self.spec.has_lists else 0
+    if self.length_window:
+      self.lengths, self.max_width = list_lengths(records), _max_width(self.spec)
 
   def permutation(self, epoch: int) -> np.ndarray:
     with self._lock:
@@ -73,16 +111,32 @@ class ShuffledBatches:
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     epoch, position = divmod(int(index), self.batches_per_epoch)
+    if self.length_window:
+      return self._bucketed(epoch, position)
     start = position * self.global_batch_size + self.local_offset
     rows = np.sort(self.permutation(epoch)[start:start + self.local_batch_size])
     return self.spec.read(self.records[rows])
 
+  def _bucketed(self, epoch: int, position: int) -> dict[str, np.ndarray]:
+    run, within = divmod(position, self.length_window)
+    first = run * self.length_window
+    count = min(self.length_window, self.batches_per_epoch - first)
+    b = self.global_batch_size
+    rows = self.permutation(epoch)[first * b:(first + count) * b]
+    rows = rows[np.argsort(self.lengths[rows], kind="stable")].reshape(count, b)
+    batch_rows = rows[np.random.default_rng([self.seed, epoch, run, 0xb0c7]).permutation(count)[within]]
+    width = bucket_width(self.lengths[batch_rows].max(), self.max_width)
+    local = np.sort(batch_rows[self.local_offset:self.local_offset + self.local_batch_size])
+    return self.spec.cut_lists(self.spec.read(self.records[local]), width)
+
 
 class SequentialBatches:
-  """The eval split in order, in fixed-size batches; the last batch is padded with weight 0."""
+  """The eval split in fixed-size batches, every record once; the last batch is padded with weight 0.
+  In order, or with `length_buckets` (query lists) shortest lists first, each batch's list axis
+  cut to bucket_width of its longest list (sums over lists do not depend on the order)."""
 
   def __init__(self, records: layout.ShardedRecords, global_batch_size: int, process_index: int = 0,
-               process_count: int = 1, spec: BatchSpec | None = None):
+               process_count: int = 1, spec: BatchSpec | None = None, length_buckets: bool = False):
     if global_batch_size % process_count:
       raise ValueError(f"eval batch size {global_batch_size} is not divisible by {process_count} processes")
     self.spec = spec or BatchSpec.of_records(records.dtype)
@@ -92,6 +146,14 @@ class SequentialBatches:
     self.local_batch_size = global_batch_size // process_count
     self.local_offset = process_index * self.local_batch_size
     self.num_batches = -(-len(records) // global_batch_size)
+    self.order = self.widths = None
+    if length_buckets and self.spec.has_lists:
+      lengths = list_lengths(records)
+      self.order = np.argsort(lengths, kind="stable")
+      padded = np.zeros(self.num_batches * global_batch_size, np.int64)
+      padded[:len(records)] = lengths[self.order]
+      max_width = _max_width(self.spec)
+      self.widths = [bucket_width(n, max_width) for n in padded.reshape(self.num_batches, -1).max(axis=1)]
 
   def __len__(self) -> int:
     return self.num_batches
@@ -100,9 +162,10 @@ class SequentialBatches:
     start = int(index) * self.global_batch_size + self.local_offset
     rows = np.arange(start, start + self.local_batch_size)
     valid = rows < len(self.records)
-    batch = self.spec.read(self.records[np.where(valid, rows, 0)])
+    rows = np.where(valid, rows, 0)
+    batch = self.spec.read(self.records[rows if self.order is None else self.order[rows]])
     batch["weight"] = valid.astype(np.float32)
-    return batch
+    return batch if self.widths is None else self.spec.cut_lists(batch, self.widths[int(index)])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,15 +253,16 @@ def train_iterator(directory: str | pathlib.Path, manifest: dict, *, global_batc
                    process_index: int = 0, process_count: int = 1, spec: BatchSpec | None = None,
                    verify: bool = True, invalid_records: str = "error",
                    report: Callable[[validation.ValidationReport], None] | None = None,
-                   holdout: Holdout | None = None) -> grain.DatasetIterator:
+                   holdout: Holdout | None = None, length_window: int = 0) -> grain.DatasetIterator:
   """A checkpointable iterator over `num_batches` shuffled training batches (several epochs if needed).
 
   `verify`: check the shards' sha256 on open (see layout.open_split; cached after the first time).
   `invalid_records`: "error" or "skip" for records the spec's value rules reject.
   `holdout`: the validation records, never trained on.
+  `length_window`: query lists batched by length in runs of this many batches (ShuffledBatches).
   """
   records = _open(directory, manifest, "train", spec, verify, invalid_records, report, holdout)
-  source = ShuffledBatches(records, global_batch_size, seed, process_index, process_count, spec)
+  source = ShuffledBatches(records, global_batch_size, seed, process_index, process_count, spec, length_window)
   return _iterate(source, num_batches, read_threads, prefetch)
 
 
@@ -207,8 +271,10 @@ def eval_iterator(directory: str | pathlib.Path, manifest: dict, *, global_batch
                   process_index: int = 0, process_count: int = 1, spec: BatchSpec | None = None,
                   verify: bool = True, invalid_records: str = "error",
                   report: Callable[[validation.ValidationReport], None] | None = None,
-                  split: str = "eval", holdout: Holdout | None = None) -> grain.DatasetIterator:
-  """The eval (test) or validation split in order, every (valid) record once (see SequentialBatches)."""
+                  split: str = "eval", holdout: Holdout | None = None,
+                  length_buckets: bool = False) -> grain.DatasetIterator:
+  """The eval (test) or validation split, every (valid) record once: in order, or query lists
+  shortest first in length-bucketed batches (see SequentialBatches)."""
   records = _open(directory, manifest, split, spec, verify, invalid_records, report, holdout)
-  source = SequentialBatches(records, global_batch_size, process_index, process_count, spec)
+  source = SequentialBatches(records, global_batch_size, process_index, process_count, spec, length_buckets)
   return _iterate(source, len(source), read_threads, prefetch)

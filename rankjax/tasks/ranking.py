@@ -58,14 +58,15 @@ class RankingTask(Task):
     self.ndcg_key = f"ndcg@{config.train.ndcg_k}"
     self.cutoffs = tuple(sorted({*config.eval.ranking_cutoffs, config.train.ndcg_k}))
     list_size, num_features = manifest["max_list_size"], manifest["num_features"]
-    fields = [Field("relevance", "float32", (list_size,), values="nonnegative"),
-              Field("features", "float32", (list_size, num_features), values="finite"),
-              Field("mask", "float32", (list_size,), values="binary")]
+    fields = [Field("relevance", "float32", (list_size,), values="nonnegative", list_axis=True),
+              Field("features", "float32", (list_size, num_features), values="finite", list_axis=True),
+              Field("mask", "float32", (list_size,), values="binary", list_axis=True)]
     embedded_width = 0
     if manifest.get("vocab_sizes"):
       hotness = tuple(manifest["hotness"])
       id_bounds = tuple(int(v) for v, h in zip(manifest["vocab_sizes"], hotness) for _ in range(h))
-      fields.append(Field("cat", "int32", (list_size, sum(hotness)), id_bounds=id_bounds * list_size))
+      fields.append(Field("cat", "int32", (list_size, sum(hotness)), id_bounds=id_bounds * list_size,
+                          list_axis=True))
       slots = FeatureSlots(tuple(f"cat_{i}" for i in range(len(hotness))), hotness)
       self.engine = build_engine(config, self.embedding_tables(config, manifest), slots, partitioner,
                                  fold_ids=config.data.row_scale != 1, aliases=column_aliases(manifest))
