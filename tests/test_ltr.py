@@ -113,12 +113,16 @@ def letor_data(tmp_path_factory):
   return directory / "data"
 
 
-def test_list_batches_hold_relevance_features_and_mask_as_float32(letor_data):
+def _split_and_spec(letor_data, split):
+  """(manifest, the split's records, the ltr config's batch spec) of the letor fixture."""
   manifest = layout.read_manifest(letor_data)
-  records = layout.open_split(letor_data, manifest, "train")
   config = load_config_file(LTR_CONFIG)
   config.data.path = str(letor_data)
-  spec = task_batch_spec(config, manifest)
+  return manifest, layout.open_split(letor_data, manifest, split), task_batch_spec(config, manifest)
+
+
+def test_list_batches_hold_relevance_features_and_mask_as_float32(letor_data):
+  manifest, records, spec = _split_and_spec(letor_data, "train")
   batch = pipeline.ShuffledBatches(records, global_batch_size=16, seed=0, spec=spec)[3]
   lists, features = manifest["max_list_size"], manifest["num_features"]
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
@@ -425,11 +429,8 @@ def _expected_width(batch, stored):
 
 
 def test_length_bucketed_eval_batches_hold_every_list_once_whole_in_power_of_two_widths(letor_data):
-  manifest = layout.read_manifest(letor_data)
-  records = layout.open_split(letor_data, manifest, "eval")
-  config = load_config_file(LTR_CONFIG)
-  config.data.path = str(letor_data)
-  spec = task_batch_spec(config, manifest).with_weight()
+  manifest, records, spec = _split_and_spec(letor_data, "eval")
+  spec = spec.with_weight()
   stored = manifest["max_list_size"]
   plain = pipeline.SequentialBatches(records, 8, spec=spec)
   bucketed = pipeline.SequentialBatches(records, 8, spec=spec, length_buckets=True)
@@ -450,11 +451,7 @@ def test_length_bucketed_eval_batches_hold_every_list_once_whole_in_power_of_two
 
 
 def test_length_bucketed_train_batches_sort_runs_by_length_and_keep_each_epoch_s_lists(letor_data):
-  manifest = layout.read_manifest(letor_data)
-  records = layout.open_split(letor_data, manifest, "train")
-  config = load_config_file(LTR_CONFIG)
-  config.data.path = str(letor_data)
-  spec = task_batch_spec(config, manifest)
+  manifest, records, spec = _split_and_spec(letor_data, "train")
   plain = pipeline.ShuffledBatches(records, 16, seed=3, spec=spec)
   bucketed = pipeline.ShuffledBatches(records, 16, seed=3, spec=spec, length_window=4)
   again = pipeline.ShuffledBatches(records, 16, seed=3, spec=spec, length_window=4)
