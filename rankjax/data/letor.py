@@ -296,19 +296,19 @@ def _split_chunks(split_files: dict[str, Sequence[pathlib.Path]], options: Letor
                   num_features: int | None, dense: bool, stats: IngestStats, counts: collections.Counter, scratch: pathlib.Path
                   ) -> Iterator[tuple[str, pathlib.Path, bool, Iterator[np.ndarray]]]:
   """(split, file, whether it is the file's last part, its parsed documents in chunks) in input
-  order: parsed here with one worker, else by `options.workers` processes over byte ranges, each
-  part's counts merged (and a strict-mode error raised) after its documents."""
-  if options.workers <= 1:
-    for split, files in split_files.items():
-      for path in files:
-        yield split, path, True, parsed_documents(path, stats, counts, num_features, dense)
-    return
+  order: parsed here with one worker (or one part), else by `options.workers` processes over byte
+  ranges, each part's counts merged (and a strict-mode error raised) after its documents."""
   # Parts of ~1/4 of a worker's share (>= 1 MiB): the text is parsed line by line in Python, so
   # even parts keep every worker busy to the end.
   total = sum(path.stat().st_size for files in split_files.values() for path in files)
   unit_bytes = min(parallel.UNIT_BYTES, max(1 << 20, total // (4 * options.workers)))
   units = [(split, unit) for split, files in split_files.items()
-           for unit in parallel.cut_units(files, lambda p: False, unit_bytes)]
+           for unit in parallel.cut_units(files, lambda p: False, unit_bytes)] if options.workers > 1 else []
+  if len(units) < 2:
+    for split, files in split_files.items():
+      for path in files:
+        yield split, path, True, parsed_documents(path, stats, counts, num_features, dense)
+    return
   line_counts = parallel.map_in_order(_count_unit_lines, [unit for _, unit in units], options.workers)
   jobs, line = [], 1
   for index, ((split, unit), lines) in enumerate(zip(units, line_counts)):
