@@ -1,6 +1,6 @@
 """What length-bucketed batches save on long query lists (BENCHMARKS.md, "Length-bucketed batches").
 
-  python scripts/length_buckets_bench.py [--queries 300] [--lengths uniform|skewed] [--out DIR]
+  python scripts/length_buckets_bench.py [--queries 300] [--lengths uniform|skewed] [--out DIR] [--eval-only]
 
 Synthetic LETOR lists (20 features, graded relevance from a planted linear score), `uniform`
 lengths in [200, 1000] or `skewed` ones (log-normal, median 60, capped at 1000, as web-search
@@ -53,14 +53,18 @@ def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--queries", type=int, default=300)
   parser.add_argument("--lengths", choices=("uniform", "skewed"), default="uniform")
-  parser.add_argument("--out", default="")
+  parser.add_argument("--out", default="", help="work directory; its data is reused when present")
+  parser.add_argument("--eval-only", action="store_true", help="skip the two training runs")
   args = parser.parse_args(argv)
   out = pathlib.Path(args.out or tempfile.mkdtemp())
   out.mkdir(parents=True, exist_ok=True)
-  for split, seed in (("train", 0), ("test", 1)):
-    write_lists(out / f"{split}.txt", args.queries, args.lengths, seed)
   data = out / "data"
-  manifest = letor.convert([out / "train.txt"], data, letor.LetorOptions(eval_inputs=(out / "test.txt",), workers=2))
+  if (data / "manifest.json").exists():  # Made by an earlier run with the same --out.
+    manifest = json.loads((data / "manifest.json").read_text())
+  else:
+    for split, seed in (("train", 0), ("test", 1)):
+      write_lists(out / f"{split}.txt", args.queries, args.lengths, seed)
+    manifest = letor.convert([out / "train.txt"], data, letor.LetorOptions(eval_inputs=(out / "test.txt",), workers=2))
   lengths = manifest["ingest"]["rows_written"] / manifest["ingest"]["queries_written"]
   print(json.dumps({"lists": manifest["ingest"]["queries_written"], "max_list_size": manifest["max_list_size"],
                     "mean_list_size": round(lengths, 1)}), flush=True)
@@ -84,7 +88,7 @@ def main(argv: list[str]) -> int:
     print(json.dumps({"eval": "bucketed" if buckets else "padded", "seconds": [round(t, 3) for t in times[buckets]],
                       "ndcg@10": metrics[buckets]["ndcg@10"], "loss": metrics[buckets]["loss"]}), flush=True)
 
-  for window in (0, 8):
+  for window in () if args.eval_only else (0, 8):
     workdir = out / f"train_{window}"
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "rankjax.cli", "train", "--config", CONFIG, "--workdir", str(workdir),

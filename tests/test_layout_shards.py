@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from rankjax.data import layout, pipeline, writer
+from rankjax.data import layout, pipeline, validation, writer
 
 NUM_TRAIN, NUM_EVAL, BATCH = 1000, 300, 64
 DTYPE = layout.ctr_record_dtype(2, 3)
@@ -101,6 +101,18 @@ def test_sharded_records_index_like_one_array(sharded):
   np.testing.assert_array_equal(records["cat"], TRAIN["cat"])
   with pytest.raises(IndexError):
     records[np.array([NUM_TRAIN])]
+
+
+def test_a_field_gathered_and_cut_equals_the_records_field_cut(sharded):
+  records = layout.open_split(*sharded, "train")
+  selected = validation.SelectedRecords(records, np.arange(3, NUM_TRAIN, 2))
+  indices = np.random.default_rng(3).integers(0, len(selected), 120)  # Unsorted, repeated, every shard.
+  for width in (None, 1, 2, 3, 5):
+    cut = slice(None) if width is None else slice(0, width)
+    np.testing.assert_array_equal(records.gather_field("cat", indices, width), TRAIN[indices]["cat"][:, cut])
+    np.testing.assert_array_equal(selected.gather_field("cat", indices, width),
+                                  TRAIN[np.arange(3, NUM_TRAIN, 2)[indices]]["cat"][:, cut])
+  np.testing.assert_array_equal(records.gather_field("label", indices), TRAIN[indices]["label"])
 
 
 # ---------------------------------------------------------------- checksums

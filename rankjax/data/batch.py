@@ -111,28 +111,29 @@ class BatchSpec:
 
   def read(self, records: np.ndarray) -> dict[str, np.ndarray]:
     """Structured records [n] -> {name: [n, *shape] array}, contiguous (no copy when nothing changes)."""
-    out = {}
-    for f in self.fields:
-      if f.record_field not in records.dtype.names:
-        continue  # `weight`: the eval reader sets it.
-      x = records[f.record_field]
-      if f.column is not None and x.ndim > 1:
-        x = x[:, f.column]
-      elif f.columns is not None:
-        x = x.reshape(len(x), -1)[:, list(f.columns)]
-      out[f.name] = np.ascontiguousarray(x, dtype=f.dtype)
-    return out
+    return {f.name: self._columns(f, records[f.record_field]) for f in self.fields
+            if f.record_field in records.dtype.names}  # `weight`: the eval reader sets it.
+
+  def read_lists(self, records, rows: np.ndarray, width: int) -> dict[str, np.ndarray]:
+    """`read(records[rows])` with every list-axis field cut to its first `width` documents (padding
+    only, when `width` is at least the longest list), reading only those bytes of each record from
+    the shards (`records`: layout.ShardedRecords or validation.SelectedRecords)."""
+    return {f.name: self._columns(f, records.gather_field(f.record_field, rows, width if f.list_axis else None))
+            for f in self.fields if f.record_field in records.dtype.names}
+
+  @staticmethod
+  def _columns(f: Field, x: np.ndarray) -> np.ndarray:
+    """A record field's values [n, ...] as batch field `f` (its label column(s), its dtype)."""
+    if f.column is not None and x.ndim > 1:
+      x = x[:, f.column]
+    elif f.columns is not None:
+      x = x.reshape(len(x), -1)[:, list(f.columns)]
+    return np.ascontiguousarray(x, dtype=f.dtype)
 
   @property
   def has_lists(self) -> bool:
     """Whether the batch holds padded query lists (fields with a list axis and their `mask`)."""
     return any(f.list_axis for f in self.fields)
-
-  def cut_lists(self, batch: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
-    """The batch with every list-axis field cut to its first `width` documents (padding only, when
-    `width` is at least the longest list)."""
-    cut = {f.name for f in self.fields if f.list_axis}
-    return {k: np.ascontiguousarray(v[:, :width]) if k in cut else v for k, v in batch.items()}
 
   def shardings(self, partitioner) -> dict[str, jax.sharding.NamedSharding]:
     return {f.name: partitioner.sharding(*f.logical_axes) for f in self.fields}

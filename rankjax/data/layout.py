@@ -183,6 +183,20 @@ class ShardedRecords:
       out[chosen] = self.shards[shard][indices[chosen] - self.offsets[shard]]
     return out
 
+  def gather_field(self, name: str, indices: np.ndarray, width: int | None = None) -> np.ndarray:
+    """`self[indices][name]`, with `width` its first `width` entries along the per-record dim 0,
+    reading only those bytes of each record (a strided gather from the shards' field views)."""
+    indices = np.asarray(indices, np.int64)
+    sub = self.dtype.fields[name][0]
+    base, shape = sub.subdtype if sub.subdtype else (sub, ())
+    out = np.empty((len(indices), *((min(width, shape[0]), *shape[1:]) if width is not None else shape)), base)
+    shard_of = np.searchsorted(self.offsets, indices, side="right") - 1
+    for shard in np.unique(shard_of):
+      chosen = shard_of == shard
+      rows = indices[chosen] - self.offsets[shard]
+      out[chosen] = self.shards[shard][name][rows] if width is None else self.shards[shard][name][rows, :width]
+    return out
+
 
 def _stamp_key(stat: os.stat_result, sha256: str) -> dict[str, Any]:
   return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino, "sha256": sha256}

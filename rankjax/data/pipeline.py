@@ -127,7 +127,7 @@ class ShuffledBatches:
     batch_rows = rows[np.random.default_rng([self.seed, epoch, run, 0xb0c7]).permutation(count)[within]]
     width = bucket_width(self.lengths[batch_rows].max(), self.max_width)
     local = np.sort(batch_rows[self.local_offset:self.local_offset + self.local_batch_size])
-    return self.spec.cut_lists(self.spec.read(self.records[local]), width)
+    return self.spec.read_lists(self.records, local, width)
 
 
 class SequentialBatches:
@@ -163,9 +163,12 @@ class SequentialBatches:
     rows = np.arange(start, start + self.local_batch_size)
     valid = rows < len(self.records)
     rows = np.where(valid, rows, 0)
-    batch = self.spec.read(self.records[rows if self.order is None else self.order[rows]])
+    if self.widths is None:
+      batch = self.spec.read(self.records[rows])
+    else:
+      batch = self.spec.read_lists(self.records, self.order[rows], self.widths[int(index)])
     batch["weight"] = valid.astype(np.float32)
-    return batch if self.widths is None else self.spec.cut_lists(batch, self.widths[int(index)])
+    return batch
 
 
 @dataclasses.dataclass(frozen=True)

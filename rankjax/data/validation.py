@@ -46,6 +46,9 @@ class SelectedRecords:
   def __getitem__(self, key):
     return self.records[self.indices[np.asarray(key)]]
 
+  def gather_field(self, name: str, indices: np.ndarray, width: int | None = None) -> np.ndarray:
+    return self.records.gather_field(name, self.indices[np.asarray(indices)], width)
+
 
 def _bad_values(field: Field, x: np.ndarray) -> tuple[np.ndarray, str]:
   """(bad [n] bool, reason) of one field's values [n, ...]."""
