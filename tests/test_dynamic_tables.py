@@ -255,6 +255,11 @@ def test_exported_model_with_dynamic_and_hashed_tables_scores_as_the_trainer(tmp
   assert {n for n, how in stored.items() if how == "none"} == {
       f"embedding/{DYNAMIC}/{t}/{k}" for t in ("cat_0", "cat_3") for k in ("keys", "rows")}
   assert manifest["quantization_error"]["click"]["max_abs"] < 2e-3
+  tables = manifest["tables"]  # Where a server finds each map, and the row an unknown id reads.
+  assert {t for t, entry in tables.items() if "map" in entry} == {"cat_0", "cat_3"}
+  for t in ("cat_0", "cat_3"):
+    assert tables[t]["map"] == {"keys": f"embedding/{DYNAMIC}/{t}/keys", "rows": f"embedding/{DYNAMIC}/{t}/rows",
+                                "capacity": tables[t]["rows"] - 1, "default_row": tables[t]["rows"] - 1}
 
 
 def test_a_hashed_table_folds_ids_into_its_rows(tmp_path):

@@ -163,7 +163,9 @@ def abstract_inputs(specs: dict[str, dict[str, Any]], block_rows: int = 0) -> di
 
 
 def table_locations(task: Task) -> dict[str, dict[str, Any]]:
-  """Table -> where its rows are: the weight (group array), the first row, rows, dim, features."""
+  """Table -> where its rows are: the weight (group array), the first row, rows, dim, features;
+  a dynamic table also its map: the weights holding its sorted ids and their rows (an id not
+  among the keys reads `default_row`; rankjax.embedding.dynamic.lookup)."""
   if not task.engine:
     return {}
   out = {}
@@ -171,6 +173,9 @@ def table_locations(task: Task) -> dict[str, dict[str, Any]]:
     for t, offset in zip(g.tables, g.table_offsets):
       out[t.name] = {"weight": f"embedding/{g.name}", "row_offset": int(offset), "rows": int(t.vocab_size),
                      "dim": int(g.dim), "features": list(t.feature_names)}
+      if t.name in task.engine.dynamic:
+        out[t.name]["map"] = {**{k: f"embedding/{DYNAMIC}/{t.name}/{k}" for k in MAP_WEIGHTS},
+                              "capacity": int(t.capacity), "default_row": int(t.capacity)}
   return out
 
 
