@@ -315,7 +315,7 @@ def _split_chunks(split_files: dict[str, Sequence[pathlib.Path]], options: Letor
     line = 1 if unit.first_in_file else line
     jobs.append(_Job(split, unit, index, line))
     line += lines
-  scratch.mkdir(exist_ok=True)
+  scratch.mkdir(parents=True, exist_ok=True)
   _WORKER.update(num_features=num_features, dense=dense, strict=options.strict, scratch=scratch)
   try:
     for job, result in zip(jobs, parallel.map_in_order(_parse_worker, jobs, options.workers)):
