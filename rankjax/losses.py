@@ -131,23 +131,26 @@ def approx_ndcg_loss_terms(scores_bl: jax.Array, relevance_bl: jax.Array, mask_b
 
 
 def lambda_ndcg_loss_terms(scores_bl: jax.Array, relevance_bl: jax.Array, mask_bl: jax.Array,
-                           topn: int | None = 10) -> tuple[jax.Array, jax.Array]:
+                           topn: int | None = 10, list_size: int | None = None) -> tuple[jax.Array, jax.Array]:
   """LambdaLoss with NDCG@topn weights (Burges 2006; Wang et al. 2018), as rax.pairwise_logistic_loss
   with lambdaweight_fn=rax.dcg_lambdaweight(normalize=True, topn=topn): the RankNet loss of each
   pair (i, j) of a list with rel_i > rel_j weighted by |g_i - g_j| / IDCG@topn x |D(r_i) - D(r_j)| x
   list size, gains 2^rel - 1, r the current rank by score (ties: the earlier position first;
   padding last), D(r) = 1 / log2(1 + r) for r <= topn else 0. The weights are constants of the
-  step (no gradient through the ranks): (sum, count of such pairs)."""
+  step (no gradient through the ranks): (sum, count of such pairs). `list_size`: the list size of
+  the weights (None: the padded width, rax's convention; the ranking task passes the dataset's
+  stored width, so a batch cut to a shorter bucket width has the same loss)."""
   valid_bl = mask_bl > 0
-  list_size = scores_bl.shape[1]
+  width = scores_bl.shape[1]
+  list_size = width if list_size is None else list_size
   order_bl = jnp.argsort(jnp.where(valid_bl, -scores_bl, jnp.inf), axis=1, stable=True)
   ranks_bl = (jnp.argsort(order_bl, axis=1) + 1).astype(scores_bl.dtype)
   discounts_bl = 1.0 / jnp.log2(1.0 + ranks_bl)
-  positions_l = jnp.arange(1, list_size + 1, dtype=scores_bl.dtype)
+  positions_l = jnp.arange(1, width + 1, dtype=scores_bl.dtype)
   if topn is not None:
     discounts_bl = jnp.where(ranks_bl <= topn, discounts_bl, 0.0)
   gains_bl = jnp.where(valid_bl, jnp.exp2(relevance_bl) - 1.0, 0.0)
-  ideal_discounts_l = jnp.where(positions_l <= (topn or list_size), 1.0 / jnp.log2(1.0 + positions_l), 0.0)
+  ideal_discounts_l = jnp.where(positions_l <= (topn or width), 1.0 / jnp.log2(1.0 + positions_l), 0.0)
   ideal_b1 = jnp.sum(-jnp.sort(-gains_bl, axis=-1) * ideal_discounts_l, axis=-1, keepdims=True)
   gains_bl = gains_bl / jnp.where(ideal_b1 == 0.0, 1.0, ideal_b1)
   weights_bll = (jnp.abs(gains_bl[:, :, None] - gains_bl[:, None, :])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,13 +59,15 @@ def main(argv: list[str]) -> int:
   args = parser.parse_args(argv)
   out = pathlib.Path(args.out or tempfile.mkdtemp())
   out.mkdir(parents=True, exist_ok=True)
-  data = out / "data"
-  if (data / "manifest.json").exists():  # Made by an earlier run with the same --out.
-    manifest = json.loads((data / "manifest.json").read_text())
+  data, made_by = out / "data", out / "data_arguments.json"
+  arguments = {"queries": args.queries, "lengths": args.lengths}
+  if (data / "manifest.json").exists() and made_by.exists() and json.loads(made_by.read_text()) == arguments:
+    manifest = json.loads((data / "manifest.json").read_text())  # Made by an earlier run with these arguments.
   else:
     for split, seed in (("train", 0), ("test", 1)):
       write_lists(out / f"{split}.txt", args.queries, args.lengths, seed)
     manifest = letor.convert([out / "train.txt"], data, letor.LetorOptions(eval_inputs=(out / "test.txt",), workers=2))
+    made_by.write_text(json.dumps(arguments))
   lengths = manifest["ingest"]["rows_written"] / manifest["ingest"]["queries_written"]
   print(json.dumps({"lists": manifest["ingest"]["queries_written"], "max_list_size": manifest["max_list_size"],
                     "mean_list_size": round(lengths, 1)}), flush=True)
@@ -90,6 +93,7 @@ def main(argv: list[str]) -> int:
 
   for window in () if args.eval_only else (0, 8):
     workdir = out / f"train_{window}"
+    shutil.rmtree(workdir, ignore_errors=True)  # A finished workdir would be reported, not trained.
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "rankjax.cli", "train", "--config", CONFIG, "--workdir", str(workdir),
                     f"--config.data.path={data}", "--config.train.loss=softmax", "--config.train.batch_size=16",

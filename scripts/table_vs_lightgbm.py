@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -103,6 +104,7 @@ def run_rankjax(data: pathlib.Path, work: pathlib.Path, name: str, seed: int, te
   for assignment in overrides:
     _override(config, assignment)
   workdir = work / "_".join([f"rankjax_{name}_{seed}", data.name, *overrides]).replace("/", "-")
+  shutil.rmtree(workdir, ignore_errors=True)  # A rerun trains afresh (a finished workdir would be reported as is).
   summary = train_lib.train(config, workdir, log=lambda _: None)
   scores = pq.read_table(workdir / "eval_scores.parquet").to_pydict()
   order = np.argsort(scores["row"])
@@ -123,11 +125,11 @@ def run_lightgbm(data: pathlib.Path, features: list[str], seed: int) -> dict:
   fit, validation = Holdout(0.2, "random", seed).indices(len(y["train"]))
   best = None
   for leaves, min_child in LIGHTGBM_GRID:  # Chosen by validation AUC, as rankjax's best step is.
-    model = lightgbm.LGBMClassifier(n_estimators=5000, learning_rate=0.01, num_leaves=leaves,
+    model = lightgbm.LGBMClassifier(n_estimators=5000, learning_rate=0.01, num_leaves=leaves, metric="auc",
                                     min_child_samples=min_child, subsample=0.8, subsample_freq=1,
                                     colsample_bytree=0.5, reg_lambda=1.0, random_state=seed, verbose=-1)
     model.fit(x["train"][fit], y["train"][fit], eval_set=[(x["train"][validation], y["train"][validation])],
-              eval_metric="auc", callbacks=[lightgbm.early_stopping(200, verbose=False)])
+              callbacks=[lightgbm.early_stopping(200, first_metric_only=True, verbose=False)])
     score = model.best_score_["valid_0"]["auc"]
     if best is None or score > best[0]:
       best = (score, model, leaves, min_child)
@@ -141,7 +143,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--out", type=pathlib.Path, required=True)
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  parser.add_argument("--configs", nargs="+", default=["logreg", "deepfm"])
+  parser.add_argument("--configs", nargs="*", default=["logreg", "deepfm"], help="rankjax configs (none: LightGBM only)")
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="a rankjax config override for every rankjax run (e.g. train.dropout=0.1)")
   parser.add_argument("--no-lightgbm", action="store_true", help="rankjax runs only")

@@ -278,6 +278,23 @@ def test_lambda_ndcg_value_and_gradient_equal_rax_lambdaloss(topn):
   assert float(ours(scores, relevance, mask)) > 0
 
 
+@pytest.mark.parametrize("name", sorted(losses.RANKING_LOSSES))
+def test_every_ranking_loss_is_the_same_on_lists_cut_to_a_bucket_width(name):
+  """A length-bucketed batch drops padding columns only: each loss (lambda_ndcg given the stored
+  width, as the ranking task does) and its gradient stay the same."""
+  import jax
+  scores, relevance, mask = _loss_lists(2, ties=False)
+  mask = mask & (jnp.arange(9) < 6)  # Every list within its first 6 positions: widths 6..9 hold them.
+  loss = losses.RANKING_LOSSES[name]
+  if name == "lambda_ndcg":
+    loss = functools.partial(loss, topn=3, list_size=9)
+  full = lambda s: losses.mean_of(loss(s, relevance, mask.astype(jnp.float32)))  # noqa: E731
+  for width in (6, 7):
+    cut = lambda s: losses.mean_of(loss(s, relevance[:, :width], mask[:, :width].astype(jnp.float32)))  # noqa: E731
+    np.testing.assert_allclose(cut(scores[:, :width]), full(scores), rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(cut)(scores[:, :width]), jax.grad(full)(scores)[:, :width], atol=1e-7)
+
+
 def test_listmle_gradient_at_tied_scores_is_the_derivative():
   import jax
   scores, relevance, mask = _loss_lists(0, ties=True)

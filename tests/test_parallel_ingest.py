@@ -125,7 +125,7 @@ def test_letor_with_workers_writes_the_dataset_of_one_byte_for_byte(tmp_path, sm
   assert ingest["rows_read"] == 1500 + 300 + 200
   assert json.dumps(manifest_many, sort_keys=True) == json.dumps(manifest_one, sort_keys=True)
   assert files_many == files_one and len(layout.split_shards(manifest_one, "train")) > 2
-  assert not list(tmp_path.glob("*.ingest-workers"))  # The scratch of the measuring pass is gone.
+  assert not list(tmp_path.glob(".rankjax-letor-*"))  # The scratch of the measuring pass is gone.
 
 
 @pytest.mark.parametrize("first_bad,second_bad,expected", [

@@ -44,6 +44,7 @@ import itertools
 import math
 import pathlib
 import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 import numpy as np
 
@@ -293,7 +294,8 @@ class _Job:
 
 
 def _split_chunks(split_files: dict[str, Sequence[pathlib.Path]], options: LetorOptions,
-                  num_features: int | None, dense: bool, stats: IngestStats, counts: collections.Counter, scratch: pathlib.Path
+                  num_features: int | None, dense: bool, stats: IngestStats, counts: collections.Counter,
+                  scratch_parent: pathlib.Path
                   ) -> Iterator[tuple[str, pathlib.Path, bool, Iterator[np.ndarray]]]:
   """(split, file, whether it is the file's last part, its parsed documents in chunks) in input
   order: parsed here with one worker (or one part), else by `options.workers` processes over byte
@@ -302,8 +304,10 @@ def _split_chunks(split_files: dict[str, Sequence[pathlib.Path]], options: Letor
   # even parts keep every worker busy to the end.
   total = sum(path.stat().st_size for files in split_files.values() for path in files)
   unit_bytes = min(parallel.UNIT_BYTES, max(1 << 20, total // (4 * options.workers)))
+  # Inputs under a part's minimum (1 MiB) parse faster here than a pool of processes starts.
+  worth_it = options.workers > 1 and total > min(parallel.UNIT_BYTES, 1 << 20)
   units = [(split, unit) for split, files in split_files.items()
-           for unit in parallel.cut_units(files, lambda p: False, unit_bytes)] if options.workers > 1 else []
+           for unit in parallel.cut_units(files, lambda p: False, unit_bytes)] if worth_it else []
   if len(units) < 2:
     for split, files in split_files.items():
       for path in files:
@@ -315,7 +319,8 @@ def _split_chunks(split_files: dict[str, Sequence[pathlib.Path]], options: Letor
     line = 1 if unit.first_in_file else line
     jobs.append(_Job(split, unit, index, line))
     line += lines
-  scratch.mkdir(parents=True, exist_ok=True)
+  scratch_parent.mkdir(parents=True, exist_ok=True)
+  scratch = pathlib.Path(tempfile.mkdtemp(prefix=".rankjax-letor-", dir=scratch_parent))
   _WORKER.update(num_features=num_features, dense=dense, strict=options.strict, scratch=scratch)
   try:
     for job, result in zip(jobs, parallel.map_in_order(_parse_worker, jobs, options.workers)):
@@ -363,13 +368,13 @@ def _worker_chunks(result: dict, num_features: int | None, stats: IngestStats,
 
 
 def _each_split(split_files: dict[str, Sequence[pathlib.Path]], options: LetorOptions, num_features: int | None,
-                dense: bool, stats: IngestStats, counts: collections.Counter, scratch: pathlib.Path,
+                dense: bool, stats: IngestStats, counts: collections.Counter, scratch_parent: pathlib.Path,
                 on_split, on_documents) -> None:
   """Feeds every split's accepted documents, in input order, to on_documents(split, chunk), after
   on_split(split); a file without a document is a file error (raised when strict)."""
   order, rows_before = None, stats.rows_read
   for split, path, last_part, chunks in _split_chunks(split_files, options, num_features, dense, stats, counts,
-                                                      scratch):
+                                                      scratch_parent):
     if order is None or order[0] != split:
       order = (split, _QueryOrder(stats))
       on_split(split)
@@ -382,7 +387,7 @@ def _each_split(split_files: dict[str, Sequence[pathlib.Path]], options: LetorOp
 
 
 def _measure(split_files: dict[str, Sequence[pathlib.Path]], options: LetorOptions,
-             scratch: pathlib.Path) -> tuple[int, int]:
+             scratch_parent: pathlib.Path) -> tuple[int, int]:
   """(largest feature id, longest query list) over the valid documents of all files. Strict mode
   raises the first malformed line here; the write pass counts skips."""
   stats, counts = IngestStats(strict=options.strict), collections.Counter()
@@ -396,7 +401,7 @@ def _measure(split_files: dict[str, Sequence[pathlib.Path]], options: LetorOptio
   def on_split(split: str) -> None:
     lists[split] = _Lists(np.iinfo(np.int64).max, on_list)
 
-  _each_split(split_files, options, options.num_features, False, stats, counts, scratch, on_split,
+  _each_split(split_files, options, options.num_features, False, stats, counts, scratch_parent, on_split,
               lambda split, documents: lists[split].add(documents))
   for split_lists in lists.values():
     split_lists.finish()
@@ -466,9 +471,9 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, opt
   split_files = {split: files for split, files in split_files.items() if files or split == "train"}
   num_features, max_list_size = options.num_features, options.max_list_size
   output = pathlib.Path(output)
-  scratch = output.with_name(output.name + ".ingest-workers")
   if num_features is None or max_list_size is None:
-    largest_id, longest = _measure(split_files, options, scratch)
+    # Workers' scratch: a fresh directory beside the output (which is not written yet).
+    largest_id, longest = _measure(split_files, options, output.resolve().parent)
     if num_features is None and largest_id == 0 and longest > 0:
       raise layout.DataError(f"{split_files['train'][0]}: no feature in any document; give --num-features")
     num_features = num_features or largest_id or 1
@@ -483,7 +488,7 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, opt
     def on_split(split: str) -> None:
       writers[split] = _ListWriter(writer.split(split), dtype, feature_stats if split == "train" else None)
 
-    _each_split(split_files, options, num_features, True, stats, counts, writer.directory / ".ingest-workers",
+    _each_split(split_files, options, num_features, True, stats, counts, writer.directory,
                 on_split, lambda split, documents: writers[split].lists.add(documents))
     for name in split_files:
       if name not in writers:

@@ -40,13 +40,16 @@ _LENGTHS: dict[int, tuple[Any, np.ndarray]] = {}  # id(records) -> (records, eac
 
 
 def list_lengths(records) -> np.ndarray:
-  """Each record's documents (the sum of its `mask`), reading only the masks; cached per opened split."""
+  """Each record's list length: 1 + the position of its last document (mask != 0), so a cut to
+  the batch's width never drops a document, even from a mask with gaps. Read from the masks only,
+  once per opened split (a validation Holdout indexes its train split's lengths)."""
+  if isinstance(records, validation.SelectedRecords):
+    return list_lengths(records.records)[records.indices]
   cached = _LENGTHS.get(id(records))
   if cached is None or cached[0] is not records:
-    if isinstance(records, validation.SelectedRecords):
-      lengths = np.count_nonzero(records.records["mask"], axis=1)[records.indices]
-    else:
-      lengths = np.count_nonzero(records["mask"], axis=1)
+    present = np.asarray(records["mask"]) != 0
+    width = present.shape[1]
+    lengths = np.where(present.any(axis=1), width - np.argmax(present[:, ::-1], axis=1), 0)
     cached = _LENGTHS[id(records)] = (records, lengths.astype(np.int64))
   return cached[1]
 

@@ -52,8 +52,9 @@ class RankingTask(Task):
                         f"{manifest.get('source', {}).get('kind')} examples: give data.path a dataset from "
                         "`rankjax data letor` or `rankjax data table --lists`, or use task.name='ctr'")
     self.loss_fn = RANKING_LOSSES[config.train.loss]
-    if "topn" in inspect.signature(self.loss_fn).parameters:  # lambda_ndcg: NDCG@train.ndcg_k weights.
-      self.loss_fn = functools.partial(self.loss_fn, topn=config.train.ndcg_k)
+    if "topn" in inspect.signature(self.loss_fn).parameters:  # lambda_ndcg: NDCG@train.ndcg_k weights ...
+      # ... scaled by the stored list width, whatever width a length-bucketed batch is cut to.
+      self.loss_fn = functools.partial(self.loss_fn, topn=config.train.ndcg_k, list_size=manifest["max_list_size"])
     self.heads = (self.HEAD,)
     self.ndcg_key = f"ndcg@{config.train.ndcg_k}"
     self.cutoffs = tuple(sorted({*config.eval.ranking_cutoffs, config.train.ndcg_k}))
