@@ -1,9 +1,9 @@
 """DeepFM (Guo et al. 2017): first-order weights + factorization machine + DNN,
 on the embedded synthetic CTR data with planted order-2 and order-3 feature crosses.
 
-Recipe (BENCHMARKS.md, "DeepFM and DCNv2 recipes on the zoo data"): two epochs with the dense and the table
-learning rates decayed to 0 by a cosine: eval AUC 0.856544 (0.9736 of the Bayes AUC, calibration
-1.010) against one epoch at constant rates 0.855024 (0.9718, calibration 1.053).
+Recipe (BENCHMARKS.md, "DeepFM and DCNv2 recipes on the zoo data"): two epochs with the dense
+and the table learning rates decayed to 0 by a cosine: eval AUC 0.856544 (0.9736 of the Bayes
+AUC, calibration 1.010) against one epoch at constant rates 0.855024 (0.9718, calibration 1.053).
 
 Run:   rankjax train --config configs/deepfm.py --workdir /tmp/rankjax_deepfm
 Result: README's model table (AUC and its ratio to the data's Bayes-optimal AUC).
