@@ -1,6 +1,10 @@
 """MaskNet (Wang et al. 2021): instance-guided masks, parallel MaskBlocks,
 on the embedded synthetic CTR data with planted order-2 and order-3 feature crosses.
 
+Recipe (BENCHMARKS.md, "DeepFM and DCNv2 recipes on the zoo data"): two epochs with the dense
+and the table learning rates decayed to 0 by a cosine: eval AUC 0.864626 (0.9827 of the Bayes
+AUC, calibration 1.008) against one epoch at constant rates 0.860602 (0.9782, calibration 1.047).
+
 Run:   rankjax train --config configs/masknet.py --workdir /tmp/rankjax_masknet
 Result: README's model table (AUC and its ratio to the data's Bayes-optimal AUC).
 """
@@ -11,4 +15,7 @@ from rankjax.config import base_config
 def get_config():
   c = base_config("masknet")
   c.data.synthetic.num_interacting_triples = 2
+  c.train.steps = 2800  # Two epochs of the 3 M synthetic records at batch 2048.
+  c.train.lr_schedule = "cosine"
+  c.embedding.lr_schedule = "cosine"
   return c
