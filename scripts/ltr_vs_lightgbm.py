@@ -47,7 +47,7 @@ def test_ndcg(relevance: np.ndarray, scores: np.ndarray, mask: np.ndarray) -> fl
   return metrics.ndcg_at_k(relevance[relevant], scores[relevant], mask[relevant], 10)
 
 
-def _override(config, assignment: str) -> None:
+def apply_override(config, assignment: str) -> None:
   """KEY=VALUE on the config, VALUE parsed as the key's current type."""
   key, _, text = assignment.partition("=")
   *parents, leaf = key.split(".")
@@ -71,7 +71,7 @@ def run_rankjax(data: pathlib.Path, work: pathlib.Path, loss: str, seed: int, re
   config.train.progress_bar, config.eval.write_scores = False, True
   config.checkpoint.keep_best_metric = ""
   for assignment in overrides:
-    _override(config, assignment)
+    apply_override(config, assignment)
   workdir = work / f"rankjax_{loss}_{seed}" if not overrides else work / f"rankjax_{loss}_{seed}_{'_'.join(overrides)}"
   summary = train_lib.train(config, workdir, log=lambda _: None)
   table = pq.read_table(workdir / "eval_scores.parquet").to_pydict()

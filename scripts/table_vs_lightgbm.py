@@ -32,6 +32,8 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from ltr_vs_lightgbm import apply_override  # Its sibling in scripts/: KEY=VALUE on a config.
+
 WHEEL, MEMBER = "ISLP==0.6.0", "ISLP/data/Caravan.csv"
 TEST_FRACTION, TEST_SEED = 0.25, 20001
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -77,17 +79,6 @@ def prepare(table: pa.Table, out: pathlib.Path, codes: str) -> tuple[pathlib.Pat
   return data, features, label[test]
 
 
-def _override(config, assignment: str) -> None:
-  """KEY=VALUE on the config, VALUE parsed as the key's current type."""
-  key, _, text = assignment.partition("=")
-  *parents, leaf = key.split(".")
-  node = config
-  for name in parents:
-    node = node[name]
-  old = node[leaf]
-  node[leaf] = (text.lower() == "true") if isinstance(old, bool) else type(old)(text)
-
-
 def run_rankjax(data: pathlib.Path, work: pathlib.Path, name: str, seed: int, test_labels: np.ndarray,
                 overrides: tuple[str, ...] = ()) -> dict:
   from sklearn.metrics import roc_auc_score
@@ -102,7 +93,7 @@ def run_rankjax(data: pathlib.Path, work: pathlib.Path, name: str, seed: int, te
   config.train.progress_bar, config.eval.write_scores = False, True
   config.checkpoint.keep_best_metric = ""
   for assignment in overrides:
-    _override(config, assignment)
+    apply_override(config, assignment)
   workdir = work / "_".join([f"rankjax_{name}_{seed}", data.name, *overrides]).replace("/", "-")
   shutil.rmtree(workdir, ignore_errors=True)  # A rerun trains afresh (a finished workdir would be reported as is).
   summary = train_lib.train(config, workdir, log=lambda _: None)
