@@ -9,7 +9,7 @@ Run:   rankjax train --config configs/deepfm.py --workdir /tmp/rankjax_deepfm
 Result: README's model table (AUC and its ratio to the data's Bayes-optimal AUC).
 """
 
-from rankjax.config import base_config
+from rankjax.config import base_config, select_on_validation
 
 
 def get_config():
@@ -18,4 +18,5 @@ def get_config():
   c.train.steps = 2800  # Two epochs of the 3 M synthetic records at batch 2048.
   c.train.lr_schedule = "cosine"
   c.embedding.lr_schedule = "cosine"
+  select_on_validation(c, eval_every=350, synthetic_records=50_000)
   return c

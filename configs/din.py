@@ -7,7 +7,7 @@ Run:   rankjax train --config configs/din.py --workdir /tmp/rankjax_din
 Result: README's model table.
 """
 
-from rankjax.config import base_config
+from rankjax.config import base_config, select_on_validation
 
 
 def get_config():
@@ -16,4 +16,5 @@ def get_config():
   # GAUC per user, as feeds report it: the synthetic data has no user id, so cat_0 (1,000 ids)
   # stands in for one; on real data name the user-id feature.
   c.eval.group_feature = "cat_0"
+  select_on_validation(c, eval_every=350, synthetic_records=50_000)
   return c

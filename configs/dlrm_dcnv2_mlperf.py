@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from rankjax.config import base_config
+from rankjax.config import base_config, select_on_validation
 
 # MLPerf DLRM-DCNv2 rows per table (Criteo 1TB, capped at 40M), in feature order cat_0..cat_25.
 MLPERF_VOCAB_SIZES = (
@@ -50,4 +50,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.embedding.optimizer = "row_wise_adagrad"
   c.embedding.learning_rate = MLPERF_LEARNING_RATE
   c.embedding.sharding = "auto"
+  select_on_validation(c, eval_every=350, synthetic_records=50_000)
   return c

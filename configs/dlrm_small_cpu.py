@@ -15,7 +15,7 @@ Result: in BENCHMARKS.md, with the machine, date and the PyTorch figure of the s
 
 import ml_collections
 
-from rankjax.config import base_config
+from rankjax.config import base_config, select_on_validation
 
 NUM_TABLES = 26
 ROWS_PER_TABLE = 100_000
@@ -37,4 +37,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.dense_learning_rate = REFERENCE_LEARNING_RATE
   c.embedding.optimizer = "sgd"
   c.embedding.learning_rate = REFERENCE_LEARNING_RATE
+  select_on_validation(c, eval_every=65, synthetic_records=20_000)
   return c

@@ -6,7 +6,7 @@ Run:   rankjax train --config configs/esmm.py --workdir /tmp/rankjax_esmm
 Result: README's model table (per-head AUC and its ratio to the Bayes-optimal AUC per head).
 """
 
-from rankjax.config import base_config
+from rankjax.config import base_config, select_on_validation
 
 
 def get_config():
@@ -14,4 +14,5 @@ def get_config():
   c.task.name = "multitask"
   c.task.heads = ("click", "conversion")
   c.data.synthetic.conversion = True
+  select_on_validation(c, eval_every=350, synthetic_records=50_000)
   return c

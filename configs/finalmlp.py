@@ -10,7 +10,7 @@ Run:   rankjax train --config configs/finalmlp.py --workdir /tmp/rankjax_finalml
 Result: README's model table (AUC and its ratio to the data's Bayes-optimal AUC).
 """
 
-from rankjax.config import base_config
+from rankjax.config import base_config, select_on_validation
 
 
 def get_config():
@@ -19,4 +19,5 @@ def get_config():
   c.train.steps = 4200  # Three epochs of the 3 M synthetic records at batch 2048.
   c.train.lr_schedule = "cosine"
   c.embedding.lr_schedule = "cosine"
+  select_on_validation(c, eval_every=350, synthetic_records=50_000)
   return c

@@ -23,7 +23,7 @@ Losses: softmax, poly1_softmax, listmle, approx_ndcg, lambda_ndcg (NDCG@train.nd
 pairwise_logistic, pairwise_hinge, sigmoid, mse.
 """
 
-from rankjax.config import base_config
+from rankjax.config import base_config, select_on_validation
 
 
 SCORERS = ("ltr_mlp", "ltr_attention")
@@ -46,8 +46,8 @@ def get_config(scorer: str = "ltr_mlp"):
   c.train.eval_batch_size = 128
   c.train.steps = 2000
   c.train.log_every = 100
-  c.train.eval_every = 200
   c.checkpoint.every_steps = 200
   c.checkpoint.keep_best_metric = "ndcg"
   c.eval.ranking_cutoffs = (1, 3, 5, 10)
+  select_on_validation(c, eval_every=200, fraction=0.2, order="random")  # Unless the dataset has its own.
   return c

@@ -21,7 +21,7 @@ Result: none (a template; the data is yours).
 
 import ml_collections
 
-from rankjax.config import base_config
+from rankjax.config import base_config, select_on_validation
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -35,4 +35,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.steps = 2000
   c.train.log_every = 100
   c.checkpoint.every_steps = 1000
+  select_on_validation(c, eval_every=500)  # Its own validation split, else the last 10% of the train rows.
   return c

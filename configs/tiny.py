@@ -3,7 +3,7 @@
 Run:   rankjax train --config configs/tiny.py --workdir /tmp/rankjax_tiny
 """
 
-from rankjax.config import base_config
+from rankjax.config import base_config, select_on_validation
 
 
 def get_config():
@@ -19,4 +19,5 @@ def get_config():
   c.train.steps = 20
   c.train.log_every = 5
   c.checkpoint.every_steps = 10
+  select_on_validation(c, eval_every=10, synthetic_records=1024)
   return c

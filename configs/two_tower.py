@@ -9,7 +9,7 @@ popularity baseline's recall; the summary adds the planted model's own recall (t
   rankjax train --config configs/two_tower.py --workdir /tmp/tt_noq --config.task.log_q_correction=false
 """
 
-from rankjax.config import base_config
+from rankjax.config import base_config, select_on_validation
 
 
 def get_config():
@@ -27,7 +27,7 @@ def get_config():
   c.train.batch_size = 512
   c.train.eval_batch_size = 1000
   c.train.log_every = 100
-  c.train.eval_every = 500
   c.train.dense_learning_rate = 3e-3
   c.checkpoint.every_steps = 500
+  select_on_validation(c, eval_every=250, synthetic_records=5_000)
   return c

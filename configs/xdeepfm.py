@@ -5,10 +5,11 @@ Run:   rankjax train --config configs/xdeepfm.py --workdir /tmp/rankjax_xdeepfm
 Result: README's model table (AUC and its ratio to the data's Bayes-optimal AUC).
 """
 
-from rankjax.config import base_config
+from rankjax.config import base_config, select_on_validation
 
 
 def get_config():
   c = base_config("xdeepfm")
   c.data.synthetic.num_interacting_triples = 2
+  select_on_validation(c, eval_every=350, synthetic_records=50_000)
   return c

@@ -55,9 +55,15 @@ class Checkpointer:
           n=1, keep_checkpoints_without_metrics=False))
     delay = float(os.environ.get(COMMIT_DELAY_ENV, "0"))
     async_options = ocp.options.AsyncOptions(barrier_sync_fn=_delayed_barrier(delay)) if delay else None
+    # Orbax writes a step's metrics to disk (and reads them back when a manager opens the
+    # directory) only when best_fn is set; without them a restarted run's BestN policies saw no
+    # metrics on the earlier steps and deleted the best one at the next save. best_fn itself ranks
+    # nothing here (the policies above do).
+    self._tracks_metrics = bool(keep_best)
     options = ocp.CheckpointManagerOptions(
         enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True,
-        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies), async_options=async_options)
+        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies), async_options=async_options,
+        best_fn=(lambda metrics: 0.0) if keep_best else None)
     self.manager = ocp.CheckpointManager(path, options=options, item_names=("state", "data"))
     # Orbax removes uncommitted (temporary) step directories in a background thread that close()
     # does not join (only the next save waits for it); an exit before that save, such as a data
@@ -73,6 +79,8 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state: Any, data_state: dict, metrics: dict[str, float] | None = None) -> None:
+    if self._tracks_metrics and metrics is None:
+      metrics = {}  # Saved too: a step without the metric ranks last, after a restart as before it.
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     data=ocp.args.JsonSave(data_state)), metrics=metrics)
 

@@ -76,11 +76,15 @@ ROW_KEYS = ("kind", "capacity", "admit_after", "eviction", "decay", "ttl", "rows
 def fingerprint(config: ml_collections.ConfigDict, manifest: dict, state_shapes: Any) -> dict[str, Any]:
   """What the state was trained on (JSON-able): data identity, the shaping config, state shapes."""
   if manifest.get("source", {}).get("kind") == "synthetic":
-    data = {"data.synthetic": config.data.synthetic.to_dict(), "data.row_scale": config.data.row_scale}
+    # Without num_validation: those records are drawn after the train and eval ones, so their
+    # count changes nothing a checkpoint was trained on.
+    spec = {k: v for k, v in config.data.synthetic.to_dict().items() if k != "num_validation"}
+    data = {"data.synthetic": spec, "data.row_scale": config.data.row_scale}
   else:
     data = {"data.path": {"fields": manifest.get("fields"), "vocab_sizes": manifest.get("vocab_sizes"),
                           "splits": manifest.get("splits")}}
-  if config.data.validation_fraction:  # The records held out for validation are not trained on.
+  # The records held out for validation are not trained on (a dataset's own validation split wins).
+  if config.data.validation_fraction and "validation" not in manifest.get("splits", {}):
     data["data.validation"] = {"fraction": config.data.validation_fraction, "order": config.data.validation_order,
                                "seed": config.data.shuffle_seed}
   shapes = {jax.tree_util.keystr(p): [list(x.shape), str(x.dtype)]

@@ -122,6 +122,9 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   c.data.synthetic.seed = 1234
   c.data.synthetic.num_train = 3_000_000
   c.data.synthetic.num_eval = 100_000
+  # > 0: a validation split of this many records, drawn after the eval split (the train and eval
+  # records stay the same); see select_on_validation.
+  c.data.synthetic.num_validation = 0
   c.data.synthetic.num_dense = 13
   c.data.synthetic.vocab_sizes = (
       1000, 500, 2000, 1500, 300, 20, 1200, 600, 3, 2000, 800, 2000, 900,
@@ -281,6 +284,24 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   return c
 
 
+def select_on_validation(c: ml_collections.ConfigDict, eval_every: int, *, synthetic_records: int = 0,
+                         fraction: float = 0.1, order: str = "last") -> ml_collections.ConfigDict:
+  """Model selection on a validation split, as the configs in configs/ ship: the validation split
+  is evaluated every `eval_every` steps, the best step by the task's selection metric (AUC, NDCG@k,
+  recall@100) is kept, and at the end the test (eval) split is scored at that step, which the final
+  line names. Every step is still trained (train.early_stopping.patience 0; raise it to stop early).
+
+  The validation split: the dataset's own (synthetic data: `synthetic_records` drawn after the
+  eval split, so the train and eval records are unchanged), else `fraction` of the train split
+  held out (`order` "last" or "random", see data.validation_fraction)."""
+  c.train.eval_every = eval_every
+  c.train.early_stopping.metric = task_class(c.task.name).selection_metric(c)
+  c.data.synthetic.num_validation = synthetic_records
+  c.data.validation_fraction = fraction
+  c.data.validation_order = order
+  return c
+
+
 # Every list of choices is the implementation's registry.
 DENSE_OPTIMIZERS = tuple(_DENSE_OPTIMIZERS)
 SPARSE_OPTIMIZERS = _sparse_optimizers.NAMES
@@ -405,14 +426,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     _positive(config, f"data.synthetic.retrieval.{key}")
   if not 0 <= config.data.validation_fraction < 1:
     raise ConfigError("data.validation_fraction", f"must be in [0, 1), got {config.data.validation_fraction}")
+  if config.data.synthetic.num_validation < 0:
+    raise ConfigError("data.synthetic.num_validation", "must be >= 0 (0 = no validation split)")
   if config.data.validation_order not in ("last", "random"):
     raise ConfigError("data.validation_order", f"must be 'last' or 'random', got {config.data.validation_order!r}")
   stopping = config.train.early_stopping
   if stopping.patience < 0 or stopping.min_delta < 0:
     raise ConfigError("train.early_stopping.patience" if stopping.patience < 0 else "train.early_stopping.min_delta",
                       "must be >= 0")
-  if stopping.metric and not config.train.eval_every:
-    raise ConfigError("train.early_stopping.metric", "needs evaluations during training: set train.eval_every")
+  if stopping.metric and stopping.patience and not config.train.eval_every:
+    raise ConfigError("train.early_stopping.patience", "needs evaluations during training: set train.eval_every")
   if config.train.eval_every < 0:
     raise ConfigError("train.eval_every", "must be >= 0 (0 = only at the end)")
   if config.data.invalid_records not in INVALID_RECORD_POLICIES:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from rankjax import checkpoint as checkpoint_lib
 from rankjax import checkpoint_integrity, eval_scores, training_curves
 from rankjax.config import ConfigError, config_to_json, validate
-from rankjax.data import pipeline
+from rankjax.data import layout, pipeline
 from rankjax.early_stopping import EarlyStopping
 from rankjax.experiment import Experiment, build, enable_compilation_cache
 from rankjax.metric_writers import MetricWriter
@@ -42,15 +42,26 @@ class NonFiniteLossError(RuntimeError):
   """Training stopped because the loss became NaN or infinite."""
 
 
-def holdout(config: ml_collections.ConfigDict) -> pipeline.Holdout | None:
-  """The validation records cut from the train split (data.validation_fraction), or None."""
+def holdout(config: ml_collections.ConfigDict, manifest: dict) -> pipeline.Holdout | None:
+  """The validation records cut from the train split (data.validation_fraction), or None; None too
+  when the dataset has a validation split of its own (that one is used: the fraction is for data
+  without one, and train() says so)."""
   data = config.data
   return pipeline.Holdout(data.validation_fraction, data.validation_order, data.shuffle_seed) \
-      if data.validation_fraction else None
+      if data.validation_fraction and "validation" not in manifest["splits"] else None
 
 
 def has_validation(config: ml_collections.ConfigDict, manifest: dict) -> bool:
   return bool(config.data.validation_fraction) or "validation" in manifest["splits"]
+
+
+def _validation_source(config: ml_collections.ConfigDict, manifest: dict) -> str:
+  """Which records validate, for the start line."""
+  if "validation" in manifest["splits"]:
+    count = sum(s["num_records"] for s in layout.split_shards(manifest, "validation"))
+    return f"the dataset's validation split ({count:,} records)"
+  return (f"a validation split of {config.data.validation_fraction:g} of the train records "
+          f"({config.data.validation_order}, never trained on)")
 
 
 def evaluate(exp: Experiment, state: TrainState, split: str = "eval") -> dict[str, float]:
@@ -62,7 +73,8 @@ def evaluate(exp: Experiment, state: TrainState, split: str = "eval") -> dict[st
                               read_threads=config.data.read_threads, prefetch=config.data.prefetch_batches,
                               process_index=jax.process_index(), process_count=jax.process_count(),
                               spec=exp.task.batch_spec, verify=config.data.verify_checksums,
-                              invalid_records=config.data.invalid_records, split=split, holdout=holdout(config),
+                              invalid_records=config.data.invalid_records, split=split,
+                              holdout=holdout(config, exp.manifest),
                               length_buckets=config.eval.length_buckets)
   eval_shardings = exp.task.batch_spec.with_weight().shardings(exp.partitioner)
   totals = exp.eval_prepare_fn(state, exp.eval_init_fn())
@@ -225,7 +237,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devic
   stopping = EarlyStopping.from_config(config, exp.task.LOWER_IS_BETTER)
   if stopping and not validating:
     raise ConfigError("train.early_stopping.metric", "needs a validation split: set data.validation_fraction "
-                      "(or use a dataset converted with one); the eval split is the test split")
+                      "(or use a dataset converted with one; the eval split is the test split), or set "
+                      "train.early_stopping.metric='' to score the test split at the last step")
   if stopping:  # A misspelt metric is named now, not at the first evaluation.
     stopping.check_metric(exp.task.eval_metric_names())
   checkpointer = _checkpointer(config, workdir, exp.task.LOWER_IS_BETTER)
@@ -239,7 +252,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devic
     pipeline.eval_iterator(exp.data_dir, exp.manifest, global_batch_size=train_config.eval_batch_size,
                            process_index=jax.process_index(), process_count=jax.process_count(),
                            spec=exp.task.batch_spec, verify=config.data.verify_checksums,
-                           invalid_records=config.data.invalid_records, split=split, holdout=holdout(config))
+                           invalid_records=config.data.invalid_records, split=split, holdout=holdout(config, exp.manifest))
   writer = MetricWriter(workdir, enabled=is_chief)
   normalization = getattr(exp.task, "normalization", None)
   if is_chief and normalization is not None and normalization.log1p.any():
@@ -270,7 +283,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devic
         prefetch=config.data.prefetch_batches,
         process_index=jax.process_index(), process_count=jax.process_count(),
         spec=exp.task.batch_spec, verify=config.data.verify_checksums,
-        invalid_records=config.data.invalid_records, holdout=holdout(config),
+        invalid_records=config.data.invalid_records, holdout=holdout(config, exp.manifest),
         length_window=train_config.length_buckets)
     # The current log window's step metrics: a checkpoint between log steps carries them, so a
     # resumed run logs the same means as an uninterrupted one.
@@ -302,7 +315,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devic
     if start < end:
       if is_chief:
         _note(f"compiling the train step, then training steps {start + 1}..{train_config.steps}"
-              + (f", evaluating the validation split every {train_config.eval_every}" if validating else "")
+              + (f", evaluating {_validation_source(config, exp.manifest)} "
+                 + (f"every {train_config.eval_every} steps" if train_config.eval_every else "at the end")
+                 if validating else "")
               + (f", stopping early when validation {stopping.metric} has not improved for "
                  f"{stopping.patience} evals" if stopping and stopping.patience else ""))
       batch, batch_state = next(batches)

@@ -9,9 +9,12 @@ TINY_CONFIG = str(REPO / "configs" / "tiny.py")
 
 
 def tiny_config(**train):
-  """configs/tiny.py without the progress bar; `train` overrides config.train fields."""
+  """configs/tiny.py without the progress bar and without its validation split and periodic evals
+(a test sets what it checks); `train` overrides config.train fields."""
   c = load_config_file(TINY_CONFIG)
   c.train.progress_bar = False
+  c.data.synthetic.num_validation, c.data.validation_fraction = 0, 0.0
+  c.train.eval_every, c.train.early_stopping.metric = 0, ""
   for k, v in train.items():
     c.train[k] = v
   return c
@@ -94,5 +97,7 @@ def small_overrides(config_path: str, tmp_path) -> list[str]:
   rows = sum(config.data.synthetic.vocab_sizes)
   scale = [f"--config.data.row_scale={1e4 / rows}"] if rows > MAX_TEST_ROWS else []
   synthetic = ["--config.data.path="] if config.data.path else []
+  validation = ["--config.data.synthetic.num_validation=256"] if config.data.synthetic.num_validation else []
   return ["--config.train.batch_size=256", "--config.train.eval_batch_size=256",
-          "--config.data.synthetic.num_train=2048", "--config.data.synthetic.num_eval=256", *scale, *synthetic]
+          "--config.data.synthetic.num_train=2048", "--config.data.synthetic.num_eval=256", *validation, *scale,
+          *synthetic]

@@ -53,3 +53,24 @@ def test_retention_keeps_the_latest_k_plus_the_best_by_metric(tmp_path):
     by_loss.save(step, {"x": jnp.full(3, step)}, {"i": step}, metrics={"auc": 0.5, "logloss": loss})
     by_loss.wait()
   assert by_loss.all_steps() == [2, 3]  # latest one + the lowest log loss
+
+
+def test_the_best_step_survives_a_restart_of_the_checkpointer(tmp_path):
+  """Each step's metrics are on disk: a run restarted (killed, preempted) still ranks the earlier
+  steps, so the best one is kept, not deleted at the first save after the restart."""
+  import jax.numpy as jnp
+  keep = {"best_validation_auc": False}
+  first = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=1, keep_best=keep)
+  for step, auc in [(10, 0.8), (20, None)]:
+    first.save(step, {"x": jnp.full(3, step)}, {"i": step}, metrics={"best_validation_auc": auc} if auc else None)
+    first.wait()
+  first.close()
+  restarted = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=1, keep_best=keep)
+  for step in (30, 40):
+    restarted.save(step, {"x": jnp.full(3, step)}, {"i": step})
+    restarted.wait()
+  assert restarted.all_steps() == [10, 40]  # The best (10) and the latest.
+  restarted.save(50, {"x": jnp.full(3, 50)}, {"i": 50}, metrics={"best_validation_auc": 0.9})
+  restarted.wait()
+  assert restarted.all_steps() == [50]  # A new best that is also the latest.
+  restarted.close()

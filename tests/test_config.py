@@ -148,7 +148,9 @@ def test_default_config_file_loads_and_validates():
   validate(config, NUM_DEVICES)
   expected = base_config()
   expected.eval.write_scores = True  # The README's export -> predict parity check reads them.
+  config_lib.select_on_validation(expected, eval_every=350, synthetic_records=50_000)
   assert config.to_dict() == expected.to_dict()
+  assert (config.train.early_stopping.metric, config.train.early_stopping.patience) == ("auc", 0)
 
 
 def test_missing_config_file_raises_naming_config(tmp_path):

@@ -82,6 +82,7 @@ def test_exported_dcnv2_and_ltr_scorer_match_the_trainer_bit_for_bit(config_name
     config.data.path, config.data.row_scale = "", 1.0
     s = config.data.synthetic
     s.num_train, s.num_eval, s.vocab_sizes, s.hotness = 4096, 1024, (50, 20, 100, 7, 30, 60), (1, 2, 1, 3, 1, 1)
+    s.num_validation = 512
     config.model.embed_dim, config.model.bottom_mlp, config.model.top_mlp = 8, (16, 8), (32, 16, 1)
     config.embedding.overrides = ()
     config.train.batch_size, config.train.eval_batch_size = 256, 512
@@ -341,12 +342,13 @@ def test_export_of_a_run_without_config_json_takes_its_config_and_checks_it(mesh
   run = tmp_path / "run"
   shutil.copytree(root / "run", run)
   (run / "config.json").unlink()
-  data = f"--config.data.path={root / 'run' / 'data' / 'synthetic'}"
+  # The run was trained without a held-out validation fraction (tests' tiny_config).
+  data = f"--config.data.path={root / 'run' / 'data' / 'synthetic'}", "--config.data.validation_fraction=0"
   p = _cli("export", "--workdir", str(run), "--out", str(tmp_path / "m"), "--config", str(REPO / "configs" / "tiny.py"),
-           "--config.mesh.shape=(2,4)", "--config.model.embed_dim=16", data, cwd=tmp_path)
+           "--config.mesh.shape=(2,4)", "--config.model.embed_dim=16", *data, cwd=tmp_path)
   assert p.returncode == 2 and "was trained on another model: model.embed_dim: 8 -> 16" in p.stderr, p.stderr
   p = _cli("export", "--workdir", str(run), "--out", str(tmp_path / "m"), "--config", str(REPO / "configs" / "tiny.py"),
-           "--config.mesh.shape=(2,4)", "--block-rows", "16", data, cwd=tmp_path)
+           "--config.mesh.shape=(2,4)", "--block-rows", "16", *data, cwd=tmp_path)
   assert p.returncode == 0 and "scored in blocks of 16 rows" in p.stdout, p.stderr
 
 

@@ -85,7 +85,8 @@ def test_killing_one_process_makes_the_other_exit_nonzero_within_60s(tmp_path):
 
 
 SLOW = ("--config.train.steps=300", "--config.train.batch_size=4096", "--config.train.log_every=1",
-        "--config.checkpoint.every_steps=50")
+        "--config.checkpoint.every_steps=50", "--config.train.eval_every=0",  # Validation at the end only,
+        "--config.train.early_stopping.metric=")  # and the test split scored at the last step.
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from sklearn import metrics as skm
 
 from rankjax.config import base_config
-from rankjax.data import layout, synthetic
+from rankjax.data import layout, synthetic, synthetic_retrieval
 
 NUM_TRAIN, NUM_EVAL = 5000, 2000
 
@@ -68,6 +68,38 @@ def test_different_seed_generates_different_data(dataset, tmp_path):
   for split, entry in manifest["splits"].items():
     assert other["splits"][split]["sha256"] != entry["sha256"]
     assert (tmp_path / "other" / entry["file"]).read_bytes() != (directory / entry["file"]).read_bytes()
+
+
+def test_a_validation_split_is_drawn_last_leaving_train_and_eval_byte_identical(dataset, tmp_path):
+  directory, spec, manifest = dataset
+  with_validation = synthetic.generate(tmp_path / "v", _spec(num_validation=300))
+  for split in ("train", "eval"):  # File names, record counts and sha256.
+    assert with_validation["splits"][split] == manifest["splits"][split]
+  assert with_validation["bayes_optimal_eval_auc"] == manifest["bayes_optimal_eval_auc"]
+  assert with_validation["dense_stats"] == manifest["dense_stats"]
+  validation = layout.open_split(tmp_path / "v", with_validation, "validation")
+  rng = np.random.default_rng(spec.seed)  # The replayed draw: planted model, train, eval, then validation.
+  planted = synthetic._PlantedModel(spec, rng)
+  planted.sample(spec.num_train, spec, rng)
+  planted.sample(spec.num_eval, spec, rng)
+  label, dense, cat, _ = planted.sample(300, spec, rng)
+  np.testing.assert_array_equal(validation["label"], label)
+  np.testing.assert_array_equal(validation["cat"], cat)
+  np.testing.assert_array_equal(validation["dense"], dense)
+
+
+def test_a_retrieval_validation_split_leaves_train_and_eval_byte_identical(tmp_path):
+  c = base_config("two_tower").data.synthetic
+  c.num_train, c.num_eval = 2000, 200
+  c.retrieval.num_users, c.retrieval.num_items = 300, 100
+  without = synthetic_retrieval.generate(tmp_path / "a", synthetic_retrieval.RetrievalSpec.from_config(c))
+  c.num_validation = 150
+  spec = synthetic_retrieval.RetrievalSpec.from_config(c)
+  with_validation = synthetic_retrieval.generate(tmp_path / "b", spec)
+  for split in ("train", "eval"):
+    assert with_validation["splits"][split] == without["splits"][split]
+  assert with_validation["retrieval"] == without["retrieval"]
+  assert len(layout.open_split(tmp_path / "b", with_validation, "validation")) == 150
 
 
 # ---------------------------------------------------------------- contents against the planted model

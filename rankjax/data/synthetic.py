@@ -42,6 +42,9 @@ class SyntheticSpec:
   # > 0: a behaviour sequence, an extra feature of up to this many earlier items (ids of the last
   # feature, the target item's vocabulary); the click depends on how close the target is to them.
   sequence_length: int = 0
+  # > 0: a validation split of this many records, drawn after the eval split (so the train and eval
+  # records are the same with or without it).
+  num_validation: int = 0
 
   @classmethod
   def from_config(cls, c, row_scale: float = 1.0) -> "SyntheticSpec":
@@ -51,7 +54,8 @@ class SyntheticSpec:
                latent_dim=c.latent_dim, num_interacting_pairs=c.num_interacting_pairs,
                signal_scale=float(c.signal_scale), hotness=tuple(int(h) for h in c.get("hotness", ())),
                num_interacting_triples=int(c.get("num_interacting_triples", 0)),
-               conversion=bool(c.get("conversion", False)), sequence_length=int(c.get("sequence_length", 0)))
+               conversion=bool(c.get("conversion", False)), sequence_length=int(c.get("sequence_length", 0)),
+               num_validation=int(c.get("num_validation", 0)))
 
   @property
   def feature_hotness(self) -> tuple[int, ...]:
@@ -199,8 +203,15 @@ class _PlantedModel:
     return np.where(valid, history, -1).astype(np.int32), similarity
 
 
+def split_sizes(spec) -> list[tuple[str, int]]:
+  """(split, records) in the order they are drawn: the validation split last, so it changes nothing
+  else."""
+  return [("train", spec.num_train), ("eval", spec.num_eval)] + \
+      ([("validation", spec.num_validation)] if spec.num_validation else [])
+
+
 def generate(directory: str | pathlib.Path, spec: SyntheticSpec) -> dict:
-  """Writes the train and eval splits and the manifest; deterministic in `spec`."""
+  """Writes the train, eval (and validation) splits and the manifest; deterministic in `spec`."""
   directory = pathlib.Path(directory)
   tmp = directory.with_name(directory.name + ".tmp")
   shutil.rmtree(tmp, ignore_errors=True)
@@ -209,7 +220,7 @@ def generate(directory: str | pathlib.Path, spec: SyntheticSpec) -> dict:
   planted = _PlantedModel(spec, rng)
   dtype = layout.ctr_record_dtype(spec.num_dense, int(sum(spec.data_hotness)), num_labels=2 if spec.conversion else 1)
   splits, stats = {}, {}
-  for split, n in (("train", spec.num_train), ("eval", spec.num_eval)):
+  for split, n in split_sizes(spec):
     label, dense, cat, logit = planted.sample(n, spec, rng)
     records = np.empty(n, dtype)
     records["label"], records["dense"], records["cat"] = label, dense, cat

@@ -41,6 +41,7 @@ class RetrievalSpec:
   latent_dim: int
   zipf_exponent: float
   signal_scale: float
+  num_validation: int = 0  # > 0: a validation split, drawn after the eval split.
 
   @classmethod
   def from_config(cls, synthetic: ml_collections.ConfigDict) -> RetrievalSpec:
@@ -48,7 +49,8 @@ class RetrievalSpec:
     return cls(seed=synthetic.seed, num_train=synthetic.num_train, num_eval=synthetic.num_eval,
                num_users=r.num_users, num_segments=r.num_segments, num_items=r.num_items,
                num_categories=r.num_categories, latent_dim=synthetic.latent_dim,
-               zipf_exponent=synthetic.zipf_exponent, signal_scale=synthetic.signal_scale)
+               zipf_exponent=synthetic.zipf_exponent, signal_scale=synthetic.signal_scale,
+               num_validation=synthetic.get("num_validation", 0))
 
   def as_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -86,7 +88,7 @@ class _Planted:
 
 
 def generate(directory: str | pathlib.Path, spec: RetrievalSpec) -> dict:
-  """Writes the train and eval splits and the manifest; deterministic in `spec`."""
+  """Writes the train, eval (and validation) splits and the manifest; deterministic in `spec`."""
   directory = pathlib.Path(directory)
   tmp = directory.with_name(directory.name + ".tmp")
   shutil.rmtree(tmp, ignore_errors=True)
@@ -94,7 +96,7 @@ def generate(directory: str | pathlib.Path, spec: RetrievalSpec) -> dict:
   rng = np.random.default_rng(spec.seed)
   planted = _Planted(spec, rng)
   dtype, splits, picks = record_dtype(), {}, {}
-  for split, n in (("train", spec.num_train), ("eval", spec.num_eval)):
+  for split, n in synthetic.split_sizes(spec):
     users, items = planted.sample(n, rng)
     records = np.empty(n, dtype)
     records["query"] = np.stack([users, planted.user_segment[users]], axis=1)

@@ -66,6 +66,12 @@ class Task(abc.ABC):
   LOWER_IS_BETTER: ClassVar[tuple[str, ...]] = ("logloss", "loss")
   RATE_KEY: ClassVar[str] = "examples_per_sec"  # Training speed in train events and summary.json.
 
+  @classmethod
+  def selection_metric(cls, config: ml_collections.ConfigDict) -> str:
+    """The eval metric a model is selected by on the validation split (the configs' default
+    train.early_stopping.metric)."""
+    return cls.EVAL_METRICS[0]
+
   batch_spec: BatchSpec  # What a train batch holds (an eval batch adds `weight`).
   inputs: InputSpec  # What the model is built from.
   engine: EmbeddingEngine | None = None  # The embedding tables, if the task has categorical features.
