@@ -6,6 +6,10 @@ and the table learning rates decayed to 0 by a cosine: eval AUC 0.863451 (0.9814
 AUC, calibration 1.009); two such epochs 0.861726 (0.9795), one epoch at constant rates 0.858542
 (0.9758).
 
+On a small real table (Caravan: 4,366 rows, 20% of them for validation; BENCHMARKS.md "A real
+click-style table"): batch 64, validation AUC every 25 steps, patience 10, embedding.learning_rate
+chosen on validation from 0.1 / 0.02 / 0.005: test AUC 0.7934 +- 0.0022 over 3 seeds, LightGBM 0.7801.
+
 Run:   rankjax train --config configs/finalmlp.py --workdir /tmp/rankjax_finalmlp
 Result: README's model table (AUC and its ratio to the data's Bayes-optimal AUC).
 """

@@ -7,14 +7,15 @@ run); per seed, the same validation split (20% of the remaining rows, rankjax's
 `data.validation_fraction` Holdout with order "random") serves both sides' early stopping
 (rankjax: validation AUC every eval_every steps, the test split scored at the best step;
 LightGBM: validation AUC, the best iteration, and the best of a small grid of tree sizes; rankjax:
-the best of three embedding learning rates). Test AUC for both by scikit-learn's roc_auc_score
+the best of three embedding learning rates; with several --configs, also the config chosen by
+validation AUC per seed, printed as "rankjax, config chosen on validation"). Test AUC for both by scikit-learn's roc_auc_score
 (checked against rankjax's own eval AUC). Every attribute is an integer code: rankjax reads each
 both as a dense value (standardised from the train split's statistics) and as a bucketised
 categorical feature (one embedding row per code seen in train); LightGBM gets the 85 values.
 LightGBM is installed at run time, not a dependency:
 
   pip install lightgbm && python scripts/table_vs_lightgbm.py --out /tmp/caravan [--seeds 0 1 2]
-      [--configs logreg deepfm] [--set train.dropout=0.1 ...] [--no-lightgbm]
+      [--configs logreg dcnv2 finalmlp] [--set train.dropout=0.1 ...] [--no-lightgbm]
 """
 
 from __future__ import annotations
@@ -156,11 +157,18 @@ def main() -> None:
         runs.append({**run_rankjax(data, args.out, name, seed, test_labels, overrides), "overrides": overrides})
         print(json.dumps({"model": f"rankjax {name}", "seed": seed, **runs[-1]}), flush=True)
       results[f"{name}/{seed}"] = max(runs, key=lambda r: r["best_validation_auc"])
-  for name in [*([] if args.no_lightgbm else ["lightgbm"]), *args.configs]:
+  if len(args.configs) > 1:  # The config as well as its rate chosen by validation AUC, per seed.
+    for seed in args.seeds:
+      best = max(args.configs, key=lambda name: results[f"{name}/{seed}"]["best_validation_auc"])
+      results[f"rankjax/{seed}"] = {**results[f"{best}/{seed}"], "config": best}
+  for name in [*([] if args.no_lightgbm else ["lightgbm"]), *args.configs, *(["rankjax"] if len(args.configs) > 1 else [])]:
     chosen = [results[f"{name}/{s}"] for s in args.seeds]
     values = [r["test_auc"] for r in chosen]
-    print(json.dumps({"model": name, "test_auc_mean": float(np.mean(values)), "test_auc_std": float(np.std(values)),
-                      "seeds": args.seeds, "chosen": [r.get("overrides", r.get("num_leaves")) for r in chosen]}))
+    print(json.dumps({"model": name if name != "rankjax" else f"rankjax, config chosen on validation among {args.configs}",
+                      "test_auc_mean": float(np.mean(values)), "test_auc_std": float(np.std(values)),
+                      "seeds": args.seeds,
+                      "chosen": [[r["config"], *r["overrides"]] if "config" in r else r.get("overrides", r.get("num_leaves"))
+                                 for r in chosen]}))
 
 
 if __name__ == "__main__":
