@@ -270,13 +270,38 @@ def test_skip_mode_counts_every_kind_and_writes_the_good_lines(tmp_path, capsys)
     (("--num-features", str(letor.MAX_FEATURES + 1)), "--num-features"),
     (("--max-list-size", "0"), "--max-list-size"),
     (("--max-records-per-shard", "0"), "--max-records-per-shard"),
-    (("--eval-fraction", "0.1"), "unrecognized arguments"),
+    (("--eval-fraction", "0"), "--eval-fraction must be in (0, 1), got 0.0"),
+    (("--eval-fraction", "1"), "--eval-fraction must be in (0, 1), got 1.0"),
+    (("--eval-fraction", "0.1", "--eval-input", "x.txt"), "not allowed with argument"),
 ])
 def test_bad_options_exit_2_with_one_line(tmp_path, capsys, args, message):
   source = _write(tmp_path / "train.txt", GOOD)
   assert _cli("--input", source, "--output", tmp_path / "out", *args) == 2
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and message in err
+
+
+def test_eval_fraction_holds_out_whole_queries_chosen_by_a_hash_of_the_qid(tmp_path):
+  """Every list lands whole in one split; the eval split holds exactly the queries the hash rule
+  names (an oracle over the qids), about the fraction of them; feature stats are of train only."""
+  rng = np.random.default_rng(3)
+  lines = [f"{rng.integers(0, 3)} qid:{q} 1:{rng.normal():.4f} 2:{q % 5}" for q in range(400)
+           for _ in range(int(rng.integers(1, 6)))]
+  source = _write(tmp_path / "train.txt", lines)
+  assert _cli("--input", source, "--output", tmp_path / "out", "--eval-fraction", "0.25") == 0
+  manifest = layout.read_manifest(tmp_path / "out")
+  train, evaluation = _records(tmp_path / "out"), _records(tmp_path / "out", "eval")
+  expected = {q for q in range(400) if letor.held_out_for_eval(q, 0.25)}
+  assert set(evaluation["qid"].tolist()) == expected and len(evaluation) == len(expected)
+  assert set(train["qid"].tolist()) == set(range(400)) - expected
+  assert abs(len(expected) - 100) < 4 * math.sqrt(400 * 0.25 * 0.75)
+  documents = {q: n for q, n in collections.Counter(int(l.split()[1][4:]) for l in lines).items()}
+  for records in (train, evaluation):  # Whole lists: every document of each query kept.
+    assert [int(m.sum()) for m in records["mask"]] == [documents[q] for q in records["qid"].tolist()]
+  train_features = np.concatenate([r["features"][r["mask"] > 0] for r in train])
+  np.testing.assert_allclose(manifest["feature_stats"]["mean"], train_features.mean(axis=0), rtol=1e-5)
+  assert manifest["source"]["eval_fraction"] == 0.25 and manifest["source"]["eval_files"] == []
+  assert [letor.held_out_for_eval(q, 0.5) for q in sorted(expected)] == [True] * len(expected)  # Nested.
 
 
 def test_an_empty_eval_split_and_documents_without_features_are_refused(tmp_path, capsys):

@@ -128,6 +128,16 @@ def test_letor_with_workers_writes_the_dataset_of_one_byte_for_byte(tmp_path, sm
   assert not list(tmp_path.glob(".rankjax-letor-*"))  # The scratch of the measuring pass is gone.
 
 
+def test_letor_eval_fraction_with_workers_writes_the_dataset_of_one_byte_for_byte(tmp_path, small_units):
+  _letor_inputs(tmp_path, _letor_lines(1500), names=("train-a", "train-b"))
+  code_one, one = _letor(tmp_path, "one", "--eval-fraction", "0.3", "--workers", "1")
+  code_many, many = _letor(tmp_path, "many", "--eval-fraction", "0.3", "--workers", "3")
+  assert code_one == code_many == 0
+  (manifest_one, files_one), (manifest_many, files_many) = _dataset(one), _dataset(many)
+  assert json.dumps(manifest_many, sort_keys=True) == json.dumps(manifest_one, sort_keys=True)
+  assert files_many == files_one and manifest_one["splits"]["eval"]
+
+
 @pytest.mark.parametrize("first_bad,second_bad,expected", [
     ((620, "1 qid:5 x"), (1100, "nope qid:5 1:1"), "train-a.txt:621: bad feature token"),
     ((1100, "nope qid:5 1:1"), None, "train-b.txt:351: bad relevance"),

@@ -101,7 +101,11 @@ def _letor_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="rankjax data letor", description=letor.__doc__.split("\n\n")[0])
   parser.add_argument("--input", required=True, help="train file or glob (files are read in sorted order)")
   parser.add_argument("--output", required=True, help="dataset directory to write (new, empty or a dataset)")
-  parser.add_argument("--eval-input", default=None, help="file or glob of an eval split (default: none)")
+  split = parser.add_mutually_exclusive_group()
+  split.add_argument("--eval-input", default=None, help="file or glob of an eval split (default: none)")
+  split.add_argument("--eval-fraction", type=float, default=None,
+                     help="instead: about this fraction of the train queries, whole lists, chosen by a fixed "
+                          "hash of the qid (the same whatever the file order or --workers)")
   parser.add_argument("--validation-input", default=None,
                       help="file or glob of a validation split, e.g. MSLR's vali.txt (default: none; training "
                            "can hold one out with --config.data.validation_fraction)")
@@ -150,6 +154,7 @@ def _run_letor(argv: list[str]) -> tuple[str, dict]:
   eval_inputs = tuple(expand_inputs(args.eval_input)) if args.eval_input is not None else ()
   options = letor.LetorOptions(num_features=args.num_features, max_list_size=args.max_list_size,
                                strict=args.on_error == "strict", eval_inputs=eval_inputs,
+                               eval_fraction=args.eval_fraction,
                                validation_inputs=tuple(expand_inputs(args.validation_input))
                                if args.validation_input is not None else (),
                                max_records_per_shard=args.max_records_per_shard, workers=args.workers)

@@ -15,6 +15,10 @@ A list's first L documents are kept in file order; the rest are dropped and coun
 largest feature id and the longest list of the input (train and eval files), which takes one
 extra parsing pass.
 
+Eval split: the eval files, or (`eval_fraction` F) the train files' queries whose qid hashes below
+F (hash_to_rows(qid, 2**30, salt EVAL_SALT) < F * 2**30): whole lists, about F of the queries,
+the same ones whatever the file order or worker count, and the same qid always on the same side.
+
 Manifest, besides the layout's keys:
   num_features, max_list_size
   feature_stats   {"count", "mean", "std", "min", "max"}: per feature, over the documents written
@@ -24,8 +28,8 @@ Manifest, besides the layout's keys:
                   rows_read = rows_written + rows_skipped + documents_truncated;
                   skipped_by_reason, file_errors as for every ingester; queries_written (= the
                   records of all splits), queries_truncated, blank_or_comment_lines
-  source          {"kind": "letor", "files", "eval_files", "on_error", "num_features_given",
-                   "max_list_size_given"}
+  source          {"kind": "letor", "files", "eval_files", "eval_fraction", "on_error",
+                   "num_features_given", "max_list_size_given"}
 Memory: one query's first L documents, the write buffer, and the set of qids seen (to detect a
 query that is not contiguous): 8 bytes or so per query, not per document.
 
@@ -51,6 +55,7 @@ import numpy as np
 from rankjax.data import layout, parallel
 from rankjax.data.criteo import EMPTY_FILE, LONG_LINE, MAX_LINE_BYTES, count_lines
 from rankjax.data.feature_stats import FeatureStats
+from rankjax.data.hashing import hash_to_rows
 from rankjax.data.writer import INCOMPLETE_MARKER, DatasetWriter, IngestError, IngestStats, ShardWriter, excerpt
 
 BAD_RELEVANCE, MISSING_QID, BAD_QID = "bad relevance", "missing qid", "bad qid"
@@ -78,6 +83,7 @@ class LetorOptions:
   strict: bool = True  # The first malformed line stops the conversion; otherwise skipped and counted.
   eval_inputs: tuple[pathlib.Path, ...] = ()  # Files of an eval split; none: only a train split.
   validation_inputs: tuple[pathlib.Path, ...] = ()  # Files of a validation split (e.g. MSLR's vali.txt).
+  eval_fraction: float | None = None  # Instead of eval_inputs: about this fraction of the train queries.
   max_records_per_shard: int | None = None  # None: shards of about SHARD_BYTES.
   workers: int = 1  # Processes parsing byte ranges in parallel (rankjax.data.parallel); the output is the same.
 
@@ -445,6 +451,15 @@ class _ListWriter:
     self.buffer, self.filled = np.zeros(self.capacity, self.dtype), 0
 
 
+EVAL_SALT = 0x65FA1  # Which queries eval_fraction takes: a fixed hash of the qid.
+_HASH_ROWS = 1 << 30
+
+
+def held_out_for_eval(qid: int, fraction: float) -> bool:
+  """Whether eval_fraction=`fraction` puts the query `qid` in the eval split."""
+  return int(hash_to_rows(np.array([qid], np.int64), _HASH_ROWS, salt=EVAL_SALT)[0]) < fraction * _HASH_ROWS
+
+
 def _check_options(options: LetorOptions) -> None:
   for name, value in (("--num-features", options.num_features), ("--max-list-size", options.max_list_size),
                       ("--max-records-per-shard", options.max_records_per_shard)):
@@ -452,13 +467,19 @@ def _check_options(options: LetorOptions) -> None:
       raise ValueError(f"{name} must be >= 1, got {value}")
   if options.workers < 1:
     raise ValueError(f"--workers must be >= 1, got {options.workers}")
+  if options.eval_fraction is not None:
+    if not 0 < options.eval_fraction < 1:
+      raise ValueError(f"--eval-fraction must be in (0, 1), got {options.eval_fraction}")
+    if options.eval_inputs:
+      raise ValueError("give --eval-input or --eval-fraction, not both")
   if options.num_features is not None and options.num_features > MAX_FEATURES:
     raise ValueError(f"--num-features must be <= {MAX_FEATURES}, got {options.num_features}")
 
 
 def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, options: LetorOptions) -> dict:
   """Converts LETOR/SVMlight files into a dataset directory (a train split, an eval (test) split
-  with `options.eval_inputs`, a validation split with `options.validation_inputs`); returns its
+  with `options.eval_inputs` or `options.eval_fraction`, a validation split with
+  `options.validation_inputs`); returns its
   manifest. Feature statistics are of the train split only. With `options.workers` > 1, worker
   processes parse byte ranges of the files; the dataset is byte for byte the one of one worker.
 
@@ -484,13 +505,19 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, opt
   records_per_shard = options.max_records_per_shard or max(1, SHARD_BYTES // dtype.itemsize)
   with DatasetWriter(output, dtype, records_per_shard) as writer:
     writers = {}
+    names = [*split_files, *(["eval"] if options.eval_fraction is not None else [])]
 
     def on_split(split: str) -> None:
       writers[split] = _ListWriter(writer.split(split), dtype, feature_stats if split == "train" else None)
+      if split == "train" and options.eval_fraction is not None:  # The train files' lists, routed by qid.
+        on_split("eval")
+        fraction, train, evaluation = options.eval_fraction, writers["train"], writers["eval"]
+        train.lists = _Lists(train.max_list_size, lambda documents, dropped: (
+            evaluation if held_out_for_eval(int(documents["qid"][0]), fraction) else train).add(documents, dropped))
 
     _each_split(split_files, options, num_features, True, stats, counts, writer.directory,
                 on_split, lambda split, documents: writers[split].lists.add(documents))
-    for name in split_files:
+    for name in names:
       if name not in writers:
         on_split(name)
       writers[name].close()
@@ -509,6 +536,7 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, opt
               "blank_or_comment_lines": counts["blank_or_comment_lines"]}
     source = {"kind": "letor", "files": [str(p) for p in split_files["train"]],
               "eval_files": [str(p) for p in split_files.get("eval", [])],
+              **({"eval_fraction": options.eval_fraction} if options.eval_fraction is not None else {}),
               **({"validation_files": [str(p) for p in split_files["validation"]]} if "validation" in split_files else {}),
               "on_error": "strict" if options.strict else "skip",
               "num_features_given": options.num_features is not None,
