@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from rankjax import partitioner
+from rankjax.data import pipeline
 from rankjax.errors import ConfigError
 
 
@@ -83,10 +84,9 @@ def fingerprint(config: ml_collections.ConfigDict, manifest: dict, state_shapes:
   else:
     data = {"data.path": {"fields": manifest.get("fields"), "vocab_sizes": manifest.get("vocab_sizes"),
                           "splits": manifest.get("splits")}}
-  # The records held out for validation are not trained on (a dataset's own validation split wins).
-  if config.data.validation_fraction and "validation" not in manifest.get("splits", {}):
-    data["data.validation"] = {"fraction": config.data.validation_fraction, "order": config.data.validation_order,
-                               "seed": config.data.shuffle_seed}
+  held_out = pipeline.holdout_of(config.data, manifest)  # Records held out: not trained on.
+  if held_out is not None:
+    data["data.validation"] = {"fraction": held_out.fraction, "order": held_out.order, "seed": held_out.seed}
   shapes = {jax.tree_util.keystr(p): [list(x.shape), str(x.dtype)]
             for p, x in jax.tree_util.tree_flatten_with_path(state_shapes)[0]}
   # Per table and setting, the value that wins (the last override), as written.

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from rankjax import checkpoint as checkpoint_lib
 from rankjax import checkpoint_integrity, eval_scores, training_curves
 from rankjax.config import ConfigError, config_to_json, validate
-from rankjax.data import layout, pipeline
+from rankjax.data import pipeline
 from rankjax.early_stopping import EarlyStopping
 from rankjax.experiment import Experiment, build, enable_compilation_cache
 from rankjax.metric_writers import MetricWriter
@@ -42,15 +42,6 @@ class NonFiniteLossError(RuntimeError):
   """Training stopped because the loss became NaN or infinite."""
 
 
-def holdout(config: ml_collections.ConfigDict, manifest: dict) -> pipeline.Holdout | None:
-  """The validation records cut from the train split (data.validation_fraction), or None; None too
-  when the dataset has a validation split of its own (that one is used: the fraction is for data
-  without one, and train() says so)."""
-  data = config.data
-  return pipeline.Holdout(data.validation_fraction, data.validation_order, data.shuffle_seed) \
-      if data.validation_fraction and "validation" not in manifest["splits"] else None
-
-
 def has_validation(config: ml_collections.ConfigDict, manifest: dict) -> bool:
   return bool(config.data.validation_fraction) or "validation" in manifest["splits"]
 
@@ -58,8 +49,7 @@ def has_validation(config: ml_collections.ConfigDict, manifest: dict) -> bool:
 def _validation_source(config: ml_collections.ConfigDict, manifest: dict) -> str:
   """Which records validate, for the start line."""
   if "validation" in manifest["splits"]:
-    count = sum(s["num_records"] for s in layout.split_shards(manifest, "validation"))
-    return f"the dataset's validation split ({count:,} records)"
+    return f"the dataset's validation split ({manifest['splits']['validation']['num_records']:,} records)"
   return (f"a validation split of {config.data.validation_fraction:g} of the train records "
           f"({config.data.validation_order}, never trained on)")
 
@@ -74,7 +64,7 @@ def evaluate(exp: Experiment, state: TrainState, split: str = "eval") -> dict[st
                               process_index=jax.process_index(), process_count=jax.process_count(),
                               spec=exp.task.batch_spec, verify=config.data.verify_checksums,
                               invalid_records=config.data.invalid_records, split=split,
-                              holdout=holdout(config, exp.manifest),
+                              holdout=pipeline.holdout_of(config.data, exp.manifest),
                               length_buckets=config.eval.length_buckets)
   eval_shardings = exp.task.batch_spec.with_weight().shardings(exp.partitioner)
   totals = exp.eval_prepare_fn(state, exp.eval_init_fn())
@@ -252,7 +242,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devic
     pipeline.eval_iterator(exp.data_dir, exp.manifest, global_batch_size=train_config.eval_batch_size,
                            process_index=jax.process_index(), process_count=jax.process_count(),
                            spec=exp.task.batch_spec, verify=config.data.verify_checksums,
-                           invalid_records=config.data.invalid_records, split=split, holdout=holdout(config, exp.manifest))
+                           invalid_records=config.data.invalid_records, split=split,
+                           holdout=pipeline.holdout_of(config.data, exp.manifest))
   writer = MetricWriter(workdir, enabled=is_chief)
   normalization = getattr(exp.task, "normalization", None)
   if is_chief and normalization is not None and normalization.log1p.any():
@@ -283,7 +274,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devic
         prefetch=config.data.prefetch_batches,
         process_index=jax.process_index(), process_count=jax.process_count(),
         spec=exp.task.batch_spec, verify=config.data.verify_checksums,
-        invalid_records=config.data.invalid_records, holdout=holdout(config, exp.manifest),
+        invalid_records=config.data.invalid_records, holdout=pipeline.holdout_of(config.data, exp.manifest),
         length_window=train_config.length_buckets)
     # The current log window's step metrics: a checkpoint between log steps carries them, so a
     # resumed run logs the same means as an uninterrupted one.

@@ -201,6 +201,15 @@ class Holdout:
     return train, cut
 
 
+def holdout_of(data_config, manifest: dict) -> Holdout | None:
+  """The validation records cut from the train split (config.data.validation_fraction), or None;
+  None too when the dataset has a validation split of its own: that one is used, the fraction is
+  for data without one."""
+  if not data_config.validation_fraction or "validation" in manifest["splits"]:
+    return None
+  return Holdout(data_config.validation_fraction, data_config.validation_order, data_config.shuffle_seed)
+
+
 def _held_out(records, holdout: Holdout, split: str):
   train, validation_rows = holdout.indices(len(records))
   rows = train if split == "train" else validation_rows

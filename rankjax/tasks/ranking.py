@@ -41,13 +41,13 @@ class RankingTask(Task):
 
   LOSSES: ClassVar[dict] = RANKING_LOSSES
   EVAL_METRICS: ClassVar[tuple[str, ...]] = ("ndcg",)
+  SERVING_FIELDS: ClassVar[tuple[str, ...]] = ("features", "mask")
+  RATE_KEY: ClassVar[str] = "lists_per_sec"  # A batch holds query lists.
+  HEAD = "score"
 
   @classmethod
   def selection_metric(cls, config: ml_collections.ConfigDict) -> str:
     return f"ndcg@{config.train.ndcg_k}"
-  SERVING_FIELDS: ClassVar[tuple[str, ...]] = ("features", "mask")
-  RATE_KEY: ClassVar[str] = "lists_per_sec"  # A batch holds query lists.
-  HEAD = "score"
 
   def __init__(self, config: ml_collections.ConfigDict, manifest: dict, partitioner: Partitioner):
     super().__init__(config, manifest)

@@ -58,11 +58,11 @@ class RetrievalTask(Task):
 
   LOSSES: ClassVar[dict] = {"in_batch_softmax": in_batch_softmax_loss}
   EVAL_METRICS: ClassVar[tuple[str, ...]] = tuple(f"recall@{k}" for k in CUTOFFS)
+  SERVING_FIELDS: ClassVar[tuple[str, ...]] = ()  # Export serves scorers, not towers (yet).
 
   @classmethod
   def selection_metric(cls, config: ml_collections.ConfigDict) -> str:
     return f"recall@{CUTOFFS[-1]}"
-  SERVING_FIELDS: ClassVar[tuple[str, ...]] = ()  # Export serves scorers, not towers (yet).
 
   def __init__(self, config: ml_collections.ConfigDict, manifest: dict, partitioner: Partitioner):
     super().__init__(config, manifest)
