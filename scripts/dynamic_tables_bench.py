@@ -2,8 +2,9 @@
 
   python scripts/dynamic_tables_bench.py [--ids 2048] [--capacities 169,100000] [--steps 20]
 
-1. One table's map update (`dynamic.admit`, jitted) for a batch of Zipf ids, per capacity: a
-   fresh batch every step (new ids arrive) and the same batch again (nothing new).
+1. One table's map update (`dynamic.admit`, jitted) for a batch of Zipf ids, per capacity, with
+   31-bit ids and with 64-bit ids (a wide map): a fresh batch every step (new ids arrive) and the
+   same batch again (nothing new).
 2. The default config's train step with its nine largest features hashed into a tenth of their
    rows, or dynamic tables of the same memory (and with admit_after=4), alternated in one process.
 One JSON line per measurement.
@@ -39,24 +40,28 @@ def _median_ms(fn, steps: int) -> float:
 
 def map_update(num_ids: int, capacities: list[int], steps: int) -> None:
   rng = np.random.default_rng(0)
-  batches = [jnp.asarray((rng.zipf(1.2, (num_ids, 1)) % (20 * max(capacities))).astype(np.int32))
-             for _ in range(steps + 3)]
+  draws = [rng.zipf(1.2, (num_ids, 1)) % (20 * max(capacities)) for _ in range(steps + 3)]
+  narrow = [(jnp.asarray(d.astype(np.int32)), None) for d in draws]
+  # 64-bit ids: the same draws with a high word spread over all 32 bits (as raw ids come).
+  wide = [(jnp.asarray(d.astype(np.int32)), jnp.asarray((d * 0x9E3779B1 % 2**32).astype(np.uint32).view(np.int32)))
+          for d in draws]
   for capacity in capacities:
-    spec = dynamic.DynamicSpec(capacity=capacity)
-    admit = jax.jit(lambda state, ids, step, spec=spec: dynamic.admit(spec, state, ids, step))
-    box = [dynamic.init_map(spec, jax.random.key_data(jax.random.key(0)))]
+    for ids_kind, batches in (("31-bit", narrow), ("64-bit", wide)):
+      spec = dynamic.DynamicSpec(capacity=capacity, wide=ids_kind == "64-bit")
+      admit = jax.jit(lambda state, ids, hi, step, spec=spec: dynamic.admit(spec, state, ids, step, hi))
+      box = [dynamic.init_map(spec, jax.random.key_data(jax.random.key(0)))]
 
-    def step(i, fresh):
-      box[0] = admit(box[0], batches[i % len(batches)] if fresh else batches[0], jnp.int32(i + 1))[0]
-      return box[0]
+      def step(i, fresh, batches=batches, admit=admit, box=box):
+        box[0] = admit(box[0], *batches[i % len(batches) if fresh else 0], jnp.int32(i + 1))[0]
+        return box[0]
 
-    for i in range(3):
-      step(i, True)
-    fresh = _median_ms(lambda i: step(i + 3, True), steps)
-    same = _median_ms(lambda i: step(i, False), steps)
-    print(json.dumps({"part": "map_update", "device": jax.devices()[0].device_kind, "ids": num_ids,
-                      "capacity": capacity, "new_ids_every_step_ms": round(fresh, 3),
-                      "same_batch_ms": round(same, 3)}), flush=True)
+      for i in range(3):
+        step(i, True)
+      fresh = _median_ms(lambda i: step(i + 3, True), steps)
+      same = _median_ms(lambda i: step(i, False), steps)
+      print(json.dumps({"part": "map_update", "device": jax.devices()[0].device_kind, "ids": num_ids,
+                        "id_bits": ids_kind, "capacity": capacity, "new_ids_every_step_ms": round(fresh, 3),
+                        "same_batch_ms": round(same, 3)}), flush=True)
 
 
 def config(mode: str):
@@ -67,8 +72,8 @@ def config(mode: str):
     rows = c.data.synthetic.vocab_sizes[i] // 10
     if mode == "hashed":
       overrides.append(f"cat_{i}:rows={rows}")
-    else:  # The same memory: 68 B a dim-16 row with row-wise Adagrad, 84 with its map entry.
-      overrides += [f"cat_{i}:kind=dynamic", f"cat_{i}:capacity={int(rows * 68 / 84) - 1}"]
+    else:  # The same memory: 68 B a dim-16 row with row-wise Adagrad, 88 with its map entry.
+      overrides += [f"cat_{i}:kind=dynamic", f"cat_{i}:capacity={int(rows * 68 / 88) - 1}"]
       if mode == "dynamic_admit4":
         overrides.append(f"cat_{i}:admit_after=4")
   c.embedding.overrides = tuple(overrides)

@@ -17,7 +17,17 @@ from test_train_step import run_steps
 
 
 def _admit_fn(spec):
-  return jax.jit(lambda state, ids, step: dynamic.admit(spec, state, ids, step))
+  return jax.jit(lambda state, ids, step, ids_hi=None: dynamic.admit(spec, state, ids, step, ids_hi))
+
+
+PAD64 = 2**64 - 1
+
+
+def _words(ids64):
+  """uint64 ids -> (low, high) words as int32 bit patterns (how a batch carries them)."""
+  ids64 = np.asarray(ids64, np.uint64)
+  return ((ids64 & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.int32),
+          (ids64 >> np.uint64(32)).astype(np.uint32).view(np.int32))
 
 
 def _key():
@@ -33,7 +43,7 @@ class ReferenceMap:
 
   def step(self, ids, step):
     ids = np.asarray(ids).reshape(-1)
-    u, counts = np.unique(ids[ids >= 0], return_counts=True)
+    u, counts = np.unique(ids[ids != PAD64] if ids.dtype == np.uint64 else ids[ids >= 0], return_counts=True)
     if self.spec.eviction == "lfu":
       for entry in self.entries.values():
         entry[0] = np.float32(entry[0] * np.float32(self.spec.decay))
@@ -72,9 +82,15 @@ class ReferenceMap:
 
 
 def _map_of(state):
-  keys, rows = np.asarray(state["keys"]), np.asarray(state["rows"])
-  live = keys != dynamic.EMPTY
+  """id -> row of the live entries (ids as Python ints of their 64 bits)."""
+  keys = np.asarray(state["keys"]).astype(np.uint64)
+  if "keys_hi" in state:
+    keys |= np.asarray(state["keys_hi"]).astype(np.uint64) << np.uint64(32)
+  live = keys != np.uint64(PAD64 if "keys_hi" in state else dynamic.PAD)
+  rows = np.asarray(state["rows"])
   return dict(zip(keys[live].tolist(), rows[live].tolist()))
+
+
 
 
 def test_below_capacity_every_distinct_id_keeps_its_own_row():
@@ -126,7 +142,7 @@ def test_eviction_order_equals_the_reference(spec):
     assert before - set(after) == want_evicted, step
     assert {k: int(v) for k, v in stats.items() if k != "occupancy"} == want_stats, step
     # New ids took exactly the rows handed out this step, and read them.
-    fresh = {int(i): int(r) for i, r in zip(np.asarray(fresh_ids), np.asarray(fresh_rows)) if i >= 0}
+    fresh = {int(i): int(r) for i, r in zip(np.asarray(fresh_ids[0]), np.asarray(fresh_rows)) if r >= 0}
     assert fresh == {x: after[x] for x in set(after) - before}
     rows = np.asarray(rows)
     for x, r in zip(ids[ids >= 0].tolist(), rows[ids >= 0].tolist()):
@@ -136,13 +152,54 @@ def test_eviction_order_equals_the_reference(spec):
   assert total_evicted > 20  # the stream overflows the map again and again
 
 
+def test_64_bit_ids_own_their_rows_and_evict_as_the_reference():
+  """Raw 64-bit ids (as `--vocab raw` keeps them): ids sharing a low word, or equal to a 31-bit id
+  in their low word, are different ids; the eviction order (ties by the unsigned 64-bit id) is the
+  reference's."""
+  spec = dynamic.DynamicSpec(capacity=12, decay=0.5, wide=True)
+  state, admit, ref = dynamic.init_map(spec, _key()), _admit_fn(spec), ReferenceMap(spec)
+  rng = np.random.default_rng(5)
+  lows = np.array([0, 7, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF], np.uint64)
+  highs = np.array([0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF], np.uint64)
+  universe = np.unique((highs[:, None] << np.uint64(32)) | lows[None, :])
+  universe = universe[universe != np.uint64(PAD64)][rng.permutation(len(universe) - 1)][:40]
+  total_evicted = 0
+  for step in range(1, 31):
+    ids = universe[rng.zipf(1.3, (16, 2)) % len(universe)]
+    ids[rng.random(ids.shape) < 0.2] = np.uint64(PAD64)
+    lo, hi = _words(ids)
+    before = set(_map_of(state))
+    state, rows, fresh_rows, fresh_ids, stats = admit(state, jnp.asarray(lo), step, jnp.asarray(hi))
+    want_stats, want_evicted = ref.step(ids, step)
+    after = _map_of(state)
+    assert set(after) == set(ref.entries), step
+    assert before - set(after) == want_evicted, step
+    assert {k: int(v) for k, v in stats.items() if k != "occupancy"} == want_stats, step
+    fresh_hi, fresh_lo = (np.asarray(w).astype(np.uint64) for w in fresh_ids)
+    fresh = {int(i): int(r) for i, r in zip((fresh_hi << np.uint64(32)) | fresh_lo, np.asarray(fresh_rows)) if r >= 0}
+    assert fresh == {x: after[x] for x in set(after) - before}
+    for x, r in zip(ids.reshape(-1).tolist(), np.asarray(rows).reshape(-1).tolist()):
+      assert r == (-1 if x == PAD64 else after.get(x, spec.capacity))
+    assert len(set(after.values())) == len(after)  # one id per row
+    total_evicted += want_stats["evicted"]
+  assert total_evicted > 10
+  # Lookup: a known id reads its row; an unknown id with a known id's low word, the default row.
+  known = next(iter(after))
+  twin = known ^ (1 << 40)
+  lo, hi = _words([known, twin, PAD64])
+  assert np.asarray(dynamic.lookup(state, jnp.asarray(lo), jnp.asarray(hi))).tolist() == [
+      after[known], after.get(twin, spec.capacity), -1]
+  with pytest.raises(ValueError, match="wide map"):
+    dynamic.lookup(state, jnp.asarray(lo))
+
+
 @pytest.mark.parametrize("decay", [0.99, 0.5, 1.0])
 def test_admission_after_n_sightings_reads_the_default_row_until_then(decay):
   spec = dynamic.DynamicSpec(capacity=50, admit_after=3, decay=decay, sketch_width=1 << 16)
   state, admit, ref = dynamic.init_map(spec, _key()), _admit_fn(spec), ReferenceMap(spec)
-  slots = dynamic.sketch_slots(np.arange(60), spec.width, xp=np)
+  slots = dynamic.sketch_slots((np.arange(60),), spec.width, xp=np)
   assert all(len(set(row.tolist())) == 60 for row in slots)  # no shared counters among these ids
-  np.testing.assert_array_equal(slots, np.asarray(dynamic.sketch_slots(jnp.arange(60), spec.width)))
+  np.testing.assert_array_equal(slots, np.asarray(dynamic.sketch_slots((jnp.arange(60),), spec.width)))
   rng = np.random.default_rng(2)
   pending_total = 0
   for step in range(1, 11):
@@ -249,7 +306,7 @@ def test_exported_model_with_dynamic_and_hashed_tables_scores_as_the_trainer(tmp
   data_dir = _trained(config, tmp_path / "run")
   artifact.export(tmp_path / "run", tmp_path / "model")
   _assert_bitwise_parity(tmp_path / "run", tmp_path / "model", data_dir, batch_size=300)
-  # Quantized tables leave the maps (int32 ids and rows) exact.
+  # Quantized tables leave the maps (id words and rows) exact.
   manifest = artifact.export(tmp_path / "run", tmp_path / "int8", quantize="int8")
   stored = {e["name"]: e["stored_as"] for e in manifest["weights"] if e["name"].startswith("embedding/")}
   assert {n for n, how in stored.items() if how == "none"} == {

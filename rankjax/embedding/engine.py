@@ -242,16 +242,20 @@ class EmbeddingEngine:
 
   # ---- Dynamic tables: raw ids -> rows, before routing.
 
-  def admit(self, state: dict, ids_bt: jax.Array, step: jax.Array) -> tuple[dict, jax.Array, dict[str, jax.Array]]:
+  def admit(self, state: dict, ids_bt: jax.Array, step: jax.Array, ids_hi_bt: jax.Array | None = None
+            ) -> tuple[dict, jax.Array, dict[str, jax.Array]]:
     """A train step's map updates: (state with the maps and the new ids' fresh rows, the batch's
     ids with each dynamic table's raw ids replaced by its rows, stats summed over the dynamic
-    tables: embedding_dynamic_{admitted,evicted,pending,overflow} and the mean occupancy)."""
+    tables: embedding_dynamic_{admitted,evicted,pending,overflow} and the mean occupancy).
+    `ids_hi_bt` holds the high words of 64-bit ids (`ids_bt` their low words), when the data has them."""
     if not self.dynamic:
       return state, ids_bt, {}
     state, maps, totals = dict(state), dict(state[DYNAMIC]), {}
     with jax.named_scope("embedding_dynamic_admit"):
       for name, d in self.dynamic.items():
-        maps[name], rows, fresh_rows, fresh_ids, stats = dynamic.admit(d.spec, maps[name], ids_bt[:, d.columns], step)
+        hi = ids_hi_bt[:, d.columns] if d.spec.wide else None
+        maps[name], rows, fresh_rows, fresh_ids, stats = dynamic.admit(d.spec, maps[name], ids_bt[:, d.columns],
+                                                                       step, hi)
         ids_bt = ids_bt.at[:, d.columns].set(rows)
         state[d.group.name] = self._fresh(d, state[d.group.name], fresh_rows, fresh_ids, maps[name]["key"])
         for k, v in stats.items():
@@ -260,7 +264,8 @@ class EmbeddingEngine:
     state[DYNAMIC] = maps
     return state, ids_bt, totals
 
-  def _fresh(self, d: _Dynamic, arrays: dict, fresh_rows: jax.Array, fresh_ids: jax.Array, key: jax.Array) -> dict:
+  def _fresh(self, d: _Dynamic, arrays: dict, fresh_rows: jax.Array, fresh_ids: tuple[jax.Array, jax.Array],
+             key: jax.Array) -> dict:
     """The group's arrays with the rows new ids took initialised from the ids and their
     optimizer state reset to its initial value."""
     g = d.group
@@ -274,10 +279,11 @@ class EmbeddingEngine:
                                     mode="drop")
     return out
 
-  def map_ids(self, state: dict, ids_bt: jax.Array) -> jax.Array:
+  def map_ids(self, state: dict, ids_bt: jax.Array, ids_hi_bt: jax.Array | None = None) -> jax.Array:
     """Eval and serving: each dynamic table's raw ids -> its rows (unknown ids: the default row)."""
     for name, d in self.dynamic.items():
-      ids_bt = ids_bt.at[:, d.columns].set(dynamic.lookup(state[DYNAMIC][name], ids_bt[:, d.columns]))
+      hi = ids_hi_bt[:, d.columns] if d.spec.wide else None
+      ids_bt = ids_bt.at[:, d.columns].set(dynamic.lookup(state[DYNAMIC][name], ids_bt[:, d.columns], hi))
     return ids_bt
 
   # ---- Ids -> rows.

@@ -50,7 +50,6 @@ from rankjax.train import _host, _restore
 FUNCTION = "model.jax_exported"
 DATA_FILES = "data"  # The data's side files (a frequency vocabulary), for scoring raw rows.
 PLATFORMS = ("cpu", "cuda")
-MAP_WEIGHTS = ("keys", "rows")  # A dynamic table's map as served (lookup reads these two).
 
 
 def run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
@@ -105,13 +104,18 @@ def restore(workdir: pathlib.Path, step: int | None, config: ml_collections.Conf
   return exp, state, step, data_state
 
 
+def map_weights(task: Task, table: str) -> tuple[str, ...]:
+  """A dynamic table's map as served (what dynamic.lookup reads): its key words and rows."""
+  return (*task.engine.dynamic[table].spec.key_names, "rows")
+
+
 def named_weights(task: Task, state: TrainState) -> list[tuple[str, jax.Array]]:
   """The arrays inference reads, in the exported function's order: the dense parameters (by
   path), then each embedding table group's stacked table."""
   params = [("params" + jax.tree_util.keystr(p), x) for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]]
   groups = [(f"embedding/{g.name}", state.embedding[g.name]["table"]) for g in (task.engine.groups if task.engine else ())]
   maps = [(f"embedding/{DYNAMIC}/{name}/{k}", state.embedding[DYNAMIC][name][k])
-          for name in (task.engine.dynamic if task.engine else ()) for k in MAP_WEIGHTS]
+          for name in (task.engine.dynamic if task.engine else ()) for k in map_weights(task, name)]
   return params + groups + maps
 
 
@@ -144,7 +148,7 @@ def inference_function(task: Task, state: TrainState):
     embedding = {g: {"table": w} for g, w in zip(groups, weights[num_params:])}
     maps = iter(weights[num_params + len(groups):])
     if dynamic_tables:  # Each map's keys and rows: what dynamic.lookup reads.
-      embedding[DYNAMIC] = {name: {k: next(maps) for k in MAP_WEIGHTS} for name in dynamic_tables}
+      embedding[DYNAMIC] = {name: {k: next(maps) for k in map_weights(task, name)} for name in dynamic_tables}
     served = TrainState(step=jnp.zeros((), jnp.int32), rng=None, params=params, opt_state=None, embedding=embedding)
     return task.serving_scores(task.forward(served, inputs))
 
@@ -174,7 +178,7 @@ def table_locations(task: Task) -> dict[str, dict[str, Any]]:
       out[t.name] = {"weight": f"embedding/{g.name}", "row_offset": int(offset), "rows": int(t.vocab_size),
                      "dim": int(g.dim), "features": list(t.feature_names)}
       if t.name in task.engine.dynamic:
-        out[t.name]["map"] = {**{k: f"embedding/{DYNAMIC}/{t.name}/{k}" for k in MAP_WEIGHTS},
+        out[t.name]["map"] = {**{k: f"embedding/{DYNAMIC}/{t.name}/{k}" for k in map_weights(task, t.name)},
                               "capacity": int(t.capacity), "default_row": int(t.capacity)}
   return out
 
@@ -216,7 +220,7 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path, *, step: int | 
   (staging / FUNCTION).write_bytes(exported.serialize())
   entries = []
   for i, (name, x) in enumerate(named):
-    # Tables may be stored quantized; a dynamic table's map (int32 ids and rows) never.
+    # Tables may be stored quantized; a dynamic table's map (id words and rows) never.
     stored_as = quantize if name.startswith("embedding/") and not name.startswith(f"embedding/{DYNAMIC}/") else "none"
     entries.append({"name": name, **weights_lib.write(staging / "weights" / f"{i:04d}", _host(x), stored_as)})
     entries[-1]["path"] = f"weights/{entries[-1]['path']}"
