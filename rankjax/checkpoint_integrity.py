@@ -21,6 +21,7 @@ import ml_collections
 
 from rankjax import partitioner
 from rankjax.data import pipeline
+from rankjax.embedding import dynamic as dynamic_lib
 from rankjax.errors import ConfigError
 
 
@@ -98,7 +99,8 @@ def fingerprint(config: ml_collections.ConfigDict, manifest: dict, state_shapes:
       dynamic[f"{table}:{key}"] = value
   dynamic = [f"{k}={v}" for k, v in sorted(dynamic.items())]
   return json.loads(json.dumps({"data": data, "model": config.model.to_dict(), "task": config.task.to_dict(),
-                                "dense_shapes": shapes, "dynamic_tables": dynamic}, default=str))
+                                "dense_shapes": shapes, "dynamic_tables": dynamic,
+                                "map_format": dynamic_lib.MAP_FORMAT}, default=str))
 
 
 def _differences(saved: Any, current: Any, where: str) -> list[str]:
@@ -123,6 +125,11 @@ def check_compatible(saved: dict | None, current: dict, step: int, workdir: str,
   returns a warning line for an old checkpoint without a fingerprint, else None."""
   if saved is None:
     return f"checkpoint step {step} in {workdir} records no fingerprint (written by an older rankjax): not checked"
+  has_maps = any(entry.endswith(":kind=dynamic") for entry in saved.get("dynamic_tables") or ())
+  if has_maps and saved.get("map_format", 1) != current["map_format"]:
+    raise ConfigError("embedding.overrides", f"checkpoint step {step} in {workdir} holds dynamic-table maps of "
+                      f"format {saved.get('map_format', 1)} (int32 keys), which this rankjax (format "
+                      f"{current['map_format']}) does not restore; point --workdir elsewhere")
   for part, key in (("data", "data.path"), ("model", "model"), ("task", "task"), ("dense_shapes", "model"),
                     ("dynamic_tables", "embedding.overrides")):
     if part == "data" and allow_data_change:

@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 PAD = np.uint32(0xFFFFFFFF)  # Both words of the padding id (int64 -1); a map entry without an id holds it too.
+MAP_FORMAT = 2  # The map's arrays as checkpointed: 2 = uint32 key words, PAD empty (1: int32 keys).
 EVICTIONS = ("lfu", "ttl")
 SKETCH_DEPTH = 2
 _SKETCH_MIX = ((0x9E3779B1, 0x7F4A7C15), (0x85EBCA77, 0xC2B2AE3D))  # Per sketch row: multiplier, offset.
