@@ -334,6 +334,48 @@ def test_swar_decoders_match_python_on_every_width_and_sign():
                                   np.array([math.log1p(max(int(d), 0)) for d, _ in line_fields]).astype(np.float32))
 
 
+def _raw_words(ids):
+  """(cat, cat_hi) as --vocab raw stores them: the ids' low and high words as int32 bit patterns."""
+  raw = np.array([[criteo.MISSING_RAW_ID if v is None else v for v in row] for row in ids], np.uint64)
+  return ((raw & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.int32),
+          (raw >> np.uint64(32)).astype(np.uint32).view(np.int32))
+
+
+def test_raw_round_trip_keeps_every_64_bit_id(tmp_path):
+  lines = _lines(300, seed=2)
+  source = _write(tmp_path / "in.tsv", lines)
+  assert _cli("--input", source, "--output", tmp_path / "out", "--vocab", "raw", "--eval-fraction", 0.2) == 0
+  ids = _oracle(lines)[2]
+  low, high = _raw_words(ids)
+  for split, part in (("train", slice(0, 240)), ("eval", slice(240, 300))):
+    records = _records(tmp_path / "out", split)
+    label, dense, _ = _oracle(lines[part])
+    np.testing.assert_array_equal(records["label"], label)
+    np.testing.assert_array_equal(records["dense"], dense)
+    np.testing.assert_array_equal(records["cat"], low[part])
+    np.testing.assert_array_equal(records["cat_hi"], high[part])
+  manifest = layout.read_manifest(tmp_path / "out")
+  assert manifest["raw_ids"] is True and manifest["source"]["vocab"] == "raw"
+  # vocab_sizes: the distinct ids of each field in the train lines, an empty field one more id.
+  assert manifest["vocab_sizes"] == [len({row[t] for row in ids[:240]}) for t in range(26)]
+  assert manifest["vocab_sizes"][25] > 150  # 63-bit ids: nearly one per line, none hashed together
+
+
+def test_raw_ids_reserved_for_missing_and_padding_are_bad_lines(tmp_path, capsys):
+  lines = _lines(40, seed=3)
+  lines[7] = _with_field(20, "fffffffffffffffe")
+  lines[9] = _with_field(25, "FFFFFFFFFFFFFFFF")
+  source = _write(tmp_path / "in.tsv", lines)
+  assert _cli("--input", source, "--output", tmp_path / "strict", "--vocab", "raw", "--eval-fraction", 0.25) == 2
+  assert f"{source}:8: categorical id reserved by --vocab raw" in capsys.readouterr().err
+  assert _cli("--input", source, "--output", tmp_path / "skip", "--vocab", "raw", "--eval-fraction", 0.25,
+              "--on-error", "skip") == 0
+  ingest = layout.read_manifest(tmp_path / "skip")["ingest"]
+  assert ingest["rows_skipped"] == 2 and list(ingest["skipped_by_reason"].values()) == [2]
+  # The same ids are good lines for the hash vocabulary.
+  assert _cli("--input", source, "--output", tmp_path / "hash", "--eval-fraction", 0.25) == 0
+
+
 # ---------------------------------------------------------------- training on the output
 
 

@@ -270,9 +270,10 @@ def test_bench_serve_reports_latency_per_batch_size(mesh_run, tmp_path):
   assert all(0 < r["p50_ms"] <= r["p99_ms"] and r["calls"] >= 20 and r["rows_per_sec"] > 0 for r in results)
 
 
-@pytest.fixture(scope="module", params=("hash", "frequency"))
+@pytest.fixture(scope="module", params=("hash", "frequency", "raw"))
 def criteo_model(request, tmp_path_factory):
-  """A tiny DLRM trained on 600 Criteo lines converted with the hash or frequency vocabulary, exported."""
+  """A tiny DLRM trained on 600 Criteo lines converted with the hash or frequency vocabulary (or
+  the raw 64-bit ids, into dynamic tables), exported."""
   from rankjax.cli import data as data_cli
   from test_criteo import _lines, _write
   root = tmp_path_factory.mktemp(f"export_criteo_{request.param}")
@@ -282,6 +283,8 @@ def criteo_model(request, tmp_path_factory):
   assert data_cli.main(args) == 0
   config = tiny_config(steps=3, batch_size=64, eval_batch_size=128)
   config.data.path = str(root / "data")
+  if request.param == "raw":  # C1, C2 dynamic; the rest hashed from both words (26 maps compile for minutes)
+    config.embedding.overrides = tuple(f"C{i}:rows=50" for i in range(3, 27))
   _trained(config, root / "run")
   artifact.export(root / "run", root / "model")
   return root, tsv

@@ -31,8 +31,9 @@ def _inputs(tmp_path, bad_line=None):
 
 def _convert(tmp_path, files, name, *args):
   out = tmp_path / name
+  rows = [] if "raw" in args else ["--max-rows-per-table", "500"]
   code = data_cli.main(["criteo", "--input", str(tmp_path / "*.tsv*"), "--output", str(out),
-                        "--max-records-per-shard", "300", "--max-rows-per-table", "500", *args])
+                        "--max-records-per-shard", "300", *rows, *args])
   return code, out
 
 
@@ -42,7 +43,7 @@ def _dataset(directory):
                     and p.name != layout.VERIFIED_STAMP}
 
 
-@pytest.mark.parametrize("vocab", ["hash", "frequency"])
+@pytest.mark.parametrize("vocab", ["hash", "frequency", "raw"])
 @pytest.mark.parametrize("split", [["--eval-fraction", "0.15"], []])
 def test_several_workers_write_the_dataset_of_one_byte_for_byte(tmp_path, small_units, vocab, split):
   files = _inputs(tmp_path, bad_line=None)

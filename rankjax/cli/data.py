@@ -70,9 +70,10 @@ def _criteo_parser() -> argparse.ArgumentParser:
   from rankjax.data import criteo
   parser = _Parser(prog="rankjax data criteo", description=criteo.__doc__.split("\n\n")[0])
   _common_arguments(parser)
-  parser.add_argument("--vocab", choices=("hash", "frequency"), default="hash",
+  parser.add_argument("--vocab", choices=("hash", "frequency", "raw"), default="hash",
                       help="hash: rows by hashing (one pass); frequency: count pass, then ids seen "
-                           ">= --min-count times get rows, the rest row 0")
+                           ">= --min-count times get rows, the rest row 0; raw: the 64-bit ids kept "
+                           "for dynamic tables (a count pass gives vocab_sizes: distinct train ids)")
   parser.add_argument("--min-count", type=int, default=1, help="frequency vocabulary threshold (default 1)")
   parser.add_argument("--max-rows-per-table", type=int, default=None,
                       help=f"hash: rows per table (default {criteo.DEFAULT_HASH_ROWS}); frequency: a cap "

@@ -15,6 +15,11 @@ both vocabularies:
              rows 1.. in order of decreasing count (ties by id), at most N - 1 of them when a
              cap is given; rarer and unseen ids share row 0 with missing fields. The counts hold
              16 bytes per distinct id, so this mode's memory grows with the vocabulary.
+Or no vocabulary (`raw`): each id's 64 bits are kept (RawVocabulary: low words in `cat`, high
+words in `cat_hi`; an empty field is the id MISSING_RAW_ID, and ids 2**64 - 2 and 2**64 - 1 in
+the data are bad lines), so nothing is hashed away before training: dynamic tables map them to
+rows (rankjax/embedding/dynamic.py). The manifest's vocab_sizes are then the distinct ids per
+field in the train lines (a count pass, as for frequency), what a collision-free table needs.
 The eval split is either the last `eval_fraction` of the input lines (all files in order; the
 line count takes one extra read of the input) or separate eval files.
 """
@@ -44,9 +49,12 @@ GZIP_MAGIC = b"\x1f\x8b"
 _PAD = 16  # Zero bytes before each block, so a field's 16-byte window never starts before the buffer.
 
 # Why a line is rejected; `_REASONS[code]`.
-OK, WRONG_COLUMN_COUNT, MISSING_LABEL, BAD_LABEL, BAD_DENSE, LONG_DENSE, BAD_HEX, LONG_HEX = range(8)
+OK, WRONG_COLUMN_COUNT, MISSING_LABEL, BAD_LABEL, BAD_DENSE, LONG_DENSE, BAD_HEX, LONG_HEX, RESERVED_HEX = range(9)
 _REASONS = ("ok", "wrong column count", "missing label", "bad label (not 0 or 1)", "non-integer dense value",
-            "dense value over 16 characters", "non-hex categorical", "categorical id over 64 bits")
+            "dense value over 16 characters", "non-hex categorical", "categorical id over 64 bits",
+            "categorical id reserved by --vocab raw (fffffffffffffffe: missing, ffffffffffffffff: padding)")
+# --vocab raw keeps each categorical value's 64 bits; an empty field is this id (padding is all ones).
+MISSING_RAW_ID = (1 << 64) - 2
 TRUNCATED_GZIP, CORRUPT_GZIP, EMPTY_FILE = "truncated gzip", "corrupt gzip", "empty file"
 LONG_LINE = "line over 1 MiB"
 MAX_LINE_BYTES = 1 << 20
@@ -173,8 +181,9 @@ class ParsedBlock:
     return excerpt(f"{COLUMN_NAMES[column]}=" + fields[column].decode("utf-8", "replace"))
 
 
-def parse_block(padded: np.ndarray) -> ParsedBlock:
-  """Parses `padded` = _PAD zero bytes + whole lines, each ending in '\\n'."""
+def parse_block(padded: np.ndarray, reserve_top_ids: bool = False) -> ParsedBlock:
+  """Parses `padded` = _PAD zero bytes + whole lines, each ending in '\\n'. With
+  `reserve_top_ids` (--vocab raw), ids 2**64 - 2 and 2**64 - 1 are bad (RESERVED_HEX)."""
   body = padded[_PAD:]
   sep = np.flatnonzero(body <= 10)
   kinds = body[sep]
@@ -205,6 +214,10 @@ def parse_block(padded: np.ndarray) -> ParsedBlock:
   hex_bad, ids = (a.reshape(len(rows), NUM_CATEGORICAL) for a in
                   _parse_hex(words, ends[:, hex_cols].ravel(), width[:, hex_cols].ravel()))
   missing = width[:, hex_cols] == 0
+  reserved = np.zeros_like(hex_bad)
+  if reserve_top_ids:
+    reserved = ~hex_bad & ~missing & (ids >= _U(MISSING_RAW_ID))
+    hex_bad = hex_bad | reserved
   row_bad = label_missing | label_bad | dense_bad.any(axis=1) | hex_bad.any(axis=1)
   label = (first == 49).astype(np.float32)
   if not row_bad.any() and len(rows) == num_lines:  # The common case: every line is good.
@@ -217,7 +230,8 @@ def parse_block(padded: np.ndarray) -> ParsedBlock:
   codes = np.zeros((len(bad), NUM_COLUMNS), np.uint8)
   codes[:, 0] = np.where(label_missing[bad], MISSING_LABEL, np.where(label_bad[bad], BAD_LABEL, OK))
   codes[:, dense_cols] = np.where(dense_bad[bad], np.where(width[bad, dense_cols] > 16, LONG_DENSE, BAD_DENSE), OK)
-  codes[:, hex_cols] = np.where(hex_bad[bad], np.where(width[bad, hex_cols] > 16, LONG_HEX, BAD_HEX), OK)
+  codes[:, hex_cols] = np.where(hex_bad[bad], np.where(width[bad, hex_cols] > 16, LONG_HEX,
+                                                        np.where(reserved[bad], RESERVED_HEX, BAD_HEX)), OK)
   first_column = np.argmax(codes > 0, axis=1)
   bad_lines = np.concatenate([np.flatnonzero(~columns_ok), rows[bad]])
   bad_reasons = np.concatenate([np.full(num_lines - len(rows), WRONG_COLUMN_COUNT, np.uint8),
@@ -312,7 +326,8 @@ def _padded(parts: Sequence[bytes]) -> np.ndarray:
 
 
 def iter_blocks(path: pathlib.Path, stats: IngestStats, block_bytes: int = BLOCK_BYTES,
-                byte_range: tuple[int, int] | None = None, first_line: int = 1) -> Iterator[tuple[int, ParsedBlock]]:
+                byte_range: tuple[int, int] | None = None, first_line: int = 1,
+                reserve_top_ids: bool = False) -> Iterator[tuple[int, ParsedBlock]]:
   """(line number of the block's first line, parsed block) over the file; returns the number of
   lines (as `count_lines` counts them). File problems go to `stats`.
 
@@ -320,6 +335,7 @@ def iter_blocks(path: pathlib.Path, stats: IngestStats, block_bytes: int = BLOCK
   skipped for that reason, and the file is recorded (or raised, when strict) as damaged. A line
   over MAX_LINE_BYTES is a skipped row too, so memory stays bounded on any input. With
   `byte_range` (whole lines of a plain file), the first line is numbered `first_line`.
+  `reserve_top_ids`: see parse_block.
   """
   line, pending, seen_bytes, damage, discarding = first_line, b"", 0, None, False
   try:
@@ -338,7 +354,7 @@ def iter_blocks(path: pathlib.Path, stats: IngestStats, block_bytes: int = BLOCK
           stats.reject_rows(str(path), line, LONG_LINE, excerpt(pending))
           pending, discarding = b"", True
         continue
-      block = parse_block(_padded([pending, chunk[:cut]]))
+      block = parse_block(_padded([pending, chunk[:cut]]), reserve_top_ids)
       yield line, block
       line += block.num_lines
       pending = chunk[cut:]
@@ -350,7 +366,7 @@ def iter_blocks(path: pathlib.Path, stats: IngestStats, block_bytes: int = BLOCK
   if discarding:
     line += 1
   elif pending and damage is None:
-    yield line, parse_block(_padded([pending, b"\n"]))
+    yield line, parse_block(_padded([pending, b"\n"]), reserve_top_ids)
     line += 1
   elif pending:
     stats.rows_read += 1
@@ -508,7 +524,7 @@ class FrequencyVocabulary:
 
 @dataclasses.dataclass(frozen=True)
 class CriteoOptions:
-  vocab: str = "hash"  # hash | frequency
+  vocab: str = "hash"  # hash | frequency | raw (64-bit ids kept, for dynamic tables)
   min_count: int = 1  # frequency: ids seen fewer times share the OOV row 0.
   max_rows_per_table: int | None = None  # hash: rows per table (default DEFAULT_HASH_ROWS); frequency: a cap.
   strict: bool = True  # The first malformed line stops the conversion; otherwise skipped and counted.
@@ -518,13 +534,39 @@ class CriteoOptions:
   workers: int = 1  # Processes converting in parallel (rankjax.data.parallel); the output is the same.
 
 
-def record_dtype() -> np.dtype:
-  return layout.ctr_record_dtype(NUM_DENSE, NUM_CATEGORICAL)
+class RawVocabulary:
+  """--vocab raw: no vocabulary. Each categorical value's 64 bits are kept (an empty field is
+  MISSING_RAW_ID), split into the low words (`cat`) and high words (`cat_hi`) as int32 bit
+  patterns, for dynamic tables (rankjax/embedding/dynamic.py) to give rows without collisions.
+  vocab_sizes: the distinct ids of each field in the train split, the missing id included."""
+
+  def __init__(self, vocab_sizes: Sequence[int]):
+    self.vocab_sizes = list(vocab_sizes)
+
+  @classmethod
+  def counted(cls, counter: IdCounter) -> "RawVocabulary":
+    """From the count pass's distinct ids (the missing id among them: _countable)."""
+    return cls([max(1, len(counter.table(t)[0])) for t in range(NUM_CATEGORICAL)])
+
+  @staticmethod
+  def words(ids: np.ndarray, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(low words, high words) as int32 bit patterns of the raw ids, missing fields MISSING_RAW_ID."""
+    raw = np.where(missing, _U(MISSING_RAW_ID), ids)
+    return (raw & _U(0xFFFFFFFF)).astype(np.uint32).view(np.int32), (raw >> _U(32)).astype(np.uint32).view(np.int32)
+
+
+def record_dtype(raw: bool = False) -> np.dtype:
+  """The records: label, dense, and the rows of the categorical fields (int32), or with --vocab
+  raw their raw ids' low (`cat`) and high (`cat_hi`) words."""
+  dtype = layout.ctr_record_dtype(NUM_DENSE, NUM_CATEGORICAL)
+  return np.dtype(dtype.descr + [("cat_hi", "<i4", (NUM_CATEGORICAL,))]) if raw else dtype
 
 
 def _check_options(options: CriteoOptions) -> None:
-  if options.vocab not in ("hash", "frequency"):
-    raise ValueError(f"--vocab must be hash or frequency, got {options.vocab!r}")
+  if options.vocab not in ("hash", "frequency", "raw"):
+    raise ValueError(f"--vocab must be hash, frequency or raw, got {options.vocab!r}")
+  if options.vocab == "raw" and options.max_rows_per_table is not None:
+    raise ValueError("--max-rows-per-table does not go with --vocab raw (no rows: dynamic tables size themselves)")
   if bool(options.eval_inputs) == (options.eval_fraction is not None):
     raise ValueError("give exactly one of --eval-fraction and --eval-input")
   if options.eval_fraction is not None and not 0 < options.eval_fraction < 1:
@@ -533,13 +575,13 @@ def _check_options(options: CriteoOptions) -> None:
     raise ValueError(f"--workers must be >= 1, got {options.workers}")
 
 
-def _lines(files: Sequence[pathlib.Path], stats: IngestStats
+def _lines(files: Sequence[pathlib.Path], stats: IngestStats, raw: bool = False
            ) -> Iterator[tuple[pathlib.Path, int, int, ParsedBlock]]:
   """(file, line number in the file, global line index, block) over the files in order; the
-  global index counts every line of every earlier file."""
+  global index counts every line of every earlier file. `raw`: --vocab raw's reserved ids are bad."""
   lines_before = 0
   for path in files:
-    blocks = iter_blocks(path, stats)
+    blocks = iter_blocks(path, stats, reserve_top_ids=raw)
     while True:
       try:
         file_line, block = next(blocks)
@@ -560,32 +602,47 @@ def _reject_bad_lines(path: pathlib.Path, file_line: int, block: ParsedBlock, st
     stats.reject_rows(str(path), file_line, _REASONS[code], "", int(n))
 
 
-def _count_ids(train_files: Sequence[pathlib.Path], train_lines: int | None, strict: bool) -> IdCounter:
-  """The frequency vocabulary's count pass over the train lines (the first `train_lines` lines of
-  the files, or all). Strict mode raises on a bad line here; the write pass counts skips."""
+def _count_ids(train_files: Sequence[pathlib.Path], train_lines: int | None, strict: bool, raw: bool = False
+               ) -> IdCounter:
+  """The frequency (or raw) vocabulary's count pass over the train lines (the first `train_lines`
+  lines of the files, or all). Strict mode raises on a bad line here; the write pass counts skips."""
   counter = IdCounter(NUM_CATEGORICAL)
   stats = IngestStats(strict=strict)
-  for path, file_line, global_line, block in _lines(train_files, stats):
+  for path, file_line, global_line, block in _lines(train_files, stats, raw):
     if train_lines is not None and global_line >= train_lines:
       break
     _reject_bad_lines(path, file_line, block, stats)
     in_train = (global_line + block.good_lines < train_lines) if train_lines is not None else slice(None)
-    counter.add(block.ids[in_train], block.missing[in_train])
+    counter.add(*_countable(block, in_train, raw))
   return counter
 
 
-def feature_spec() -> dict:
+def _countable(block: ParsedBlock, lines, raw: bool) -> tuple[np.ndarray, np.ndarray]:
+  """(ids, missing) of the block's `lines` for the count pass: with --vocab raw, an empty field
+  counts as the id MISSING_RAW_ID (it owns a row like any id)."""
+  ids, missing = block.ids[lines], block.missing[lines]
+  if raw:
+    return np.where(missing, _U(MISSING_RAW_ID), ids), np.zeros_like(missing)
+  return ids, missing
+
+
+def feature_spec(raw: bool = False) -> dict:
   """How the Criteo columns became record fields (recorded in the manifest)."""
   return {"label": COLUMN_NAMES[0], "dense": list(COLUMN_NAMES[1:1 + NUM_DENSE]),
           "categorical": list(COLUMN_NAMES[1 + NUM_DENSE:]),
           "dense_transform": "log(1 + max(x, 0)) in float64, stored float32; empty -> 0",
-          "categorical_transform": "hex -> 64-bit id -> row; empty -> row 0"}
+          "categorical_transform": ("hex -> 64-bit id, kept: cat = low 32 bits, cat_hi = high 32 bits (int32 bit "
+                                    f"patterns); empty -> id {MISSING_RAW_ID:#x}") if raw
+                                   else "hex -> 64-bit id -> row; empty -> row 0"}
 
 
 def _records(block: ParsedBlock, vocabulary, dtype: np.dtype) -> np.ndarray:
   records = np.empty(len(block.good_lines), dtype)
   records["label"], records["dense"] = block.label, block.dense
-  records["cat"] = vocabulary.rows(block.ids, block.missing)
+  if isinstance(vocabulary, RawVocabulary):
+    records["cat"], records["cat_hi"] = vocabulary.words(block.ids, block.missing)
+  else:
+    records["cat"] = vocabulary.rows(block.ids, block.missing)
   return records
 
 
@@ -627,7 +684,7 @@ def _jobs(units: list[parallel.Unit], num_train_units: int, train_lines: int | N
 def _unit_blocks(job: _Job, stats: IngestStats):
   """(global line index of each block's first line, file line, block) of the unit's lines."""
   for file_line, block in iter_blocks(job.unit.path, stats, byte_range=job.unit.byte_range,
-                                      first_line=job.first_line):
+                                      first_line=job.first_line, reserve_top_ids=_WORKER["raw"]):
     yield job.first_global_line + file_line - job.first_line, file_line, block
 
 
@@ -650,7 +707,7 @@ def _count_ids_job(job: _Job) -> dict:
         break
       _reject_bad_lines(job.unit.path, file_line, block, stats)
       in_train = (global_line + block.good_lines < train_lines) if train_lines is not None else slice(None)
-      counter.add(block.ids[in_train], block.missing[in_train])
+      counter.add(*_countable(block, in_train, _WORKER["raw"]))
   path = scratch / f"counts-{job.index}.npz"
   tables = [counter.table(t) for t in range(NUM_CATEGORICAL)]
   np.savez(path, **{f"ids{t}": i for t, (i, _) in enumerate(tables)}, **{f"counts{t}": c for t, (_, c) in enumerate(tables)})
@@ -664,7 +721,7 @@ def _count_ids_worker(job: _Job) -> dict:  # Module level: the pool sends it by 
 def _count_ids_parallel(jobs: list[_Job], train_lines: int | None, options: CriteoOptions,
                         scratch: pathlib.Path) -> IdCounter:
   scratch.mkdir(exist_ok=True)
-  _WORKER.update(train_lines=train_lines, strict=options.strict, scratch=scratch)
+  _WORKER.update(train_lines=train_lines, strict=options.strict, scratch=scratch, raw=options.vocab == "raw")
   parts = []
   for result in parallel.map_in_order(_count_ids_worker, [j for j in jobs if j.is_train], options.workers):
     if "error" in result:
@@ -705,12 +762,12 @@ def _convert_parallel(jobs: list[_Job], vocabulary, train_lines: int | None, opt
   """Converts the units in worker processes and writes their records in input order."""
   scratch.mkdir(exist_ok=True)
   _WORKER.update(vocabulary=vocabulary, train_lines=train_lines, strict=options.strict, scratch=scratch,
-                 dtype=record_dtype())
+                 raw=options.vocab == "raw", dtype=record_dtype(options.vocab == "raw"))
   try:
     for result in parallel.map_in_order(_convert_worker, jobs, options.workers):
       stats.merge_worker_result(result)
       for split, path in result["paths"].items():
-        parallel.copy_records(pathlib.Path(path), record_dtype(), writer.split(split).write)
+        parallel.copy_records(pathlib.Path(path), _WORKER["dtype"], writer.split(split).write)
   finally:
     _WORKER.clear()
     shutil.rmtree(scratch, ignore_errors=True)
@@ -730,7 +787,8 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, opt
     train_lines = total_lines - math.floor(options.eval_fraction * total_lines)
   units = parallel.cut_units([*train_files, *eval_files], is_gzip) if options.workers > 1 else []
   jobs = _jobs(units, len(parallel.cut_units(train_files, is_gzip)) if units else 0, train_lines, options.workers)
-  dtype = record_dtype()
+  raw = options.vocab == "raw"
+  dtype = record_dtype(raw)
   stats = IngestStats(strict=options.strict)
   with DatasetWriter(output, dtype, options.max_records_per_shard) as writer:
     train, evaluation = writer.split("train"), writer.split("eval")
@@ -739,14 +797,15 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, opt
       vocabulary = HashVocabulary(options.max_rows_per_table or DEFAULT_HASH_ROWS)
     else:
       counter = (_count_ids_parallel(jobs, train_lines, options, scratch) if len(jobs) > 1
-                 else _count_ids(train_files, train_lines, options.strict))
-      vocabulary = FrequencyVocabulary(counter, options.min_count, options.max_rows_per_table)
+                 else _count_ids(train_files, train_lines, options.strict, raw))
+      vocabulary = (RawVocabulary.counted(counter) if raw
+                    else FrequencyVocabulary(counter, options.min_count, options.max_rows_per_table))
     if len(jobs) > 1:
       _convert_parallel(jobs, vocabulary, train_lines, options, scratch, stats, writer)
     else:
       # Eval files go to eval; train files to train, or with eval_fraction, by line position (None).
       for files, only_split in ((train_files, None if train_lines is not None else train), (eval_files, evaluation)):
-        for path, file_line, global_line, block in _lines(files, stats):
+        for path, file_line, global_line, block in _lines(files, stats, raw):
           stats.rows_read += block.num_lines
           _reject_bad_lines(path, file_line, block, stats)
           records = _records(block, vocabulary, dtype)
@@ -764,10 +823,11 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, opt
         writer.write_array(f"vocab_{name}", f"vocab/{name}.u64", ids.astype("<u8"))
     hashed = isinstance(vocabulary, HashVocabulary)
     source = {"kind": "criteo", "files": [str(p) for p in train_files], "eval_files": [str(p) for p in eval_files],
-              "vocab": options.vocab, "min_count": None if hashed else options.min_count,
+              "vocab": options.vocab, "min_count": options.min_count if options.vocab == "frequency" else None,
               "max_rows_per_table": vocabulary.rows_per_table if hashed else options.max_rows_per_table,
               "on_error": "strict" if options.strict else "skip", "eval_fraction": options.eval_fraction,
               "train_lines": train_lines}
     manifest = writer.finish(stats, num_dense=NUM_DENSE, vocab_sizes=list(vocabulary.vocab_sizes),
-                             hotness=[1] * NUM_CATEGORICAL, feature_spec=feature_spec(), source=source)
+                             hotness=[1] * NUM_CATEGORICAL, feature_spec=feature_spec(raw), source=source,
+                             **({"raw_ids": True} if raw else {}))
   return manifest

@@ -33,6 +33,8 @@ def criteo_vocabulary(manifest: dict, directory: pathlib.Path):
   source = manifest["source"]
   if source["vocab"] == "hash":
     return criteo.HashVocabulary(source["max_rows_per_table"])
+  if source["vocab"] == "raw":
+    return criteo.RawVocabulary(manifest["vocab_sizes"])
   names = criteo.COLUMN_NAMES[1 + criteo.NUM_DENSE:]
   return criteo.FrequencyVocabulary.from_rows([_side_array(directory, manifest["files"][f"vocab_{n}"]) for n in names])
 
@@ -44,8 +46,9 @@ def records(path: pathlib.Path, manifest: dict, directory: pathlib.Path, stats: 
   path = pathlib.Path(path)
   kind = manifest.get("source", {}).get("kind")
   if kind == "criteo":
-    vocabulary, dtype = criteo_vocabulary(manifest, directory), criteo.record_dtype()
-    for file_line, block in criteo.iter_blocks(path, stats):
+    raw = manifest["source"]["vocab"] == "raw"
+    vocabulary, dtype = criteo_vocabulary(manifest, directory), criteo.record_dtype(raw)
+    for file_line, block in criteo.iter_blocks(path, stats, reserve_top_ids=raw):
       stats.rows_read += block.num_lines
       criteo._reject_bad_lines(path, file_line, block, stats)
       yield file_line - 1 + np.asarray(block.good_lines, np.int64), criteo._records(block, vocabulary, dtype)

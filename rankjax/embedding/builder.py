@@ -10,7 +10,8 @@ import ml_collections
 from rankjax.dense_optim import learning_rate_schedule
 from rankjax.embedding import optimizers, planner
 from rankjax.errors import ConfigError
-from rankjax.embedding.tables import IDENTITY_FIELDS, EmbeddingTableConfig, FeatureSlots, with_rows
+from rankjax.embedding.tables import (IDENTITY_FIELDS, EmbeddingTableConfig, FeatureSlots, check_raw_id_table,
+                                     raw_id_defaults, with_rows)
 from rankjax.embedding.engine import EmbeddingEngine
 from rankjax.partitioner import Partitioner
 
@@ -49,7 +50,10 @@ def configured_tables(config: ml_collections.ConfigDict, tables: Sequence[Embedd
     if e.sharding != "auto":
       t = dataclasses.replace(t, sharding=t.sharding or e.sharding)
     try:
-      out.append(dataclasses.replace(t, **overrides.get(t.name, {})))
+      # Raw 64-bit ids: dynamic, unless the overrides make the table hashed.
+      t = dataclasses.replace(raw_id_defaults(t, overrides.get(t.name, {})), **overrides.get(t.name, {}))
+      check_raw_id_table(t)
+      out.append(t)
     except ValueError as err:
       raise ConfigError("embedding.overrides", str(err)) from None
   # Rows the tables will have: a hashed table's `rows`, a dynamic table's capacity + its default row.

@@ -78,10 +78,15 @@ class DynamicSpec:
       raise ValueError(f"eviction 'ttl' needs ttl >= 1 (steps), got {self.ttl}")
 
   @classmethod
-  def of(cls, table, wide: bool = False) -> "DynamicSpec":
-    """The map of a dynamic EmbeddingTableConfig (`wide`: the data's ids are 64-bit)."""
+  def of(cls, table) -> "DynamicSpec":
+    """The map of a dynamic EmbeddingTableConfig (wide when its ids are 64-bit)."""
     return cls(capacity=table.capacity, admit_after=table.admit_after, eviction=table.eviction,
-               decay=table.decay, ttl=table.ttl, wide=wide)
+               decay=table.decay, ttl=table.ttl, wide=table.id_bits == 64)
+
+  @property
+  def bytes_per_row(self) -> int:
+    """A map entry: its key words, row, score and last seen step."""
+    return 4 * len(self.key_names) + 12
 
   @property
   def key_names(self) -> tuple[str, ...]:
@@ -100,6 +105,18 @@ def key_words(ids, ids_hi=None, xp=jnp) -> tuple:
   if ids_hi is None:
     return (xp.where(ids < 0, PAD, ids.astype(xp.uint32)),)
   return xp.asarray(ids_hi).astype(xp.uint32), ids.astype(xp.uint32)
+
+
+def hash_words(hi: jax.Array, lo: jax.Array) -> jax.Array:
+  """A 64-bit id's two words -> int32 in [0, 2**31): a hashed table's id for it (murmur3's 32-bit
+  finalizer over the low word mixed with the finalized high word)."""
+  def fmix(h):
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+  return (fmix(lo.astype(jnp.uint32) ^ fmix(hi.astype(jnp.uint32) + jnp.uint32(0x9E3779B9))) >> 1).astype(jnp.int32)
 
 
 def sketch_slots(words: tuple, width: int, xp=jnp):

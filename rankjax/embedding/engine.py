@@ -28,7 +28,7 @@ from rankjax.embedding.sharding import SHARDINGS
 from rankjax.embedding.sharding.base import ROW_PAD_MULTIPLE, MeshAxes, ShardingType, TableGroup
 from rankjax.errors import ConfigError
 from rankjax.embedding.tables import (DTYPES, EmbeddingTableConfig, FeatureSlots, init_stacked, num_output_vectors,
-                                     pool, with_rows)
+                                     check_raw_id_table, pool, with_rows)
 
 DYNAMIC = "dynamic"  # The embedding state's key of the dynamic tables' maps (no group is named so).
 DYNAMIC_KEY_STREAM = 0x64796E  # fold_in(table init key, this): the maps' keys.
@@ -126,6 +126,16 @@ class EmbeddingEngine:
     slot_user = [user_table[self.tables[i].name.removesuffix("/quotient")] for i in slot_table]
     self._slot_vocab = np.array([t.vocab_size for t in slot_user], np.int32)  # Ids valid per slot.
     self._slot_fold = np.array([fold_ids or bool(t.rows) for t in slot_user], bool)  # Ids folded mod vocab.
+    # Raw 64-bit ids (id_bits 64): a hashed table's batch columns are hashed from both words first.
+    self.raw_ids = any(t.id_bits == 64 for t in self.user_tables)
+    if self.raw_ids and not all(t.id_bits == 64 for t in self.user_tables):
+      raise ValueError("every table must take 64-bit ids when one does (the batch carries raw ids for all)")
+    for t in self.user_tables:
+      check_raw_id_table(t)
+    self._raw_hashed_columns = np.array(sorted({
+        int(c) for t in self.user_tables if t.id_bits == 64 and t.rows for f in t.feature_names
+        for c in range(int(slots.start[slots.names.index(f)]), int(slots.start[slots.names.index(f)])
+                       + slots.hotness[slots.names.index(f)])}), np.int32)
     self._qr_slots = np.array([s for s, t in enumerate(slot_user) if t.qr_buckets], np.int32)
     self._qr_buckets = np.array([slot_user[s].qr_buckets for s in self._qr_slots], np.int32)
     slot_table = np.concatenate([slot_table, [remainder_of[slot_user[s].name] for s in self._qr_slots]]).astype(np.int64)
@@ -248,6 +258,7 @@ class EmbeddingEngine:
     ids with each dynamic table's raw ids replaced by its rows, stats summed over the dynamic
     tables: embedding_dynamic_{admitted,evicted,pending,overflow} and the mean occupancy).
     `ids_hi_bt` holds the high words of 64-bit ids (`ids_bt` their low words), when the data has them."""
+    ids_bt = self._hash_raw(ids_bt, ids_hi_bt)
     if not self.dynamic:
       return state, ids_bt, {}
     state, maps, totals = dict(state), dict(state[DYNAMIC]), {}
@@ -281,10 +292,22 @@ class EmbeddingEngine:
 
   def map_ids(self, state: dict, ids_bt: jax.Array, ids_hi_bt: jax.Array | None = None) -> jax.Array:
     """Eval and serving: each dynamic table's raw ids -> its rows (unknown ids: the default row)."""
+    ids_bt = self._hash_raw(ids_bt, ids_hi_bt)
     for name, d in self.dynamic.items():
       hi = ids_hi_bt[:, d.columns] if d.spec.wide else None
       ids_bt = ids_bt.at[:, d.columns].set(dynamic.lookup(state[DYNAMIC][name], ids_bt[:, d.columns], hi))
     return ids_bt
+
+  def _hash_raw(self, ids_bt: jax.Array, ids_hi_bt: jax.Array | None) -> jax.Array:
+    """Raw 64-bit ids of hashed tables -> 31-bit ids (dynamic.hash_words; padding stays -1), which
+    routing folds into the tables' rows."""
+    if self.raw_ids and ids_hi_bt is None:
+      raise ValueError("the tables take 64-bit ids: the batch's high words (ids_hi_bt) are missing")
+    if not len(self._raw_hashed_columns):
+      return ids_bt
+    cols = self._raw_hashed_columns
+    lo, hi = ids_bt[:, cols], ids_hi_bt[:, cols]
+    return ids_bt.at[:, cols].set(jnp.where((lo == -1) & (hi == -1), -1, dynamic.hash_words(hi, lo)))
 
   # ---- Ids -> rows.
 

@@ -59,11 +59,12 @@ def table_bytes(t: EmbeddingTableConfig, optimizer: str) -> int:
 
 
 def map_bytes(t: EmbeddingTableConfig) -> int:
-  """A dynamic table's map on each device (rankjax/embedding/dynamic.py): 20 bytes a row, plus the
-  admission sketch; 0 for a static table."""
+  """A dynamic table's map on each device (rankjax/embedding/dynamic.py): 16 bytes a row (20 with
+  64-bit ids), plus the admission sketch; 0 for a static table."""
   if t.kind != "dynamic":
     return 0
-  return 20 * t.capacity + (4 * dynamic.SKETCH_DEPTH * dynamic.DynamicSpec.of(t).width if t.admit_after > 1 else 0)
+  spec = dynamic.DynamicSpec.of(t)
+  return spec.bytes_per_row * t.capacity + (4 * dynamic.SKETCH_DEPTH * spec.width if t.admit_after > 1 else 0)
 
 
 def plan(tables: Sequence[EmbeddingTableConfig], num_devices: int, *, optimizer: str,

@@ -21,7 +21,8 @@ COMBINERS = ("sum", "mean", "none")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 INITIALIZERS = ("uniform", "zeros")
 KINDS = ("static", "dynamic")
-IDENTITY_FIELDS = ("name", "vocab_size", "dim", "feature_names")  # What `embedding.overrides` cannot change.
+# What `embedding.overrides` cannot change (id_bits is the data's).
+IDENTITY_FIELDS = ("name", "vocab_size", "dim", "feature_names", "id_bits")
 
 
 def scale_rows(vocab_sizes: Sequence[int], row_scale: float) -> tuple[int, ...]:
@@ -45,6 +46,9 @@ class EmbeddingTableConfig:
   kind: "static" (id i is row i) or "dynamic": raw ids get rows through an on-device map of
     `capacity` rows, without collisions while it has room (rankjax/embedding/dynamic.py, with
     admit_after, eviction "lfu" (decay) or "ttl" (ttl steps)).
+  id_bits: 31 (ids are int32 >= 0) or 64 (the data keeps raw 64-bit ids, `rankjax data criteo
+    --vocab raw`: the batch carries their high words too). A 64-bit table is dynamic or hashed
+    (rows > 0, ids hashed into rows); `raw_id_defaults` makes any other one dynamic.
   """
   name: str
   vocab_size: int
@@ -63,6 +67,7 @@ class EmbeddingTableConfig:
   eviction: str = "lfu"
   decay: float = 0.99
   ttl: int = 0
+  id_bits: int = 31
 
   def __post_init__(self):
     if self.vocab_size <= 0 or self.dim <= 0:
@@ -87,6 +92,30 @@ class EmbeddingTableConfig:
                        "dynamic table: add kind=dynamic")
     if self.kind == "dynamic" and self.capacity <= 0:
       raise ValueError(f"table {self.name}: a dynamic table needs capacity > 0 (its rows)")
+    if self.id_bits not in (31, 64):
+      raise ValueError(f"table {self.name}: id_bits must be 31 or 64, got {self.id_bits}")
+    if self.id_bits == 64 and self.qr_buckets:
+      raise ValueError(f"table {self.name}: a quotient-remainder table needs row ids; this data keeps raw 64-bit ids "
+                       "(make it dynamic, or hashed with rows=N)")
+
+
+RAW_ID_KINDS = ("kind", "rows", "qr_buckets")  # Overrides that choose what a 64-bit table is.
+
+
+def raw_id_defaults(t: EmbeddingTableConfig, overridden: Sequence[str] = ()) -> EmbeddingTableConfig:
+  """A table over raw 64-bit ids whose overrides (`overridden` settings) do not say what it is
+  becomes dynamic, with room for its vocabulary (the distinct ids the data's train split holds):
+  no collisions, no eviction."""
+  if t.id_bits == 64 and t.kind == "static" and not set(RAW_ID_KINDS) & set(overridden):
+    return dataclasses.replace(t, kind="dynamic", capacity=t.vocab_size)
+  return t
+
+
+def check_raw_id_table(t: EmbeddingTableConfig) -> None:
+  """Raises ValueError for a 64-bit table that can hold its ids neither by a map nor by hashing."""
+  if t.id_bits == 64 and t.kind == "static" and not t.rows:
+    raise ValueError(f"table {t.name}: this data keeps raw 64-bit ids (--vocab raw): the table must be dynamic "
+                     "(kind=dynamic, capacity=N) or hashed (rows=N)")
 
 
 def with_rows(t: EmbeddingTableConfig) -> EmbeddingTableConfig:

@@ -141,6 +141,12 @@ class Task(abc.ABC):
     """The batch's categorical ids [B, slots] the engine looks up (tasks with an engine)."""
     raise NotImplementedError(f"{type(self).__name__} has no embedding engine")
 
+  def sparse_ids_hi(self, batch: dict[str, jax.Array]) -> jax.Array | None:
+    """The high words of the batch's raw 64-bit ids (`sparse_ids` holds the low words), for data
+    that keeps them (`rankjax data criteo --vocab raw`); None for row ids."""
+    del batch
+    return None
+
   def init(self, seed_key: jax.Array) -> TrainState:
     model_key, table_key, state_key = jax.random.split(seed_key, 3)
     params = nnx.state(self.create_model(nnx.Rngs(params=model_key)))
@@ -162,7 +168,7 @@ class Task(abc.ABC):
     tables. Dynamic tables' ids are looked up in their maps (eval and serving: nothing admitted)."""
     if not self.engine:
       return None, None
-    routing = self.engine.route(self.engine.map_ids(state.embedding, self.sparse_ids(batch)))
+    routing = self.engine.route(self.engine.map_ids(state.embedding, self.sparse_ids(batch), self.sparse_ids_hi(batch)))
     return routing, self.engine.lookup_groups(state.embedding, routing)
 
   def _admit_route_and_lookup(self, state: TrainState, batch: dict[str, jax.Array]):
@@ -170,7 +176,8 @@ class Task(abc.ABC):
     tables admit the batch's new ids first (rankjax/embedding/dynamic.py)."""
     if not self.engine:
       return state.embedding, None, None, {}
-    embedding, ids, stats = self.engine.admit(state.embedding, self.sparse_ids(batch), state.step)
+    embedding, ids, stats = self.engine.admit(state.embedding, self.sparse_ids(batch), state.step,
+                                              self.sparse_ids_hi(batch))
     routing = self.engine.route(ids)
     return embedding, routing, self.engine.lookup_groups(embedding, routing), stats
 

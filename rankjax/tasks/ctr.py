@@ -9,6 +9,7 @@ and GAUC over eval.group_feature, accumulated on device (rankjax/streaming_metri
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import jax
@@ -64,16 +65,23 @@ class ClickTask(Task):
     self.loss_weights = np.asarray(config.task.loss_weights or (1.0,) * len(self.heads), np.float32)
     hotness = tuple(manifest.get("hotness", [1] * len(manifest["vocab_sizes"])))
     id_bounds = tuple(int(v) for v, h in zip(manifest["vocab_sizes"], hotness) for _ in range(h))
+    self.raw_ids = bool(manifest.get("raw_ids"))  # cat / cat_hi: the low / high words of 64-bit ids.
     self.batch_spec = BatchSpec((
         self.label_field(config),
         Field("dense", "float32", (manifest["num_dense"],), values="finite"),
-        Field("cat", "int32", (int(sum(hotness)),), id_bounds=id_bounds),
+        Field("cat", "int32", (int(sum(hotness)),), id_bounds=None if self.raw_ids else id_bounds),
+        *((Field("cat_hi", "int32", (int(sum(hotness)),)),) if self.raw_ids else ()),
     ))
+    if self.raw_ids:
+      self.SERVING_FIELDS = (*self.SERVING_FIELDS, "cat_hi")
     # Synthetic data is generated at the scaled size; real data's ids fold into the scaled tables.
     fold_ids = config.data.row_scale != 1 and _data_kind(manifest) != "synthetic"
     model = model_module(config.model.name)
     self.crosses = plan_crosses(model.crossed_features(config) if hasattr(model, "crossed_features") else (),
                                 config.model.get("cross_buckets", 0), _feature_names(manifest), hotness)
+    if self.crosses and self.raw_ids:
+      raise ConfigError("model.crosses", "crossed features hash row ids; this data keeps raw 64-bit ids "
+                        "(rankjax data criteo --vocab raw): convert it with --vocab hash or frequency for them")
     slots = FeatureSlots(_feature_names(manifest) + tuple(c.name for c in self.crosses),
                          hotness + (1,) * len(self.crosses))
     self.engine = build_engine(config, self.embedding_tables(config, manifest), slots, partitioner,
@@ -90,6 +98,9 @@ class ClickTask(Task):
     name = config.eval.group_feature
     if not name:
       return None, 0
+    if self.raw_ids:
+      raise ConfigError("eval.group_feature", "GAUC groups by a feature's row ids; this data keeps raw 64-bit ids "
+                        "(--vocab raw): convert it with --vocab hash or frequency for GAUC")
     names, aliases = _feature_names(manifest), column_aliases(manifest)
     name = aliases.get(name, name)  # A data column's name (a table spec's `user`) names its feature.
     if name not in names:
@@ -140,12 +151,18 @@ class ClickTask(Task):
       vocab_sizes = scale_rows(vocab_sizes, config.data.row_scale)
     model = model_module(config.model.name)
     if hasattr(model, "embedding_tables"):
-      return list(model.embedding_tables(config, vocab_sizes))
-    # Default: one table per feature, named after it, of model.embed_dim.
-    return [EmbeddingTableConfig(name=n, vocab_size=int(v), dim=config.model.embed_dim, feature_names=(n,))
-            for n, v in zip(_feature_names(manifest), vocab_sizes)]
+      tables = list(model.embedding_tables(config, vocab_sizes))
+    else:  # Default: one table per feature, named after it, of model.embed_dim.
+      tables = [EmbeddingTableConfig(name=n, vocab_size=int(v), dim=config.model.embed_dim, feature_names=(n,))
+                for n, v in zip(_feature_names(manifest), vocab_sizes)]
+    if manifest.get("raw_ids"):  # Dynamic (or hashed) tables over the 64-bit ids: tables.raw_id_defaults.
+      tables = [dataclasses.replace(t, id_bits=64) for t in tables]
+    return tables
 
   # ---- Step functions.
+
+  def sparse_ids_hi(self, batch: dict[str, jax.Array]) -> jax.Array | None:
+    return batch["cat_hi"] if self.raw_ids else None
 
   def sparse_ids(self, batch: dict[str, jax.Array]) -> jax.Array:
     if not self.crosses:
