@@ -72,8 +72,8 @@ def config(mode: str):
     rows = c.data.synthetic.vocab_sizes[i] // 10
     if mode == "hashed":
       overrides.append(f"cat_{i}:rows={rows}")
-    else:  # The same memory: 68 B a dim-16 row with row-wise Adagrad, 88 with its map entry.
-      overrides += [f"cat_{i}:kind=dynamic", f"cat_{i}:capacity={int(rows * 68 / 88) - 1}"]
+    else:  # The same memory: 68 B a dim-16 row with row-wise Adagrad, 84 with its (31-bit) map entry.
+      overrides += [f"cat_{i}:kind=dynamic", f"cat_{i}:capacity={int(rows * 68 / 84) - 1}"]
       if mode == "dynamic_admit4":
         overrides.append(f"cat_{i}:admit_after=4")
   c.embedding.overrides = tuple(overrides)
