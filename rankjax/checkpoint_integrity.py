@@ -72,7 +72,7 @@ def verify(state: Any, recorded: dict[str, str], step: int) -> None:
 
 # Table overrides that decide which id owns which row: a dynamic table's map, a hashed table's
 # rows, a quotient-remainder split. Re-laying out cannot carry rows across a change of these.
-ROW_KEYS = ("kind", "capacity", "admit_after", "eviction", "decay", "ttl", "rows", "qr_buckets")
+ROW_KEYS = ("kind", "capacity", "admit_after", "eviction", "decay", "ttl", "map_shards", "rows", "qr_buckets")
 
 
 def fingerprint(config: ml_collections.ConfigDict, manifest: dict, state_shapes: Any) -> dict[str, Any]:

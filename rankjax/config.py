@@ -243,8 +243,9 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   # Per-table overrides, "TABLE:KEY=VALUE" with KEY in sharding|optimizer|dtype|combiner|initializer|
   # qr_buckets (e.g. "cat_0:qr_buckets=1000": a quotient-remainder table), rows ("cat_0:rows=5000":
   # ids hashed into 5000 rows, id mod rows), or a dynamic table's
-  # kind=dynamic|capacity|admit_after|eviction=lfu|ttl|decay|ttl ("cat_0:kind=dynamic",
-  # "cat_0:capacity=100000": raw ids get rows without collisions, rankjax/embedding/dynamic.py);
+  # kind=dynamic|capacity|admit_after|eviction=lfu|ttl|decay|ttl|map_shards ("cat_0:kind=dynamic",
+  # "cat_0:capacity=100000": raw ids get rows without collisions, rankjax/embedding/dynamic.py;
+  # "cat_0:map_shards=8": its map split by id over the devices, rankjax/embedding/dynamic_shards.py);
   # they win over the defaults above and over the planner.
   c.embedding.overrides = ()
 
@@ -482,7 +483,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     key, eq, value = rest.partition("=")
     if not (sep and eq and table) or key not in OVERRIDE_KEYS:
       raise ConfigError("embedding.overrides", f"{entry!r} is not TABLE:KEY=VALUE with KEY in {OVERRIDE_KEYS}")
-    if key in ("qr_buckets", "rows", "capacity", "admit_after", "ttl"):
+    if key in ("qr_buckets", "rows", "capacity", "admit_after", "ttl", "map_shards"):
       if not value.isdigit():
         raise ConfigError("embedding.overrides", f"{entry!r}: {key} must be a non-negative int")
       continue

@@ -1,6 +1,7 @@
 """What a dynamic table's map costs, on the default backend (BENCHMARKS.md, "Dynamic tables ...").
 
   python scripts/dynamic_tables_bench.py [--ids 2048] [--capacities 169,100000] [--steps 20]
+      [--modes hashed,dynamic,dynamic_pieces8] [--devices 8] [--skip-map-update]
 
 1. One table's map update (`dynamic.admit`, jitted) for a batch of Zipf ids, per capacity, with
    31-bit ids and with 64-bit ids (a wide map): a fresh batch every step (new ids arrive) and the
@@ -73,9 +74,13 @@ def config(mode: str):
     if mode == "hashed":
       overrides.append(f"cat_{i}:rows={rows}")
     else:  # The same memory: 68 B a dim-16 row with row-wise Adagrad, 84 with its (31-bit) map entry.
-      overrides += [f"cat_{i}:kind=dynamic", f"cat_{i}:capacity={int(rows * 68 / 84) - 1}"]
+      pieces = int(mode.removeprefix("dynamic_pieces")) if mode.startswith("dynamic_pieces") else 1
+      capacity = (int(rows * 68 / 84) - 1) // pieces * pieces
+      overrides += [f"cat_{i}:kind=dynamic", f"cat_{i}:capacity={capacity}"]
       if mode == "dynamic_admit4":
         overrides.append(f"cat_{i}:admit_after=4")
+      if pieces > 1:  # The map split by id (rankjax/embedding/dynamic_shards.py).
+        overrides.append(f"cat_{i}:map_shards={pieces}")
   c.embedding.overrides = tuple(overrides)
   c.data.synthetic.num_train, c.data.synthetic.num_eval = 65536, 8192
   return c
@@ -87,12 +92,19 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--capacities", default="169,100000")
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--reps", type=int, default=2)
+  parser.add_argument("--modes", default="hashed,dynamic,dynamic_admit4",
+                      help="train-step variants: hashed, dynamic, dynamic_admit4, dynamic_piecesL (map_shards=L)")
+  parser.add_argument("--devices", type=int, default=1, help="devices of the train step's mesh (data parallel)")
+  parser.add_argument("--skip-map-update", action="store_true")
   args = parser.parse_args(argv)
-  map_update(args.ids, [int(c) for c in args.capacities.split(",")], args.steps)
+  if not args.skip_map_update:
+    map_update(args.ids, [int(c) for c in args.capacities.split(",")], args.steps)
   work = pathlib.Path(tempfile.mkdtemp())
   for rep in range(args.reps):
-    for mode in ("hashed", "dynamic", "dynamic_admit4"):
-      r = bench(config(mode), work / mode, args.steps, 3, jax.devices()[:1])
+    for mode in args.modes.split(","):
+      c = config(mode)
+      c.mesh.shape = (args.devices, 1)
+      r = bench(c, work / f"{mode}-{rep}", args.steps, 3, jax.devices()[:args.devices])
       print(json.dumps({"part": "train_step", "rep": rep, "mode": mode, "device": r["device_kind"],
                         "step_ms": round(r["step_ms_median"], 3), "samples_per_s": round(r["samples_per_sec"])}),
             flush=True)

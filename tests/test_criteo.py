@@ -355,7 +355,7 @@ def test_raw_round_trip_keeps_every_64_bit_id(tmp_path):
     np.testing.assert_array_equal(records["cat"], low[part])
     np.testing.assert_array_equal(records["cat_hi"], high[part])
   manifest = layout.read_manifest(tmp_path / "out")
-  assert manifest["raw_ids"] is True and manifest["source"]["vocab"] == "raw"
+  assert manifest["raw_ids"] == [True] * 26 and manifest["source"]["vocab"] == "raw"
   # vocab_sizes: the distinct ids of each field in the train lines, an empty field one more id.
   assert manifest["vocab_sizes"] == [len({row[t] for row in ids[:240]}) for t in range(26)]
   assert manifest["vocab_sizes"][25] > 150  # 63-bit ids: nearly one per line, none hashed together

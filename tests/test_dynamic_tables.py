@@ -193,6 +193,41 @@ def test_64_bit_ids_own_their_rows_and_evict_as_the_reference():
     dynamic.lookup(state, jnp.asarray(lo))
 
 
+def test_a_map_in_pieces_is_one_reference_map_per_piece():
+  """map_shards: piece s holds the ids hashed to it, its own LFU order and rows [s c/L, (s+1) c/L)."""
+  from rankjax.embedding import dynamic_shards
+  spec = dynamic.DynamicSpec(capacity=24, shards=4, decay=0.5)
+  piece = dynamic_shards.piece_spec(spec)
+  pieces, refs = dynamic_shards.init(spec, _key()), [ReferenceMap(piece) for _ in range(4)]
+  admit = jax.jit(lambda p, w, t: dynamic_shards.admit(spec, p, jnp.int32(0), w, t))
+  rng = np.random.default_rng(6)
+  total_evicted = 0
+  for step in range(1, 31):
+    ids = (rng.zipf(1.3, 48) % 80).astype(np.int32)
+    ids[rng.random(ids.shape) < 0.2] = -1
+    owner = dynamic_shards.owner((ids.astype(np.uint32),), 4, xp=np)
+    before = [set(_map_of({k: v[s] for k, v in pieces.items() if k != "key"})) for s in range(4)]
+    pieces, rows, fresh, stats = admit(pieces, dynamic.key_words(jnp.asarray(ids)), step)
+    want = [ref.step(np.where(owner == s, ids, -1), step)[0] for s, ref in enumerate(refs)]
+    for k in ("admitted", "evicted", "pending", "overflow"):
+      assert int(stats[k]) == sum(w[k] for w in want), (step, k)
+    held = [_map_of({k: v[s] for k, v in pieces.items() if k != "key"}) for s in range(4)]
+    for s in range(4):
+      assert set(held[s]) == set(refs[s].entries), (step, s)
+    for x, r, f in zip(ids.tolist(), np.asarray(rows).tolist(), np.asarray(fresh).tolist()):
+      if x < 0:
+        assert r == -1 and f == -1
+        continue
+      s = int(dynamic_shards.owner((np.array([x], np.uint32),), 4, xp=np)[0])
+      assert r == (s * 6 + held[s][x] if x in held[s] else 24)  # its piece's rows, else the default row
+      assert f == (r if x in held[s] and x not in before[s] else -1)
+    total_evicted += sum(w["evicted"] for w in want)
+  assert total_evicted > 10
+  served = dynamic_shards.lookup(spec, {k: pieces[k] for k in ("keys", "rows")}, jnp.int32(0),
+                                 dynamic.key_words(jnp.asarray(ids)))
+  np.testing.assert_array_equal(served, rows)  # what an exported model reads
+
+
 @pytest.mark.parametrize("decay", [0.99, 0.5, 1.0])
 def test_admission_after_n_sightings_reads_the_default_row_until_then(decay):
   spec = dynamic.DynamicSpec(capacity=50, admit_after=3, decay=decay, sketch_width=1 << 16)
@@ -224,6 +259,8 @@ def test_spec_and_override_errors_name_the_setting(tmp_path):
                            (("cat_0:capacity=8",), "add kind=dynamic"),
                            (("cat_0:kind=dynamic", "cat_0:capacity=ten"), "not an int"),
                            (("cat_0:kind=dynamic", "cat_0:capacity=8", "cat_0:eviction=lru"), "eviction"),
+                           (("cat_0:kind=dynamic", "cat_0:capacity=8", "cat_0:map_shards=3"), "divide capacity 8"),
+                           (("cat_0:map_shards=2",), "add kind=dynamic"),
                            (("cat_0:colour=red",), "not a table setting")]:
     config = tiny_config()
     config.mesh.shape = (1, 1)
@@ -242,14 +279,20 @@ def dynamic_config(sharding="row_wise", **train):
   return config
 
 
-@pytest.mark.parametrize("sharding, shape", [("row_wise", (8, 1)), ("row_wise", (2, 4)), ("table_wise", (8, 1))])
-def test_sharded_steps_with_dynamic_tables_equal_one_device(sharding, shape, tmp_path):
-  ref_config = dynamic_config(sharding)
-  ref_config.mesh.shape = (1, 1)
-  ref_exp, ref_state, ref_losses = run_steps(ref_config, tmp_path / "ref", jax.devices()[:1], 10)
-  config = dynamic_config(sharding)
-  config.mesh.shape = shape
-  exp, state, losses = run_steps(config, tmp_path / "mesh", jax.devices(), 10)
+PIECES = ("cat_0:map_shards=8", "cat_3:map_shards=16")  # cat_0: 8 pieces of 3; cat_3: 16 pieces of 1
+
+
+@pytest.mark.parametrize("sharding, shape, pieces", [("row_wise", (8, 1), ()), ("row_wise", (2, 4), ()),
+                                                     ("table_wise", (8, 1), ()), ("row_wise", (8, 1), PIECES),
+                                                     ("row_wise", (2, 4), PIECES)])
+def test_sharded_steps_with_dynamic_tables_equal_one_device(sharding, shape, pieces, tmp_path):
+  def config(mesh_shape):
+    c = dynamic_config(sharding)
+    c.embedding.overrides += pieces
+    c.mesh.shape = mesh_shape
+    return c
+  ref_exp, ref_state, ref_losses = run_steps(config((1, 1)), tmp_path / "ref", jax.devices()[:1], 10)
+  exp, state, losses = run_steps(config(shape), tmp_path / "mesh", jax.devices(), 10)
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
   tables, ref_tables = exp.task.engine.table_values(state.embedding), ref_exp.task.engine.table_values(ref_state.embedding)
   for name in ref_tables:
@@ -258,7 +301,15 @@ def test_sharded_steps_with_dynamic_tables_equal_one_device(sharding, shape, tmp
     for key, want in arrays.items():
       np.testing.assert_array_equal(np.asarray(state.embedding[DYNAMIC][name][key]), np.asarray(want))
   assert tables["cat_0"].shape[0] == 25  # capacity rows + the default row
-  assert len(_map_of(ref_state.embedding[DYNAMIC]["cat_0"])) == 24  # full: 50 ids came
+  if not pieces:
+    assert len(_map_of(ref_state.embedding[DYNAMIC]["cat_0"])) == 24  # full: 50 ids came
+    return
+  # The pieces are split over the 8 table-row shards: one (cat_0) or two (cat_3) a device.
+  engine = exp.task.engine
+  assert engine.num_shards == 8
+  for name, count, size in (("cat_0", 8, 3), ("cat_3", 16, 1)):
+    assert engine.shardings()[DYNAMIC][name]["keys"].shard_shape((count, size)) == (count // 8, size)
+  assert int(np.sum(np.asarray(ref_state.embedding[DYNAMIC]["cat_0"]["keys"]) != dynamic.PAD)) > 12
 
 
 def _losses(workdir):
@@ -269,6 +320,11 @@ def _losses(workdir):
 
 def test_resume_is_exact_and_a_checkpoint_moves_to_another_device_count(tmp_path):
   quiet = lambda _: None  # noqa: E731
+
+  def dynamic_config(sharding, **train):  # cat_3's map in 8 pieces: one a device on 8, two on 4.
+    c = globals()["dynamic_config"](sharding, **train)
+    c.embedding.overrides += ("cat_3:map_shards=8",)
+    return c
   straight = train_lib.train(dynamic_config("table_wise", steps=12, log_every=1), tmp_path / "straight",
                              devices=jax.devices()[:8], log=quiet)
   train_lib.train(dynamic_config("table_wise", steps=6, log_every=1), tmp_path / "resumed",
@@ -302,7 +358,7 @@ def test_exported_model_with_dynamic_and_hashed_tables_scores_as_the_trainer(tmp
   from test_export import _assert_bitwise_parity, _trained
   from rankjax.export import artifact
   config = dynamic_config(steps=8)
-  config.embedding.overrides += ("cat_2:rows=13",)  # 100 ids hashed into 13 rows
+  config.embedding.overrides += ("cat_2:rows=13", "cat_0:map_shards=4")  # 100 ids hashed into 13 rows; 4 pieces
   data_dir = _trained(config, tmp_path / "run")
   artifact.export(tmp_path / "run", tmp_path / "model")
   _assert_bitwise_parity(tmp_path / "run", tmp_path / "model", data_dir, batch_size=300)
@@ -316,7 +372,8 @@ def test_exported_model_with_dynamic_and_hashed_tables_scores_as_the_trainer(tmp
   assert {t for t, entry in tables.items() if "map" in entry} == {"cat_0", "cat_3"}
   for t in ("cat_0", "cat_3"):
     assert tables[t]["map"] == {"keys": f"embedding/{DYNAMIC}/{t}/keys", "rows": f"embedding/{DYNAMIC}/{t}/rows",
-                                "capacity": tables[t]["rows"] - 1, "default_row": tables[t]["rows"] - 1}
+                                "capacity": tables[t]["rows"] - 1, "default_row": tables[t]["rows"] - 1,
+                                **({"pieces": 4} if t == "cat_0" else {})}
 
 
 def test_a_hashed_table_folds_ids_into_its_rows(tmp_path):

@@ -180,6 +180,73 @@ def test_several_labels_are_one_field_and_the_pipeline_trains_on_the_chosen_one(
     pipeline.eval_iterator(tmp_path / "out", manifest, global_batch_size=8, spec=_click_spec(manifest, 2))
 
 
+RAW_SPEC = {"label": "click", "dense": ["price", "age"],
+            "categorical": [{"name": "user", "raw": True}, {"name": "item", "num_rows": 50}],
+            "sequence": [{"name": "history", "raw": True, "max_hotness": 3}], "qid": "query"}
+
+
+def _raw_words(values):
+  ids = np.array(values, np.uint64)
+  return (ids & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.int32), (ids >> np.uint64(32)).astype(np.uint32).view(np.int32)
+
+
+@pytest.mark.parametrize("name, write", [("t.parquet", _write_parquet), ("t.csv", _write_csv)], ids=["parquet", "csv"])
+def test_raw_features_keep_their_64_bit_ids_beside_hashed_ones(tmp_path, name, write):
+  from rankjax.data import criteo
+  source = write(tmp_path / name, ROWS)
+  assert _cli("--input", source, "--output", tmp_path / "out", "--spec", _spec_file(tmp_path, RAW_SPEC),
+              "--eval-fraction", 0.25) == 0
+  pad = 2 ** 64 - 1
+  user = [criteo.MISSING_RAW_ID if v is None else _id(v) for v in ROWS["user"]]
+  history = [([_id(v) for v in (h or []) if v is not None][:3] + [pad] * 3)[:3] for h in ROWS["history"]]
+  low, high = zip(*(_raw_words([u, *h]) for u, h in zip(user, history)))
+  expected = _expected(ROWS)
+  for split, rows in (("train", slice(0, 6)), ("eval", slice(6, 8))):
+    records = _split(tmp_path / "out", split)
+    np.testing.assert_array_equal(records["cat"][:, [0, 2, 3, 4]], np.array(low)[rows])
+    np.testing.assert_array_equal(records["cat_hi"][:, [0, 2, 3, 4]], np.array(high)[rows])
+    np.testing.assert_array_equal(records["cat"][:, 1], expected["cat"][rows, 1])  # hashed as before
+    np.testing.assert_array_equal(records["cat_hi"][:, 1], 0)
+    np.testing.assert_array_equal(records["label"], expected["label"][rows])
+  manifest = layout.read_manifest(tmp_path / "out")
+  assert manifest["raw_ids"] == [True, False, True]
+  # Distinct train ids: users alice, bob, 17, carol and the null's id; history 1..5 and 9 (-3 is "-3").
+  assert manifest["vocab_sizes"] == [5, 50, len({v for h in history[:6] for v in h if v != pad})]
+
+
+def test_raw_ids_reserved_for_a_null_and_padding_are_bad_rows(tmp_path, capsys):
+  rows = {k: list(v) for k, v in ROWS.items()}
+  rows["user"][3], rows["history"][5] = "-1", [3, -2]
+  source = _write_parquet(tmp_path / "t.parquet", rows)
+  spec = _spec_file(tmp_path, RAW_SPEC)
+  assert _cli("--input", source, "--output", tmp_path / "strict", "--spec", spec, "--eval-fraction", 0.25) == 2
+  assert f"{source}:4: {table.RESERVED_ID}" in capsys.readouterr().err
+  assert _cli("--input", source, "--output", tmp_path / "skip", "--spec", spec, "--eval-fraction", 0.25,
+              "--on-error", "skip") == 0
+  assert layout.read_manifest(tmp_path / "skip")["ingest"]["skipped_by_reason"] == {table.RESERVED_ID: 2}
+
+
+def test_a_model_trains_on_raw_and_hashed_features_of_one_table(tmp_path):
+  import jax
+  from rankjax.experiment import build
+  from test_train_step import run_steps
+  from test_dynamic_tables import _map_of
+  assert _cli("--input", _write_parquet(tmp_path / "t.parquet", ROWS), "--output", tmp_path / "out",
+              "--spec", _spec_file(tmp_path, RAW_SPEC), "--eval-fraction", 0.25) == 0
+  config = tiny_config(batch_size=4, eval_batch_size=8)
+  config.data.path = str(tmp_path / "out")
+  config.mesh.shape = (1, 1)
+  exp, state, losses = run_steps(config, tmp_path / "run", jax.devices()[:1], 3)
+  engine = exp.task.engine
+  assert {n: d.spec.wide for n, d in engine.dynamic.items()} == {"cat_0": True, "cat_2": True}
+  assert np.all(np.isfinite(losses))
+  held = _map_of(state.embedding["dynamic"]["cat_0"])
+  assert {_id("alice"), _id("bob"), _id("17")} <= set(held)
+  config.embedding.overrides = ("user:kind=static",)
+  with pytest.raises(ConfigError, match="raw 64-bit ids"):
+    build(config, None, jax.devices()[:1], manifest=exp.manifest)
+
+
 def test_embedding_overrides_and_the_gauc_group_may_name_the_spec_columns(tmp_path):
   import jax
   from rankjax.experiment import build
@@ -287,6 +354,8 @@ def test_skip_mode_counts_each_reason_and_read_equals_written_plus_skipped(tmp_p
      "categorical[0].min_count"),
     (dict(SPEC, categorical=[{"name": "b", "column": "click", "boundaries": [1]}]), "categorical[0].column"),
     (dict(SPEC, categorical=[{"name": "b", "column": "age", "num_rows": 9}]), "categorical[0].column"),
+    (dict(SPEC, categorical=[{"name": "user", "raw": True, "min_count": 2}]), "categorical[0].raw"),
+    (dict(SPEC, sequence=[{"name": "history", "raw": "yes", "max_hotness": 3}]), "sequence[0].raw"),
 ])
 def test_bad_spec_exits_2_naming_the_key(tmp_path, capsys, spec, key):
   source = _write_parquet(tmp_path / "t.parquet", ROWS)

@@ -829,5 +829,5 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, opt
               "train_lines": train_lines}
     manifest = writer.finish(stats, num_dense=NUM_DENSE, vocab_sizes=list(vocabulary.vocab_sizes),
                              hotness=[1] * NUM_CATEGORICAL, feature_spec=feature_spec(raw), source=source,
-                             **({"raw_ids": True} if raw else {}))
+                             **({"raw_ids": [True] * NUM_CATEGORICAL} if raw else {}))
   return manifest

@@ -11,6 +11,9 @@ The spec (a JSON object):
    "sequence": [{"name": "recent_items", "num_rows": 50000,     lists of ids (multi-hot)
                  "max_hotness": 20, "separator": "|"}],
    "qid": "query_id"}                                          optional int64 query id
+A categorical or sequence feature with "raw": true keeps its 64-bit ids instead of rows (no
+num_rows, min_count or boundaries): for dynamic tables (rankjax/embedding/dynamic.py), nothing
+hashed away.
 With --lists the rows of each query id become one list record instead (rankjax/data/table_lists.py).
 Records: label float32 (shape (k,) for k labels; training uses one, pipeline `label_index`,
 the first by default), dense float32[d], cat int32[categoricals + sum of max_hotness], and with
@@ -33,6 +36,12 @@ rest padded with -1.
 A bucketised feature ("boundaries": increasing finite numbers, b_0 < ... < b_k-1) reads the number
 in `column` (by default its own name; a dense column may be bucketised too, as several features):
 row 1 + #{b_i <= value}, so rows 1 .. k + 1 (num_rows = k + 2, row 0 for a null or NaN value).
+Raw features: the records gain `cat_hi` (int32 [slots]): a raw feature's slots hold its ids' low
+words in `cat` and high words in `cat_hi` (int32 bit patterns; other features' `cat_hi` is 0); a
+null value is the id criteo.MISSING_RAW_ID (2**64 - 2), a sequence is padded with the id 2**64 - 1,
+and a row holding either id (the integers -2 and -1) is bad ("id reserved by raw"). The manifest's
+vocab_sizes count a raw feature's distinct ids in the train rows (one more when a null is among
+them), and `raw_ids` marks which features are raw.
 Rows: a CSV row's line is its row number + 1 (the header), exact when no quoted value spans
 lines; a Parquet row's "line" is its 1-based row number in the file.
 """
@@ -66,6 +75,8 @@ MISSING_LABEL, NON_NUMERIC_LABEL = "missing label", "non-numeric label"
 NON_NUMERIC_DENSE, NON_FINITE_DENSE = "non-numeric dense value", "non-finite dense value"
 MISSING_QID, BAD_QID = "missing qid", "non-integer qid"
 WRONG_COLUMN_COUNT, EMPTY_FILE, UNREADABLE_FILE = "wrong column count", "empty file", "unreadable file"
+RESERVED_ID = "id reserved by raw (-2 / 2**64 - 2: a null value, -1 / 2**64 - 1: padding)"
+PAD_RAW_ID = (1 << 64) - 1  # A raw sequence's padding (both words -1, as the engine reads padding).
 
 
 class ExactVocabulary:
@@ -89,6 +100,7 @@ class CategoricalFeature:
   min_count: int = 0  # > 0: an exact vocabulary of the ids seen this often in the train split.
   column: str = ""  # The input column read; "" = `name`.
   boundaries: tuple[float, ...] = ()  # Non-empty: the bucket of a number, not an id.
+  raw: bool = False  # Keep the 64-bit ids (num_rows: their distinct count in the train split, set by convert).
   vocabulary: ExactVocabulary | None = dataclasses.field(default=None, compare=False, repr=False)
 
   @property
@@ -103,11 +115,12 @@ class SequenceFeature:
   max_hotness: int = 0
   separator: str = "|"
   min_count: int = 0
+  raw: bool = False
   vocabulary: ExactVocabulary | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def _feature_dict(feature) -> dict[str, Any]:
-  optional = ("min_count", "column", "boundaries")  # Written only when set.
+  optional = ("min_count", "column", "boundaries", "raw")  # Written only when set.
   return {f.name: list(value) if isinstance(value, tuple) else value for f in dataclasses.fields(feature)
           if f.name != "vocabulary" and ((value := getattr(feature, f.name)) or f.name not in optional)}
 
@@ -140,9 +153,15 @@ class FeatureSpec:
   def vocab_sizes(self) -> list[int]:
     return [f.num_rows for f in self.categorical] + [f.num_rows for f in self.sequence]
 
+  @property
+  def raw_ids(self) -> list[bool]:
+    """Per feature (vocab_sizes order): whether it keeps raw 64-bit ids."""
+    return [f.raw for f in (*self.categorical, *self.sequence)]
+
   def record_dtype(self) -> np.dtype:
     label_shape = () if len(self.labels) == 1 else (len(self.labels),)
     fields = [("label", "<f4", label_shape), ("dense", "<f4", (len(self.dense),)), ("cat", "<i4", (sum(self.hotness),))]
+    fields += [("cat_hi", "<i4", (sum(self.hotness),))] if any(self.raw_ids) else []
     return np.dtype(fields + ([("qid", "<i8")] if self.qid else []))
 
   def as_dict(self) -> dict[str, Any]:
@@ -172,14 +191,19 @@ def _features(path: pathlib.Path, raw: dict, key: str, cls, required: tuple[str,
   out = []
   for i, entry in enumerate(entries):
     where = f"{key}[{i}]"
-    optional_rows = isinstance(entry, dict) and (entry.get("min_count") or entry.get("boundaries"))
+    optional_rows = isinstance(entry, dict) and (entry.get("min_count") or entry.get("boundaries") or entry.get("raw"))
     needed = tuple(k for k in required if not (k == "num_rows" and optional_rows))
     if not isinstance(entry, dict) or not set(needed) <= set(entry) or not set(entry) <= allowed:
-      raise _spec_error(path, where, f"needs keys {list(required)} (num_rows optional with min_count or "
-                        f"boundaries; allowed {sorted(allowed)}), got {entry!r}")
+      raise _spec_error(path, where, f"needs keys {list(required)} (num_rows optional with min_count, "
+                        f"boundaries or raw; allowed {sorted(allowed)}), got {entry!r}")
     feature = cls(**entry)
     if not isinstance(feature.name, str) or not feature.name:
       raise _spec_error(path, f"{where}.name", "must be a column name")
+    if not isinstance(feature.raw, bool):
+      raise _spec_error(path, f"{where}.raw", f"must be true or false, got {feature.raw!r}")
+    if feature.raw and (feature.min_count or getattr(feature, "boundaries", ())):
+      raise _spec_error(path, f"{where}.raw", "raw ids have no min_count or boundaries (num_rows, too, is set by "
+                        "the conversion: the distinct ids)")
     if cls is CategoricalFeature:
       feature = _bucketised(path, where, feature)
       if feature.boundaries:
@@ -188,7 +212,7 @@ def _features(path: pathlib.Path, raw: dict, key: str, cls, required: tuple[str,
     if isinstance(feature.min_count, bool) or not isinstance(feature.min_count, int) or feature.min_count < 0:
       raise _spec_error(path, f"{where}.min_count", f"must be an int >= 1 (an exact vocabulary), got "
                         f"{feature.min_count!r}")
-    if (feature.num_rows or not feature.min_count) and (
+    if not feature.raw and (feature.num_rows or not feature.min_count) and (
         not isinstance(feature.num_rows, int) or not (3 if feature.min_count else 2) <= feature.num_rows <= MAX_ROWS):
       raise _spec_error(path, f"{where}.num_rows", f"must be an int in [{3 if feature.min_count else 2}, 2**31] "
                         f"(row 0 is 'missing'{', row 1 out-of-vocabulary' if feature.min_count else ''}), "
@@ -384,18 +408,42 @@ def _sequence_elements(array: pa.Array, feature: SequenceFeature, file: pathlib.
   return elements.filter(pa.array(keep)), parents[keep]
 
 
-def _sequence_rows(array: pa.Array, feature: SequenceFeature, file: pathlib.Path) -> tuple[np.ndarray, int, int]:
-  """([n, max_hotness] rows padded with -1, how many rows were cut to max_hotness, how many hold
-  more than one id)."""
+def _sequence_rows(array: pa.Array, feature: SequenceFeature, file: pathlib.Path
+                   ) -> tuple[np.ndarray, int, int, np.ndarray]:
+  """([n, max_hotness] rows padded with -1 (a raw feature: uint64 ids padded with PAD_RAW_ID), how
+  many rows were cut to max_hotness, how many hold more than one id, which rows keep a reserved
+  raw id)."""
   elements, parents = _sequence_elements(array, feature, file)
   lengths = np.bincount(parents, minlength=len(array))
   position = np.arange(len(parents)) - (np.cumsum(lengths) - lengths)[parents]
   kept = position < feature.max_hotness
-  out = np.full((len(array), feature.max_hotness), -1, np.int32)
+  if feature.raw:
+    out = np.full((len(array), feature.max_hotness), PAD_RAW_ID, np.uint64)
+  else:
+    out = np.full((len(array), feature.max_hotness), -1, np.int32)
+  reserved = np.zeros(len(array), bool)
   if len(elements):
-    rows = _rows(_raw_ids(elements, file, feature.name), feature)
-    out[parents[kept], position[kept]] = rows[kept]
-  return out, int(np.count_nonzero(lengths > feature.max_hotness)), int(np.count_nonzero(lengths > 1))
+    ids = _raw_ids(elements, file, feature.name)
+    out[parents[kept], position[kept]] = (ids if feature.raw else _rows(ids, feature))[kept]
+    if feature.raw:
+      reserved[parents[kept & (ids >= np.uint64(criteo.MISSING_RAW_ID))]] = True
+  return out, int(np.count_nonzero(lengths > feature.max_hotness)), int(np.count_nonzero(lengths > 1)), reserved
+
+
+def _raw_categorical_ids(array: pa.Array, feature: CategoricalFeature, file: pathlib.Path) -> np.ndarray:
+  """A raw feature's uint64 ids, a null value criteo.MISSING_RAW_ID."""
+  present = ~array.is_null().to_numpy(zero_copy_only=False)
+  ids = np.full(len(array), criteo.MISSING_RAW_ID, np.uint64)
+  if present.any():
+    ids[present] = _raw_ids(array.filter(pa.array(present)), file, feature.source)
+  reserved = present & (ids >= np.uint64(criteo.MISSING_RAW_ID))
+  return ids, reserved
+
+
+def _words(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """uint64 ids -> (low words, high words) as int32 bit patterns."""
+  return ((ids & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.int32),
+          (ids >> np.uint64(32)).astype(np.uint32).view(np.int32))
 
 
 @dataclasses.dataclass
@@ -448,12 +496,22 @@ def _convert_batch(batch: pa.RecordBatch, spec: FeatureSpec, file: pathlib.Path,
     if feature.boundaries:
       records["cat"][:, slot], bad = _bucket_rows(batch.column(feature.source), feature, file)
       flag(bad, NON_NUMERIC_DENSE, feature.source)
+    elif feature.raw:
+      ids, reserved = _raw_categorical_ids(batch.column(feature.source), feature, file)
+      records["cat"][:, slot], records["cat_hi"][:, slot] = _words(ids)
+      flag(reserved, RESERVED_ID, feature.source)
     else:
       records["cat"][:, slot] = _categorical_rows(batch.column(feature.source), feature, file)
     slot += 1
   for feature in spec.sequence:
-    records["cat"][:, slot:slot + feature.max_hotness], truncated[feature.name], several[feature.name] = \
-        _sequence_rows(batch.column(feature.name), feature, file)
+    values, truncated[feature.name], several[feature.name], reserved = _sequence_rows(
+        batch.column(feature.name), feature, file)
+    if feature.raw:
+      records["cat"][:, slot:slot + feature.max_hotness], records["cat_hi"][:, slot:slot + feature.max_hotness] = \
+          _words(values)
+      flag(reserved, RESERVED_ID, feature.name)
+    else:
+      records["cat"][:, slot:slot + feature.max_hotness] = values
     slot += feature.max_hotness
   if spec.qid:
     values, null, bad = _integers(batch.column(spec.qid), file, spec.qid)
@@ -611,9 +669,10 @@ def _file_splits(job: _Job, spec: FeatureSpec, stats: IngestStats, truncated: di
 
 
 def _with_vocabularies(spec: FeatureSpec, jobs: Sequence[_Job], strict: bool) -> tuple[FeatureSpec, dict]:
-  """The spec with an exact vocabulary for each feature with min_count, counted over the rows the
-  conversion writes to the train split (a first pass over the train input); and what each holds."""
-  exact = [f for f in (*spec.categorical, *spec.sequence) if f.min_count]
+  """The spec with an exact vocabulary for each feature with min_count, and its num_rows for each
+  raw feature (distinct ids, a null value's id among them), counted over the rows the conversion
+  writes to the train split (a first pass over the train input); and what each vocabulary holds."""
+  exact = [f for f in (*spec.categorical, *spec.sequence) if f.min_count or f.raw]
   counts: dict[str, tuple[np.ndarray, np.ndarray]] = {f.name: (np.zeros(0, np.uint64), np.zeros(0, np.int64))
                                                         for f in exact}
   for job in jobs:
@@ -626,7 +685,10 @@ def _with_vocabularies(spec: FeatureSpec, jobs: Sequence[_Job], strict: bool) ->
       for feature in exact:
         ids, seen = counts[feature.name]
         column = rows.column(feature.source if isinstance(feature, CategoricalFeature) else feature.name)
-        new, new_counts = np.unique(_column_ids(column, feature, job.path), return_counts=True)
+        ids_here = _column_ids(column, feature, job.path)
+        if feature.raw and isinstance(feature, CategoricalFeature) and column.null_count:
+          ids_here = np.append(ids_here, np.uint64(criteo.MISSING_RAW_ID))
+        new, new_counts = np.unique(ids_here, return_counts=True)
         merged, inverse = np.unique(np.concatenate([ids, new]), return_inverse=True)
         counts[feature.name] = merged, np.bincount(inverse, np.concatenate([seen, new_counts]),
                                                    len(merged)).astype(np.int64)
@@ -636,6 +698,9 @@ def _with_vocabularies(spec: FeatureSpec, jobs: Sequence[_Job], strict: bool) ->
   resolved, report = {}, {}
   for feature in exact:
     ids, seen = counts[feature.name]
+    if feature.raw:
+      resolved[feature.name] = dataclasses.replace(feature, num_rows=max(1, len(ids)))
+      continue
     kept = np.flatnonzero(seen >= feature.min_count)
     kept = kept[np.lexsort((ids[kept], -seen[kept]))]
     if feature.num_rows:
@@ -685,6 +750,9 @@ def _list_size(spec: FeatureSpec, files: Sequence[pathlib.Path], options: TableO
     return 0, 0
   if not spec.qid:
     raise ValueError("--lists groups rows into query lists by the spec's \"qid\" column, which the spec lacks")
+  if any(spec.raw_ids):
+    raise ValueError("--lists takes features with rows (num_rows or min_count); \"raw\": true features are for "
+                     "one record per row")
   if len(spec.labels) != 1:
     raise ValueError(f"--lists takes one label column (the relevance), the spec has {list(spec.labels)}")
   if options.max_list_size is not None and options.max_list_size < 1:
@@ -717,7 +785,7 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, spe
   dtype = spec.record_dtype()
   list_size, longest = _list_size(spec, [*train_files, *eval_files], options)
   vocabularies = {}
-  if any(f.min_count for f in (*spec.categorical, *spec.sequence)):
+  if any(f.min_count or f.raw for f in (*spec.categorical, *spec.sequence)):
     spec, vocabularies = _with_vocabularies(spec, jobs, options.strict)
   stats = IngestStats(strict=options.strict)
   truncated = {f.name: 0 for f in spec.sequence}
@@ -785,6 +853,7 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, spe
           lists={"longest_query": longest, **truncated_lists}, source={**source, "lists": True})
     return writer.finish(
         stats, num_dense=len(spec.dense), vocab_sizes=spec.vocab_sizes, hotness=spec.hotness,
+        **({"raw_ids": spec.raw_ids} if any(spec.raw_ids) else {}),
         labels=list(spec.labels), feature_spec=spec.as_dict(), sequences_truncated=truncated,
         sequence_rows_with_several_ids=several, **({"vocabularies": vocabularies} if vocabularies else {}),
         dense_stats=dense_stats.as_dict(), source=source)

@@ -34,8 +34,9 @@ A step whose update is skipped (non-finite loss) still admits: sightings are dat
 Eval and serving (`lookup`) only read the map: an unknown id reads the default row.
 
 The map is replicated on every device (16 bytes a row: key, row, score, last seen; 20 when wide; plus
-SKETCH_DEPTH x sketch_width x 4 bytes with admission); the rows themselves live in the table's group under
-any sharding type (row_wise, table_wise, ...).
+SKETCH_DEPTH x sketch_width x 4 bytes with admission), or split by id into `shards` pieces that the
+table-row mesh axes divide among the devices (rankjax/embedding/dynamic_shards.py); the rows
+themselves live in the table's group under any sharding type (row_wise, table_wise, ...).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class DynamicSpec:
   ttl: int = 0
   sketch_width: int = 0  # 0 = 4 x capacity (at least 1024).
   wide: bool = False  # 64-bit ids (two words a key); else 31-bit ids (one word a key, cheaper sorts).
+  shards: int = 1  # Pieces of the map, split by id (rankjax/embedding/dynamic_shards.py); 1 = one map.
 
   def __post_init__(self):
     if self.capacity <= 0:
@@ -76,12 +78,14 @@ class DynamicSpec:
       raise ValueError(f"decay must be in (0, 1], got {self.decay}")
     if self.eviction == "ttl" and self.ttl < 1:
       raise ValueError(f"eviction 'ttl' needs ttl >= 1 (steps), got {self.ttl}")
+    if self.shards < 1 or self.capacity % self.shards:
+      raise ValueError(f"map_shards must be >= 1 and divide capacity {self.capacity}, got {self.shards}")
 
   @classmethod
   def of(cls, table) -> "DynamicSpec":
     """The map of a dynamic EmbeddingTableConfig (wide when its ids are 64-bit)."""
     return cls(capacity=table.capacity, admit_after=table.admit_after, eviction=table.eviction,
-               decay=table.decay, ttl=table.ttl, wide=table.id_bits == 64)
+               decay=table.decay, ttl=table.ttl, wide=table.id_bits == 64, shards=table.map_shards)
 
   @property
   def bytes_per_row(self) -> int:
@@ -154,7 +158,7 @@ def init_map(spec: DynamicSpec, key_data: jax.Array) -> dict[str, jax.Array]:
   return state
 
 
-def _is_pad(words: tuple) -> jax.Array:
+def is_pad(words: tuple) -> jax.Array:
   out = words[0] == PAD
   for w in words[1:]:
     out = out & (w == PAD)
@@ -187,7 +191,7 @@ def _find(state: dict[str, jax.Array], words: tuple) -> tuple[jax.Array, jax.Arr
   """(position in the map, whether the id is there) of each id (its key words)."""
   keys, c = _keys(state), state["keys"].shape[0]
   pos = jnp.clip(_rank(keys, words), 0, c - 1)
-  found = ~_is_pad(words)
+  found = ~is_pad(words)
   for k, w in zip(keys, words):
     found = found & (k[pos] == w)
   return pos, found
@@ -203,7 +207,7 @@ def lookup(state: dict[str, jax.Array], ids: jax.Array, ids_hi: jax.Array | None
   """Raw ids (`key_words`; padding -> -1) -> rows: an id in the map its row, any other the default row."""
   words = _words_of(state, ids, ids_hi)
   pos, found = _find(state, words)
-  return jnp.where(_is_pad(words), -1, jnp.where(found, state["rows"][pos], state["keys"].shape[0]))
+  return jnp.where(is_pad(words), -1, jnp.where(found, state["rows"][pos], state["keys"].shape[0]))
 
 
 def admit(spec: DynamicSpec, state: dict[str, jax.Array], ids: jax.Array, step: jax.Array,
@@ -220,7 +224,7 @@ def admit(spec: DynamicSpec, state: dict[str, jax.Array], ids: jax.Array, step: 
   words = _words_of(state, ids, ids_hi)
   n = words[0].size
   u, counts = _distinct(tuple(w.reshape(-1) for w in words))
-  u_valid = ~_is_pad(u)
+  u_valid = ~is_pad(u)
   keys, rows, score, last = _keys(state), state["rows"], state["score"], state["last"]
   if spec.eviction == "lfu":
     score = score * spec.decay
@@ -243,7 +247,7 @@ def admit(spec: DynamicSpec, state: dict[str, jax.Array], ids: jax.Array, step: 
   else:
     eligible = new
 
-  live = ~_is_pad(keys)
+  live = ~is_pad(keys)
   expired = jnp.zeros((c,), bool)
   if spec.eviction == "ttl":
     expired = live & ~protected & (step - last > spec.ttl)
@@ -280,7 +284,7 @@ def admit(spec: DynamicSpec, state: dict[str, jax.Array], ids: jax.Array, step: 
 
   stats = {"admitted": jnp.sum(admitted), "evicted": n_evict + jnp.sum(expired),
            "pending": jnp.sum(new & ~eligible), "overflow": jnp.sum(eligible & ~admitted),
-           "occupancy": jnp.sum(~_is_pad(keys)) / c}
+           "occupancy": jnp.sum(~is_pad(keys)) / c}
   fresh_ids = tuple(jnp.where(admitted, w, PAD) for w in u)
   return out, lookup(out, *words[::-1]), fresh_rows, fresh_ids, stats
 
@@ -293,7 +297,7 @@ def _merge(keys, rows, score, last, u, counts, admitted, step):
   of key words."""
   c, n = keys[0].shape[0], u[0].shape[0]
   idx = jnp.arange(c, dtype=jnp.int32)
-  live = ~_is_pad(keys)
+  live = ~is_pad(keys)
   num_live = jnp.sum(live, dtype=jnp.int32)
   compact = jnp.where(live, jnp.cumsum(live) - 1, num_live + jnp.cumsum(~live) - 1)
   keys, (rows, score, last) = ((tuple(jnp.zeros_like(a).at[compact].set(a, unique_indices=True) for a in arrays))
@@ -326,7 +330,7 @@ def _distinct(words: tuple) -> tuple[tuple, jax.Array]:
   segment = jnp.cumsum(jnp.concatenate([jnp.ones((1,), bool), differs])) - 1
   u = tuple(jnp.full(w.shape, PAD, jnp.uint32).at[segment].set(w) for w in s)
   counts = jnp.zeros(s[0].shape, jnp.int32).at[segment].add(1)
-  return u, jnp.where(_is_pad(u), 0, counts)
+  return u, jnp.where(is_pad(u), 0, counts)
 
 
 def fresh_values(key_data: jax.Array, words: tuple, dim: int, scale: float) -> jax.Array:

@@ -15,7 +15,7 @@ have different dims: pooled outputs come per dim.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.struct
 import jax
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rankjax.embedding import dynamic, optimizers, quotient_remainder
+from rankjax.embedding import dynamic, dynamic_shards, optimizers, quotient_remainder
 from rankjax.embedding.sharding import SHARDINGS
 from rankjax.embedding.sharding.base import ROW_PAD_MULTIPLE, MeshAxes, ShardingType, TableGroup
 from rankjax.errors import ConfigError
@@ -128,8 +128,6 @@ class EmbeddingEngine:
     self._slot_fold = np.array([fold_ids or bool(t.rows) for t in slot_user], bool)  # Ids folded mod vocab.
     # Raw 64-bit ids (id_bits 64): a hashed table's batch columns are hashed from both words first.
     self.raw_ids = any(t.id_bits == 64 for t in self.user_tables)
-    if self.raw_ids and not all(t.id_bits == 64 for t in self.user_tables):
-      raise ValueError("every table must take 64-bit ids when one does (the batch carries raw ids for all)")
     for t in self.user_tables:
       check_raw_id_table(t)
     self._raw_hashed_columns = np.array(sorted({
@@ -206,14 +204,17 @@ class EmbeddingEngine:
     out = {g.name: {k: NamedSharding(self.mesh, spec)
                     for k, spec in SHARDINGS[g.sharding].state_specs(g, self.axes).items()}
            for g in self.groups}
-    if self.dynamic:  # The maps are replicated.
-      out[DYNAMIC] = {name: {k: NamedSharding(self.mesh, P()) for k in self._abstract_map(d)}
+    if self.dynamic:  # The maps are replicated; a map in pieces is split over the table-row axes.
+      out[DYNAMIC] = {name: {k: NamedSharding(self.mesh, self._map_spec(d.spec, k)) for k in self._abstract_map(d)}
                       for name, d in self.dynamic.items()}
     return out
 
   @staticmethod
-  def _abstract_map(d: _Dynamic) -> dict[str, jax.ShapeDtypeStruct]:
-    return jax.eval_shape(lambda: dynamic.init_map(d.spec, jnp.zeros((2,), jnp.uint32)))
+  def _init_map(spec: dynamic.DynamicSpec, key_data: jax.Array) -> dict[str, jax.Array]:
+    return (dynamic_shards.init if spec.shards > 1 else dynamic.init_map)(spec, key_data)
+
+  def _abstract_map(self, d: _Dynamic) -> dict[str, jax.ShapeDtypeStruct]:
+    return jax.eval_shape(lambda: self._init_map(d.spec, jnp.zeros((2,), jnp.uint32)))
 
   def init(self, key: jax.Array) -> dict[str, dict[str, jax.Array]]:
     """Tables and optimizer state; call under jit with out_shardings=self.shardings().
@@ -228,7 +229,7 @@ class EmbeddingEngine:
         arrays = state[d.group.name]
         arrays["table"] = arrays["table"].at[d.offset + d.spec.capacity].set(0)
       map_key = jax.random.fold_in(key, DYNAMIC_KEY_STREAM)
-      state[DYNAMIC] = {name: dynamic.init_map(d.spec, jax.random.key_data(jax.random.fold_in(map_key, d.index)))
+      state[DYNAMIC] = {name: self._init_map(d.spec, jax.random.key_data(jax.random.fold_in(map_key, d.index)))
                         for name, d in self.dynamic.items()}
     return state
 
@@ -265,8 +266,8 @@ class EmbeddingEngine:
     with jax.named_scope("embedding_dynamic_admit"):
       for name, d in self.dynamic.items():
         hi = ids_hi_bt[:, d.columns] if d.spec.wide else None
-        maps[name], rows, fresh_rows, fresh_ids, stats = dynamic.admit(d.spec, maps[name], ids_bt[:, d.columns],
-                                                                       step, hi)
+        admit = self._admit_pieces if d.spec.shards > 1 else dynamic.admit
+        maps[name], rows, fresh_rows, fresh_ids, stats = admit(d.spec, maps[name], ids_bt[:, d.columns], step, hi)
         ids_bt = ids_bt.at[:, d.columns].set(rows)
         state[d.group.name] = self._fresh(d, state[d.group.name], fresh_rows, fresh_ids, maps[name]["key"])
         for k, v in stats.items():
@@ -295,8 +296,55 @@ class EmbeddingEngine:
     ids_bt = self._hash_raw(ids_bt, ids_hi_bt)
     for name, d in self.dynamic.items():
       hi = ids_hi_bt[:, d.columns] if d.spec.wide else None
-      ids_bt = ids_bt.at[:, d.columns].set(dynamic.lookup(state[DYNAMIC][name], ids_bt[:, d.columns], hi))
+      if d.spec.shards > 1:
+        rows = self._lookup_pieces(d.spec, state[DYNAMIC][name], ids_bt[:, d.columns], hi)
+      else:
+        rows = dynamic.lookup(state[DYNAMIC][name], ids_bt[:, d.columns], hi)
+      ids_bt = ids_bt.at[:, d.columns].set(rows)
     return ids_bt
+
+  # A map in pieces (dynamic_shards): on the table-row axes when they divide the pieces, else whole
+  # on every device. Each device updates its pieces from all the batch's ids; rows combine by pmax.
+
+  def _pieces_split(self, spec: dynamic.DynamicSpec) -> bool:
+    return spec.shards > 1 and self.num_shards > 1 and spec.shards % self.num_shards == 0
+
+  def _map_spec(self, spec: dynamic.DynamicSpec, key: str) -> P:
+    return P(self.shard_axes) if self._pieces_split(spec) and key not in dynamic_shards.SHARED else P()
+
+  def _on_pieces(self, spec: dynamic.DynamicSpec, pieces: dict, fn: Callable, reduce: Callable,
+                 out_specs: Callable, *args):
+    """fn(pieces, first piece, *args) on the pieces each device holds, then `reduce(outputs, axes)`
+    (collectives over the table-row axes); `out_specs(the pieces' specs)` describes the outputs."""
+    if not self._pieces_split(spec):
+      return fn(pieces, jnp.int32(0), *args)
+    axes, local = self.shard_axes, spec.shards // self.num_shards
+    specs = {k: self._map_spec(spec, k) for k in pieces}
+
+    def on_device(pieces, *args):
+      return reduce(fn(pieces, jax.lax.axis_index(axes) * local, *args), axes)
+
+    return self.axes.shard_map(on_device, (specs, *(P(),) * len(args)), out_specs(specs))(pieces, *args)
+
+  def _admit_pieces(self, spec: dynamic.DynamicSpec, pieces: dict, ids: jax.Array, step: jax.Array,
+                    ids_hi: jax.Array | None):
+    """dynamic.admit's results for a map in pieces (fresh rows and ids at the batch's positions)."""
+    words = dynamic.key_words(ids.reshape(-1), None if ids_hi is None else ids_hi.reshape(-1))
+
+    def reduce(out, axes):
+      new, rows, fresh, stats = out
+      return new, jax.lax.pmax(rows, axes), jax.lax.pmax(fresh, axes), {k: jax.lax.psum(v, axes) for k, v in stats.items()}
+
+    new, rows, fresh, stats = self._on_pieces(
+        spec, pieces, lambda p, first, w, t: dynamic_shards.admit(spec, p, first, w, t), reduce,
+        lambda specs: (specs, P(), P(), P()), words, step)
+    return new, rows.reshape(ids.shape), fresh, words, dict(stats, occupancy=stats["occupancy"] / spec.shards)
+
+  def _lookup_pieces(self, spec: dynamic.DynamicSpec, pieces: dict, ids: jax.Array, ids_hi: jax.Array | None):
+    words = dynamic.key_words(ids.reshape(-1), None if ids_hi is None else ids_hi.reshape(-1))
+    rows = self._on_pieces(spec, pieces, lambda p, first, w: dynamic_shards.lookup(spec, p, first, w),
+                           lambda rows, axes: jax.lax.pmax(rows, axes), lambda specs: P(), words)
+    return rows.reshape(ids.shape)
 
   def _hash_raw(self, ids_bt: jax.Array, ids_hi_bt: jax.Array | None) -> jax.Array:
     """Raw 64-bit ids of hashed tables -> 31-bit ids (dynamic.hash_words; padding stays -1), which
@@ -463,8 +511,8 @@ class EmbeddingEngine:
         out[name][key] = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=rows_sharding if per_row else two_d)
     self._check_dynamic(descriptor)
     if self.dynamic:
-      replicated = NamedSharding(self.mesh, P())
-      out[DYNAMIC] = {name: {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=replicated)
+      out[DYNAMIC] = {name: {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
+                                                     sharding=NamedSharding(self.mesh, self._map_spec(d.spec, k)))
                              for k, v in self._abstract_map(d).items()}
                       for name, d in self.dynamic.items()}
     return out

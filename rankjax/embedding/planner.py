@@ -58,13 +58,16 @@ def table_bytes(t: EmbeddingTableConfig, optimizer: str) -> int:
   return t.vocab_size * (t.dim * BYTES[t.dtype] + 4 * per_row + 4 * per_coord * t.dim)
 
 
-def map_bytes(t: EmbeddingTableConfig) -> int:
+def map_bytes(t: EmbeddingTableConfig, num_devices: int = 1) -> int:
   """A dynamic table's map on each device (rankjax/embedding/dynamic.py): 16 bytes a row (20 with
-  64-bit ids), plus the admission sketch; 0 for a static table."""
+  64-bit ids), plus the admission sketch; a map in pieces whose count the devices divide is split
+  over them (rankjax/embedding/dynamic_shards.py); 0 for a static table."""
   if t.kind != "dynamic":
     return 0
   spec = dynamic.DynamicSpec.of(t)
-  return spec.bytes_per_row * t.capacity + (4 * dynamic.SKETCH_DEPTH * spec.width if t.admit_after > 1 else 0)
+  total = spec.bytes_per_row * t.capacity + (4 * dynamic.SKETCH_DEPTH * spec.width if t.admit_after > 1 else 0)
+  split = spec.shards > 1 and num_devices > 1 and spec.shards % num_devices == 0
+  return total // num_devices if split else total
 
 
 def plan(tables: Sequence[EmbeddingTableConfig], num_devices: int, *, optimizer: str,
@@ -93,7 +96,7 @@ def plan(tables: Sequence[EmbeddingTableConfig], num_devices: int, *, optimizer:
       d[int(np.argmin(load))] = b
     else:  # row_wise, column_wise, gspmd_row_wise split evenly (row padding ignored).
       d[:] = -(-b // num_devices)
-    d += map_bytes(t)  # A dynamic table's map is on every device.
+    d += map_bytes(t, num_devices)  # A dynamic table's map: on every device, or split in its pieces.
     load += d
     per_device[t.name] = d
   result = Plan(tuple(TablePlan(t.name, choice[t.name], sizes[t.name], tuple(int(x) for x in per_device[t.name]))

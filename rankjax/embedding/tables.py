@@ -45,7 +45,8 @@ class EmbeddingTableConfig:
   rows: > 0 hashes a static table's ids into that many rows (id mod rows, the hashing trick).
   kind: "static" (id i is row i) or "dynamic": raw ids get rows through an on-device map of
     `capacity` rows, without collisions while it has room (rankjax/embedding/dynamic.py, with
-    admit_after, eviction "lfu" (decay) or "ttl" (ttl steps)).
+    admit_after, eviction "lfu" (decay) or "ttl" (ttl steps); map_shards > 1 splits the map by id
+    into that many pieces, spread over the table-row mesh axes: rankjax/embedding/dynamic_shards.py).
   id_bits: 31 (ids are int32 >= 0) or 64 (the data keeps raw 64-bit ids, `rankjax data criteo
     --vocab raw`: the batch carries their high words too). A 64-bit table is dynamic or hashed
     (rows > 0, ids hashed into rows); `raw_id_defaults` makes any other one dynamic.
@@ -67,6 +68,7 @@ class EmbeddingTableConfig:
   eviction: str = "lfu"
   decay: float = 0.99
   ttl: int = 0
+  map_shards: int = 1
   id_bits: int = 31
 
   def __post_init__(self):
@@ -87,9 +89,12 @@ class EmbeddingTableConfig:
     if self.kind == "dynamic" and self.qr_buckets:
       raise ValueError(f"table {self.name}: a dynamic table cannot be a quotient-remainder table too")
     if self.kind == "static" and (self.capacity or self.admit_after != 1 or self.eviction != "lfu"
-                                  or self.decay != 0.99 or self.ttl):
-      raise ValueError(f"table {self.name}: capacity, admit_after, eviction, decay and ttl are settings of a "
-                       "dynamic table: add kind=dynamic")
+                                  or self.decay != 0.99 or self.ttl or self.map_shards != 1):
+      raise ValueError(f"table {self.name}: capacity, admit_after, eviction, decay, ttl and map_shards are settings "
+                       "of a dynamic table: add kind=dynamic")
+    if self.kind == "dynamic" and (self.map_shards < 1 or self.capacity % self.map_shards):
+      raise ValueError(f"table {self.name}: map_shards must be >= 1 and divide capacity {self.capacity}, "
+                       f"got {self.map_shards}")
     if self.kind == "dynamic" and self.capacity <= 0:
       raise ValueError(f"table {self.name}: a dynamic table needs capacity > 0 (its rows)")
     if self.id_bits not in (31, 64):
@@ -102,12 +107,14 @@ class EmbeddingTableConfig:
 RAW_ID_KINDS = ("kind", "rows", "qr_buckets")  # Overrides that choose what a 64-bit table is.
 
 
-def raw_id_defaults(t: EmbeddingTableConfig, overridden: Sequence[str] = ()) -> EmbeddingTableConfig:
-  """A table over raw 64-bit ids whose overrides (`overridden` settings) do not say what it is
-  becomes dynamic, with room for its vocabulary (the distinct ids the data's train split holds):
-  no collisions, no eviction."""
-  if t.id_bits == 64 and t.kind == "static" and not set(RAW_ID_KINDS) & set(overridden):
-    return dataclasses.replace(t, kind="dynamic", capacity=t.vocab_size)
+def raw_id_defaults(t: EmbeddingTableConfig, overrides: dict | None = None) -> EmbeddingTableConfig:
+  """A table over raw 64-bit ids whose overrides (setting -> value) do not say what it is becomes
+  dynamic, with room for its vocabulary (the distinct ids the data's train split holds; rounded
+  up to a multiple of map_shards): no collisions, no eviction."""
+  overrides = overrides or {}
+  if t.id_bits == 64 and t.kind == "static" and not set(RAW_ID_KINDS) & set(overrides):
+    shards = int(overrides.get("map_shards", 1))
+    return dataclasses.replace(t, kind="dynamic", capacity=-(-t.vocab_size // max(shards, 1)) * max(shards, 1))
   return t
 
 

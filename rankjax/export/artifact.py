@@ -169,7 +169,9 @@ def abstract_inputs(specs: dict[str, dict[str, Any]], block_rows: int = 0) -> di
 def table_locations(task: Task) -> dict[str, dict[str, Any]]:
   """Table -> where its rows are: the weight (group array), the first row, rows, dim, features;
   a dynamic table also its map: the weights holding its sorted ids and their rows (an id not
-  among the keys reads `default_row`; rankjax.embedding.dynamic.lookup)."""
+  among the keys reads `default_row`; rankjax.embedding.dynamic.lookup); a map in `pieces` holds
+  piece s's ids and local rows (row s x capacity / pieces + local) in its row s, an id in piece
+  hash_words(id) mod pieces (rankjax.embedding.dynamic_shards.lookup)."""
   if not task.engine:
     return {}
   out = {}
@@ -180,6 +182,8 @@ def table_locations(task: Task) -> dict[str, dict[str, Any]]:
       if t.name in task.engine.dynamic:
         out[t.name]["map"] = {**{k: f"embedding/{DYNAMIC}/{t.name}/{k}" for k in map_weights(task, t.name)},
                               "capacity": int(t.capacity), "default_row": int(t.capacity)}
+        if t.map_shards > 1:  # keys / rows are [pieces, capacity / pieces]: rankjax.embedding.dynamic_shards.
+          out[t.name]["map"]["pieces"] = int(t.map_shards)
   return out
 
 

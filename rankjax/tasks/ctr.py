@@ -65,7 +65,8 @@ class ClickTask(Task):
     self.loss_weights = np.asarray(config.task.loss_weights or (1.0,) * len(self.heads), np.float32)
     hotness = tuple(manifest.get("hotness", [1] * len(manifest["vocab_sizes"])))
     id_bounds = tuple(int(v) for v, h in zip(manifest["vocab_sizes"], hotness) for _ in range(h))
-    self.raw_ids = bool(manifest.get("raw_ids"))  # cat / cat_hi: the low / high words of 64-bit ids.
+    # Features with raw 64-bit ids: cat / cat_hi hold their low / high words (others: rows in cat).
+    self.raw_ids = any(manifest.get("raw_ids") or ())
     self.batch_spec = BatchSpec((
         self.label_field(config),
         Field("dense", "float32", (manifest["num_dense"],), values="finite"),
@@ -155,8 +156,13 @@ class ClickTask(Task):
     else:  # Default: one table per feature, named after it, of model.embed_dim.
       tables = [EmbeddingTableConfig(name=n, vocab_size=int(v), dim=config.model.embed_dim, feature_names=(n,))
                 for n, v in zip(_feature_names(manifest), vocab_sizes)]
-    if manifest.get("raw_ids"):  # Dynamic (or hashed) tables over the 64-bit ids: tables.raw_id_defaults.
-      tables = [dataclasses.replace(t, id_bits=64) for t in tables]
+    raw = {n for n, r in zip(_feature_names(manifest), manifest.get("raw_ids") or ()) if r}
+    for i, t in enumerate(tables):  # Dynamic (or hashed) tables over the 64-bit ids: tables.raw_id_defaults.
+      if raw & set(t.feature_names):
+        if not set(t.feature_names) <= raw:
+          raise ConfigError("model.name", f"table {t.name} serves features with raw 64-bit ids and with rows "
+                            f"({sorted(t.feature_names)}): a table takes one kind")
+        tables[i] = dataclasses.replace(t, id_bits=64)
     return tables
 
   # ---- Step functions.
