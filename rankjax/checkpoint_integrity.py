@@ -97,9 +97,11 @@ def fingerprint(config: ml_collections.ConfigDict, manifest: dict, state_shapes:
     key, _, value = rest.partition("=")
     if key in ROW_KEYS:
       dynamic[f"{table}:{key}"] = value
+  # Maps exist where an override makes a table dynamic, or on raw 64-bit ids (dynamic by default).
+  has_maps = any(v == "dynamic" for k, v in dynamic.items() if k.endswith(":kind")) or any(manifest.get("raw_ids") or ())
   dynamic = [f"{k}={v}" for k, v in sorted(dynamic.items())]
   return json.loads(json.dumps({"data": data, "model": config.model.to_dict(), "task": config.task.to_dict(),
-                                "dense_shapes": shapes, "dynamic_tables": dynamic,
+                                "dense_shapes": shapes, "dynamic_tables": dynamic, "has_maps": has_maps,
                                 "map_format": dynamic_lib.MAP_FORMAT}, default=str))
 
 
@@ -125,7 +127,7 @@ def check_compatible(saved: dict | None, current: dict, step: int, workdir: str,
   returns a warning line for an old checkpoint without a fingerprint, else None."""
   if saved is None:
     return f"checkpoint step {step} in {workdir} records no fingerprint (written by an older rankjax): not checked"
-  has_maps = any(entry.endswith(":kind=dynamic") for entry in saved.get("dynamic_tables") or ())
+  has_maps = saved.get("has_maps", any(entry.endswith(":kind=dynamic") for entry in saved.get("dynamic_tables") or ()))
   if has_maps and saved.get("map_format", 1) != current["map_format"]:
     raise ConfigError("embedding.overrides", f"checkpoint step {step} in {workdir} holds dynamic-table maps of "
                       f"format {saved.get('map_format', 1)} (int32 keys), which this rankjax (format "

@@ -434,13 +434,18 @@ def test_the_fingerprint_refuses_a_changed_map_or_hash_and_ignores_older_checkpo
     with pytest.raises(ConfigError, match="rows=13") as err:
       checkpoint_integrity.check_compatible(saved, changed, 5, "w", False)
     assert err.value.key == "embedding.overrides"
-  older = {k: v for k, v in saved.items() if k not in ("dynamic_tables", "map_format")}  # before both existed
+  older = {k: v for k, v in saved.items() if k not in ("dynamic_tables", "map_format", "has_maps")}  # before these existed
   assert checkpoint_integrity.check_compatible(older, saved, 5, "w", False) is None
   # Maps checkpointed before 64-bit ids (int32 keys) are refused, not cast into the new format.
-  int32_keys = {k: v for k, v in saved.items() if k != "map_format"}
+  int32_keys = {k: v for k, v in saved.items() if k not in ("map_format", "has_maps")}
   with pytest.raises(ConfigError, match="maps of format 1") as err:
     checkpoint_integrity.check_compatible(int32_keys, saved, 5, "w", False)
   assert err.value.key == "embedding.overrides"
   no_maps = fingerprint("cat_2:rows=13")
   assert checkpoint_integrity.check_compatible({k: v for k, v in no_maps.items() if k != "map_format"}, no_maps,
                                                5, "w", False) is None
+  # Raw 64-bit ids make dynamic tables without an override: their maps are marked all the same.
+  raw_manifest = {"source": {"kind": "criteo"}, "raw_ids": [True] * 26}
+  config = tiny_config()
+  assert checkpoint_integrity.fingerprint(config, raw_manifest, {})["has_maps"] is True
+  assert fingerprint("cat_2:rows=13")["has_maps"] is False and saved["has_maps"] is True

@@ -9,6 +9,7 @@ import pytest
 from rankjax import train as train_lib
 from rankjax.cli import data as data_cli
 from rankjax.config import load_config_file
+from rankjax.embedding import dynamic
 from rankjax.embedding.engine import DYNAMIC
 from rankjax.errors import ConfigError
 
@@ -53,18 +54,25 @@ def test_every_table_is_a_wide_dynamic_map_holding_each_64_bit_id_apart(raw_data
   assert set(engine.dynamic) == {f"cat_{i}" for i in range(26)} and all(d.spec.wide for d in engine.dynamic.values())
   # Sized by the data: capacity = the distinct train ids of the field (the empty-field id included).
   assert [engine.dynamic[f"cat_{i}"].spec.capacity for i in range(26)] == list(built.manifest["vocab_sizes"])
-  config = _config(raw_data, *HASHED)
+  config = _config(raw_data, *HASHED, "C2:map_shards=4")  # C2 in 4 pieces, sized with headroom
   config.mesh.shape = (1, 1)
   exp, state, losses = run_steps(config, tmp_path / "run", jax.devices()[:1], 8)
   assert np.all(np.isfinite(losses)) and set(exp.task.engine.dynamic) == {"cat_0", "cat_1"}
   held = _map_of(state.embedding[DYNAMIC]["cat_0"])
   assert set(held) == set(TWINS)  # 9 ids over 3 low words: 9 rows, none shared
   assert len(set(held.values())) == len(TWINS)
+  # 8 batches of 64 cover the 480 train records: every distinct C2 id holds a row of its piece.
+  pieces = state.embedding[DYNAMIC]["cat_1"]
+  assert int(np.sum(np.asarray(pieces["keys"]) != dynamic.PAD)) == exp.manifest["vocab_sizes"][1]
+  # kind=dynamic alone keeps the default size.
+  built = train_lib.build(_config(raw_data, "C2:kind=dynamic"), tmp_path / "kind", jax.devices()[:1])
+  assert built.task.engine.dynamic["cat_1"].spec.capacity == built.manifest["vocab_sizes"][1]
 
 
 def test_sharded_steps_on_raw_ids_equal_one_device(raw_data, tmp_path):
-  # C1 evicts (6 rows for 9 ids); C2 dynamic at its default size; C3 hashed into 7 rows, table-wise.
-  overrides = (*HASHED, "C1:capacity=6", "C3:rows=7", "C3:sharding=table_wise")
+  # C1 evicts (6 rows for 9 ids); C2 dynamic at its default size in 8 pieces, one a device; C3
+  # hashed into 7 rows, table-wise.
+  overrides = (*HASHED, "C1:capacity=6", "C2:map_shards=8", "C3:rows=7", "C3:sharding=table_wise")
   ref_config = _config(raw_data, *overrides)
   ref_config.mesh.shape = (1, 1)
   ref_exp, ref_state, ref_losses = run_steps(ref_config, tmp_path / "ref", jax.devices()[:1], 8)

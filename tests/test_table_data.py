@@ -242,6 +242,15 @@ def test_a_model_trains_on_raw_and_hashed_features_of_one_table(tmp_path):
   assert np.all(np.isfinite(losses))
   held = _map_of(state.embedding["dynamic"]["cat_0"])
   assert {_id("alice"), _id("bob"), _id("17")} <= set(held)
+  # Row ids keep their range check; a raw id's words take any value (bound 0).
+  assert exp.task.batch_spec["cat"].id_bounds == (0, 50, 0, 0, 0)
+  config.eval.group_feature = "item"  # GAUC over a feature with rows
+  assert build(config, None, jax.devices()[:1], manifest=exp.manifest).task.group_slot == 1
+  config.eval.group_feature = "user"
+  with pytest.raises(ConfigError, match="raw 64-bit ids") as err:
+    build(config, None, jax.devices()[:1], manifest=exp.manifest)
+  assert err.value.key == "eval.group_feature"
+  config.eval.group_feature = ""
   config.embedding.overrides = ("user:kind=static",)
   with pytest.raises(ConfigError, match="raw 64-bit ids"):
     build(config, None, jax.devices()[:1], manifest=exp.manifest)

@@ -30,7 +30,8 @@ class Field:
   axes: logical sharding axes of the per-example dims (None = not sharded); default none.
   values: what a valid value is, checked when a split is opened (rankjax.data.validation):
     "binary" (0 or 1), "finite", "nonnegative" (finite and >= 0), or "" (anything).
-  id_bounds: for id fields, column c holds -1 (padding) or an id in [0, id_bounds[c]).
+  id_bounds: for id fields, column c holds -1 (padding) or an id in [0, id_bounds[c]); a bound of 0
+    marks a word of a raw 64-bit id (any int32: not checked).
   list_axis: per-example dim 0 is a query list's documents (padded; the `mask` field marks them):
     length-bucketed batches (rankjax.data.pipeline) cut it to the batch's bucket width.
   """

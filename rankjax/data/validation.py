@@ -55,7 +55,7 @@ def _bad_values(field: Field, x: np.ndarray) -> tuple[np.ndarray, str]:
   flat = x.reshape(len(x), -1)
   if field.id_bounds is not None:
     bounds = np.asarray(field.id_bounds)
-    bad = ((flat < -1) | (flat >= bounds)).any(axis=1)
+    bad = ((bounds > 0) & ((flat < -1) | (flat >= bounds))).any(axis=1)  # 0: a raw id's word
     return bad, f"{field.record_field}: ids outside [0, vocab) and not -1"
   if field.values == "binary":
     return ((flat != 0) & (flat != 1)).any(axis=1), f"{field.record_field}: not 0 or 1"
@@ -69,7 +69,8 @@ def _bad_values(field: Field, x: np.ndarray) -> tuple[np.ndarray, str]:
 def _describe(field: Field, record: np.void, shard_file: str, index: int) -> str:
   value = np.asarray(record[field.record_field]).reshape(-1)
   if field.id_bounds is not None:
-    columns = np.flatnonzero((value < -1) | (value >= np.asarray(field.id_bounds)))
+    bounds = np.asarray(field.id_bounds)
+    columns = np.flatnonzero((bounds > 0) & ((value < -1) | (value >= bounds)))
     c = int(columns[0])
     return (f"{shard_file}: record {index}: {field.record_field} column {c} holds id {int(value[c])}, outside "
             f"[0, {field.id_bounds[c]}) of its vocabulary")

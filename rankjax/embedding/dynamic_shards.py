@@ -28,7 +28,7 @@ SHARED = ("key",)  # Map entries not split into pieces.
 def piece_spec(spec: dynamic.DynamicSpec) -> dynamic.DynamicSpec:
   """One piece's map: capacity / shards entries (its sketch 1 / shards of the table's)."""
   return dataclasses.replace(spec, capacity=spec.capacity // spec.shards, shards=1,
-                             sketch_width=spec.sketch_width // spec.shards if spec.sketch_width else 0)
+                             sketch_width=max(1, spec.sketch_width // spec.shards) if spec.sketch_width else 0)
 
 
 def owner(words: tuple, shards: int, xp=jnp):

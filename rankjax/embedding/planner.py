@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rankjax.embedding import dynamic
+from rankjax.embedding import dynamic, dynamic_shards
 from rankjax.embedding.tables import EmbeddingTableConfig
 
 BYTES = {"float32": 4, "bfloat16": 2}
@@ -65,7 +65,8 @@ def map_bytes(t: EmbeddingTableConfig, num_devices: int = 1) -> int:
   if t.kind != "dynamic":
     return 0
   spec = dynamic.DynamicSpec.of(t)
-  total = spec.bytes_per_row * t.capacity + (4 * dynamic.SKETCH_DEPTH * spec.width if t.admit_after > 1 else 0)
+  sketch_width = spec.width if spec.shards == 1 else spec.shards * dynamic_shards.piece_spec(spec).width
+  total = spec.bytes_per_row * t.capacity + (4 * dynamic.SKETCH_DEPTH * sketch_width if t.admit_after > 1 else 0)
   split = spec.shards > 1 and num_devices > 1 and spec.shards % num_devices == 0
   return total // num_devices if split else total
 

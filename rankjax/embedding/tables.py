@@ -104,18 +104,21 @@ class EmbeddingTableConfig:
                        "(make it dynamic, or hashed with rows=N)")
 
 
-RAW_ID_KINDS = ("kind", "rows", "qr_buckets")  # Overrides that choose what a 64-bit table is.
-
-
 def raw_id_defaults(t: EmbeddingTableConfig, overrides: dict | None = None) -> EmbeddingTableConfig:
-  """A table over raw 64-bit ids whose overrides (setting -> value) do not say what it is becomes
-  dynamic, with room for its vocabulary (the distinct ids the data's train split holds; rounded
-  up to a multiple of map_shards): no collisions, no eviction."""
+  """A table over raw 64-bit ids that its overrides (setting -> value) do not make static,
+  hashed (rows) or quotient-remainder becomes dynamic, with room for its vocabulary (the distinct
+  ids the data's train split holds): no collisions and no eviction on those ids. With
+  map_shards = L the ids spread over L pieces by a hash, so each piece gets room for its share
+  plus 4 standard deviations of the spread (V/L + 4 sqrt(V/L)); a piece that still overflows
+  evicts, counted in embedding_dynamic_evicted."""
   overrides = overrides or {}
-  if t.id_bits == 64 and t.kind == "static" and not set(RAW_ID_KINDS) & set(overrides):
-    shards = int(overrides.get("map_shards", 1))
-    return dataclasses.replace(t, kind="dynamic", capacity=-(-t.vocab_size // max(shards, 1)) * max(shards, 1))
-  return t
+  if (t.id_bits != 64 or t.kind != "static" or overrides.get("kind") == "static"
+      or {"rows", "qr_buckets"} & set(overrides)):
+    return t
+  pieces = max(1, int(overrides.get("map_shards", 1)))
+  share = t.vocab_size / pieces
+  per_piece = math.ceil(share + (4 * math.sqrt(share) if pieces > 1 else 0))
+  return dataclasses.replace(t, kind="dynamic", capacity=per_piece * pieces)
 
 
 def check_raw_id_table(t: EmbeddingTableConfig) -> None:

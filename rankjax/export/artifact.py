@@ -169,9 +169,11 @@ def abstract_inputs(specs: dict[str, dict[str, Any]], block_rows: int = 0) -> di
 def table_locations(task: Task) -> dict[str, dict[str, Any]]:
   """Table -> where its rows are: the weight (group array), the first row, rows, dim, features;
   a dynamic table also its map: the weights holding its sorted ids and their rows (an id not
-  among the keys reads `default_row`; rankjax.embedding.dynamic.lookup); a map in `pieces` holds
-  piece s's ids and local rows (row s x capacity / pieces + local) in its row s, an id in piece
-  hash_words(id) mod pieces (rankjax.embedding.dynamic_shards.lookup)."""
+  among the keys reads `default_row`; rankjax.embedding.dynamic.lookup): keys are uint32, sorted by
+  (keys_hi, keys) when `keys_hi` is there (64-bit ids), by keys alone otherwise (31-bit ids); a
+  map in `pieces` holds piece s's ids and local rows (table row s x capacity / pieces + local) in
+  its row s, an id in piece hash_words(hi, lo) mod pieces, hi = 0 for 31-bit ids
+  (rankjax.embedding.dynamic_shards.lookup)."""
   if not task.engine:
     return {}
   out = {}

@@ -78,7 +78,7 @@ class ServingModel:
             raise ValueError(f"input {name!r}: {dim} {size}, input {sizes[dim][1]!r} has {sizes[dim][0]}")
       if kind in "iu" and "id_bounds" in spec and x.size:
         bounds = np.asarray(spec["id_bounds"])
-        bad = (x < -1) | (x >= bounds)
+        bad = (bounds > 0) & ((x < -1) | (x >= bounds))  # 0: a raw 64-bit id's word, any value
         if bad.any():
           where = tuple(int(i) for i in np.argwhere(bad)[0])
           document = f" document {where[1]}" if len(where) == 3 else ""  # A list's [batch, list, column].

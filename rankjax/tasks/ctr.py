@@ -64,13 +64,15 @@ class ClickTask(Task):
     self.loss_fn = self.LOSSES[config.train.loss]  # (logits_b, labels_b) -> mean loss.
     self.loss_weights = np.asarray(config.task.loss_weights or (1.0,) * len(self.heads), np.float32)
     hotness = tuple(manifest.get("hotness", [1] * len(manifest["vocab_sizes"])))
-    id_bounds = tuple(int(v) for v, h in zip(manifest["vocab_sizes"], hotness) for _ in range(h))
-    # Features with raw 64-bit ids: cat / cat_hi hold their low / high words (others: rows in cat).
-    self.raw_ids = any(manifest.get("raw_ids") or ())
+    # Features with raw 64-bit ids: cat / cat_hi hold their low / high words (others: rows in cat,
+    # checked against their vocabulary; a raw feature's words are not: bound 0).
+    raw = tuple(manifest.get("raw_ids") or (False,) * len(manifest["vocab_sizes"]))
+    self.raw_ids = any(raw)
+    id_bounds = tuple(0 if r else int(v) for v, h, r in zip(manifest["vocab_sizes"], hotness, raw) for _ in range(h))
     self.batch_spec = BatchSpec((
         self.label_field(config),
         Field("dense", "float32", (manifest["num_dense"],), values="finite"),
-        Field("cat", "int32", (int(sum(hotness)),), id_bounds=None if self.raw_ids else id_bounds),
+        Field("cat", "int32", (int(sum(hotness)),), id_bounds=id_bounds),
         *((Field("cat_hi", "int32", (int(sum(hotness)),)),) if self.raw_ids else ()),
     ))
     if self.raw_ids:
@@ -80,9 +82,12 @@ class ClickTask(Task):
     model = model_module(config.model.name)
     self.crosses = plan_crosses(model.crossed_features(config) if hasattr(model, "crossed_features") else (),
                                 config.model.get("cross_buckets", 0), _feature_names(manifest), hotness)
-    if self.crosses and self.raw_ids:
-      raise ConfigError("model.crosses", "crossed features hash row ids; this data keeps raw 64-bit ids "
-                        "(rankjax data criteo --vocab raw): convert it with --vocab hash or frequency for them")
+    self.raw_features = {n for n, r in zip(_feature_names(manifest), raw) if r}
+    raw_slots = [r for r, h in zip(raw, hotness) for _ in range(h)]
+    raw_crossed = [c.name for c in self.crosses if any(raw_slots[s] for s in c.slots)]
+    if raw_crossed:
+      raise ConfigError("model.crosses", f"crossed features hash row ids; {raw_crossed[0]} crosses one with raw "
+                        "64-bit ids (--vocab raw, or \"raw\": true): convert it with rows (hash or frequency)")
     slots = FeatureSlots(_feature_names(manifest) + tuple(c.name for c in self.crosses),
                          hotness + (1,) * len(self.crosses))
     self.engine = build_engine(config, self.embedding_tables(config, manifest), slots, partitioner,
@@ -99,9 +104,6 @@ class ClickTask(Task):
     name = config.eval.group_feature
     if not name:
       return None, 0
-    if self.raw_ids:
-      raise ConfigError("eval.group_feature", "GAUC groups by a feature's row ids; this data keeps raw 64-bit ids "
-                        "(--vocab raw): convert it with --vocab hash or frequency for GAUC")
     names, aliases = _feature_names(manifest), column_aliases(manifest)
     name = aliases.get(name, name)  # A data column's name (a table spec's `user`) names its feature.
     if name not in names:
@@ -109,6 +111,9 @@ class ClickTask(Task):
       raise ConfigError("eval.group_feature", f"{config.eval.group_feature!r} is not a categorical feature of the "
                         f"data ({names[0]} .. {names[-1]}{columns})")
     index = names.index(name)
+    if name in self.raw_features:
+      raise ConfigError("eval.group_feature", f"GAUC groups by a feature's row ids; {name!r} keeps raw 64-bit ids "
+                        "(--vocab raw, or \"raw\": true): convert it with rows (hash or frequency) for GAUC")
     groups = int(manifest["vocab_sizes"][index])
     size = len(self.heads) * groups * config.eval.group_bins * 8
     if size > 2**30:
