@@ -550,9 +550,13 @@ class RawVocabulary:
 
   @staticmethod
   def words(ids: np.ndarray, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(low words, high words) as int32 bit patterns of the raw ids, missing fields MISSING_RAW_ID."""
-    raw = np.where(missing, _U(MISSING_RAW_ID), ids)
-    return (raw & _U(0xFFFFFFFF)).astype(np.uint32).view(np.int32), (raw >> _U(32)).astype(np.uint32).view(np.int32)
+    """split_words of the raw ids, missing fields MISSING_RAW_ID."""
+    return split_words(np.where(missing, _U(MISSING_RAW_ID), ids))
+
+
+def split_words(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """uint64 ids -> (low words, high words) as int32 bit patterns (how records keep raw ids)."""
+  return (ids & _U(0xFFFFFFFF)).astype(np.uint32).view(np.int32), (ids >> _U(32)).astype(np.uint32).view(np.int32)
 
 
 def record_dtype(raw: bool = False) -> np.dtype:

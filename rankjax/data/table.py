@@ -440,11 +440,6 @@ def _raw_categorical_ids(array: pa.Array, feature: CategoricalFeature, file: pat
   return ids, reserved
 
 
-def _words(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """uint64 ids -> (low words, high words) as int32 bit patterns."""
-  return ((ids & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.int32),
-          (ids >> np.uint64(32)).astype(np.uint32).view(np.int32))
-
 
 @dataclasses.dataclass
 class _Converted:
@@ -498,7 +493,7 @@ def _convert_batch(batch: pa.RecordBatch, spec: FeatureSpec, file: pathlib.Path,
       flag(bad, NON_NUMERIC_DENSE, feature.source)
     elif feature.raw:
       ids, reserved = _raw_categorical_ids(batch.column(feature.source), feature, file)
-      records["cat"][:, slot], records["cat_hi"][:, slot] = _words(ids)
+      records["cat"][:, slot], records["cat_hi"][:, slot] = criteo.split_words(ids)
       flag(reserved, RESERVED_ID, feature.source)
     else:
       records["cat"][:, slot] = _categorical_rows(batch.column(feature.source), feature, file)
@@ -508,7 +503,7 @@ def _convert_batch(batch: pa.RecordBatch, spec: FeatureSpec, file: pathlib.Path,
         batch.column(feature.name), feature, file)
     if feature.raw:
       records["cat"][:, slot:slot + feature.max_hotness], records["cat_hi"][:, slot:slot + feature.max_hotness] = \
-          _words(values)
+          criteo.split_words(values)
       flag(reserved, RESERVED_ID, feature.name)
     else:
       records["cat"][:, slot:slot + feature.max_hotness] = values

@@ -111,16 +111,17 @@ def key_words(ids, ids_hi=None, xp=jnp) -> tuple:
   return xp.asarray(ids_hi).astype(xp.uint32), ids.astype(xp.uint32)
 
 
-def hash_words(hi: jax.Array, lo: jax.Array) -> jax.Array:
+def hash_words(hi, lo, xp=jnp):
   """A 64-bit id's two words -> int32 in [0, 2**31): a hashed table's id for it (murmur3's 32-bit
-  finalizer over the low word mixed with the finalized high word)."""
+  finalizer over the low word mixed with the finalized high word; NumPy with xp=np)."""
   def fmix(h):
-    h = h ^ (h >> 16)
-    h = h * jnp.uint32(0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = h * jnp.uint32(0xC2B2AE35)
-    return h ^ (h >> 16)
-  return (fmix(lo.astype(jnp.uint32) ^ fmix(hi.astype(jnp.uint32) + jnp.uint32(0x9E3779B9))) >> 1).astype(jnp.int32)
+    h = h ^ (h >> xp.uint32(16))
+    h = h * xp.uint32(0x85EBCA6B)
+    h = h ^ (h >> xp.uint32(13))
+    h = h * xp.uint32(0xC2B2AE35)
+    return h ^ (h >> xp.uint32(16))
+  lo, hi = xp.asarray(lo).astype(xp.uint32), xp.asarray(hi).astype(xp.uint32)
+  return (fmix(lo ^ fmix(hi + xp.uint32(0x9E3779B9))) >> xp.uint32(1)).astype(xp.int32)
 
 
 def sketch_slots(words: tuple, width: int, xp=jnp):

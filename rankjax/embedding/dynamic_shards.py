@@ -18,7 +18,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rankjax.embedding import dynamic
 
@@ -34,21 +33,7 @@ def piece_spec(spec: dynamic.DynamicSpec) -> dynamic.DynamicSpec:
 def owner(words: tuple, shards: int, xp=jnp):
   """The piece of each id (its key words; PAD words give a piece too, masked by the caller)."""
   hi = words[0] if len(words) == 2 else xp.zeros_like(words[-1])
-  h = dynamic.hash_words(hi, words[-1]) if xp is jnp else hash_words_np(hi, words[-1])
-  return h % shards
-
-
-def hash_words_np(hi, lo) -> np.ndarray:
-  """dynamic.hash_words in NumPy (for references)."""
-  def fmix(h):
-    h = h ^ (h >> np.uint32(16))
-    h = h * np.uint32(0x85EBCA6B)
-    h = h ^ (h >> np.uint32(13))
-    h = h * np.uint32(0xC2B2AE35)
-    return h ^ (h >> np.uint32(16))
-  with np.errstate(over="ignore"):
-    lo, hi = np.asarray(lo).astype(np.uint32), np.asarray(hi).astype(np.uint32)
-    return (fmix(lo ^ fmix(hi + np.uint32(0x9E3779B9))) >> np.uint32(1)).astype(np.int32)
+  return dynamic.hash_words(hi, words[-1], xp) % shards
 
 
 def init(spec: dynamic.DynamicSpec, key_data: jax.Array) -> dict[str, jax.Array]:
