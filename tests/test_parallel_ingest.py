@@ -45,17 +45,19 @@ def _dataset(directory):
 
 @pytest.mark.parametrize("vocab", ["hash", "frequency", "raw"])
 @pytest.mark.parametrize("split", [["--eval-fraction", "0.15"], []])
-def test_several_workers_write_the_dataset_of_one_byte_for_byte(tmp_path, small_units, vocab, split):
+@pytest.mark.parametrize("on_error", ["skip", "strict"])  # Strict: workers write in place (every line a record).
+def test_several_workers_write_the_dataset_of_one_byte_for_byte(tmp_path, small_units, vocab, split, on_error):
   files = _inputs(tmp_path, bad_line=None)
-  (tmp_path / "a.tsv").write_text((tmp_path / "a.tsv").read_text().replace("\n0\t", "\nx\t", 3))  # 3 bad labels
-  options = ["--vocab", vocab, "--on-error", "skip", *(["--min-count", "2"] if vocab == "frequency" else []), *split]
+  skipped = 3 if on_error == "skip" else 0
+  (tmp_path / "a.tsv").write_text((tmp_path / "a.tsv").read_text().replace("\n0\t", "\nx\t", skipped))  # Bad labels.
+  options = ["--vocab", vocab, "--on-error", on_error, *(["--min-count", "2"] if vocab == "frequency" else []), *split]
   assert len(parallel.cut_units(files, lambda p: p.suffix == ".gz")) > 5
   code_one, one = _convert(tmp_path, files, "one", *options, "--workers", "1")
   code_many, many = _convert(tmp_path, files, "many", *options, "--workers", "3")
   assert code_one == code_many == 0
   manifest_one, files_one = _dataset(one)
   manifest_many, files_many = _dataset(many)
-  assert manifest_one["ingest"]["rows_skipped"] == 3 and manifest_one["ingest"]["rows_read"] == 1200
+  assert manifest_one["ingest"]["rows_skipped"] == skipped and manifest_one["ingest"]["rows_read"] == 1200
   assert json.dumps(manifest_many, sort_keys=True) == json.dumps(manifest_one, sort_keys=True)
   assert files_many == files_one and len(layout.split_shards(manifest_one, "train")) > 2
 

@@ -14,7 +14,7 @@ import glob
 import pathlib
 import sys
 
-from rankjax.data import layout
+from rankjax.data import allocator, layout
 from rankjax.data.writer import DEFAULT_RECORDS_PER_SHARD, IngestError
 
 EXIT_INPUT_ERROR = 2
@@ -192,6 +192,7 @@ def main(argv: list[str]) -> int:
   if argv[0] not in commands:
     print(f"rankjax data: error: unknown format {argv[0]!r}\n{USAGE}", file=sys.stderr)
     return EXIT_INPUT_ERROR
+  allocator.reuse_freed_memory()  # Parsing frees and retakes arrays every block (rankjax/data/allocator.py).
   try:
     output, manifest = commands[argv[0]](argv[1:])
   except SystemExit as e:  # --help

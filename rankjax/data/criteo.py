@@ -36,7 +36,8 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from rankjax.data import layout, parallel
-from rankjax.data.writer import DEFAULT_RECORDS_PER_SHARD, DatasetWriter, IngestError, IngestStats, excerpt
+from rankjax.data.writer import (DEFAULT_RECORDS_PER_SHARD, DatasetWriter, IngestError, IngestStats, excerpt,
+                                 write_records_at)
 from rankjax.data.hashing import MAX_ROWS, hash_to_rows, splitmix64
 
 NUM_DENSE, NUM_CATEGORICAL = 13, 26
@@ -661,6 +662,7 @@ class _Job:
   first_line: int
   first_global_line: int
   is_train: bool
+  lines: int  # Lines in the unit (as count_lines counts them).
 
 
 _WORKER: dict = {}  # Set by the parent before forking: vocabulary, options, scratch dir, train_lines.
@@ -670,8 +672,8 @@ def _count_unit(unit: parallel.Unit) -> int:
   return count_lines(unit.path, unit.byte_range)
 
 
-def _jobs(units: list[parallel.Unit], num_train_units: int, train_lines: int | None, workers: int) -> list[_Job]:
-  """Units with their line positions (from a parallel line count); [] when not worth parallelising."""
+def _jobs(units: list[parallel.Unit], num_train_units: int, workers: int) -> list[_Job]:
+  """Units with their line counts and positions (a parallel line count); [] when not worth parallelising."""
   if len(units) < 2:
     return []
   counts = list(parallel.map_in_order(_count_unit, units, workers))
@@ -679,7 +681,7 @@ def _jobs(units: list[parallel.Unit], num_train_units: int, train_lines: int | N
   for index, (unit, lines) in enumerate(zip(units, counts)):
     file_line = 1 if unit.first_in_file else file_line
     is_train = index < num_train_units
-    jobs.append(_Job(unit, index, file_line, global_line if is_train else 0, is_train))
+    jobs.append(_Job(unit, index, file_line, global_line if is_train else 0, is_train, lines))
     file_line += lines
     global_line += lines if is_train else 0
   return jobs
@@ -736,24 +738,32 @@ def _count_ids_parallel(jobs: list[_Job], train_lines: int | None, options: Crit
   return IdCounter.merged(parts)
 
 
+def _unit_records(job: _Job, stats: IngestStats) -> Iterator[tuple[str, np.ndarray]]:
+  """(split, records) of the unit's good lines, in line order: train lines come before eval ones."""
+  vocabulary, train_lines, dtype = (_WORKER[k] for k in ("vocabulary", "train_lines", "dtype"))
+  for global_line, file_line, block in _unit_blocks(job, stats):
+    stats.rows_read += block.num_lines
+    _reject_bad_lines(job.unit.path, file_line, block, stats)
+    records = _records(block, vocabulary, dtype)
+    if not job.is_train:
+      yield "eval", records
+    elif train_lines is None:
+      yield "train", records
+    else:
+      in_train = global_line + block.good_lines < train_lines
+      yield "train", records[in_train]
+      yield "eval", records[~in_train]
+
+
 def _convert_job(job: _Job) -> dict:
-  """One unit's records into scratch files per split, and its row accounting."""
-  vocabulary, train_lines, scratch, dtype = (_WORKER[k] for k in ("vocabulary", "train_lines", "scratch", "dtype"))
-  stats = IngestStats(strict=_WORKER["strict"])
+  """One unit's records into scratch files per split (copied in order by the parent), and its
+  row accounting."""
+  stats, scratch = IngestStats(strict=_WORKER["strict"]), _WORKER["scratch"]
   paths = {split: scratch / f"{job.index}-{split}.bin" for split in ("train", "eval")}
   with open(paths["train"], "wb") as train, open(paths["eval"], "wb") as evaluation:
-    for global_line, file_line, block in _unit_blocks(job, stats):
-      stats.rows_read += block.num_lines
-      _reject_bad_lines(job.unit.path, file_line, block, stats)
-      records = _records(block, vocabulary, dtype)
-      if not job.is_train:
-        evaluation.write(records.tobytes())
-      elif train_lines is None:
-        train.write(records.tobytes())
-      else:
-        in_train = global_line + block.good_lines < train_lines
-        train.write(records[in_train].tobytes())
-        evaluation.write(records[~in_train].tobytes())
+    files = {"train": train, "eval": evaluation}
+    for split, records in _unit_records(job, stats):
+      files[split].write(records.tobytes())
   return {"paths": {k: str(v) for k, v in paths.items()}, **stats.as_worker_result()}
 
 
@@ -761,13 +771,56 @@ def _convert_worker(job: _Job) -> dict:  # Module level: the pool sends it by na
   return _strict_error(_convert_job, job)
 
 
+def _placements(jobs: list[_Job], train_lines: int | None) -> list[dict[str, tuple[int, int]]]:
+  """Strict mode: every line becomes a record (or the conversion stops), so each unit's records
+  have known places: per job, split -> (index of its first record in the split, record count)."""
+  placements, eval_records = [], 0
+  for job in jobs:
+    train = (0 if not job.is_train else job.lines if train_lines is None
+             else min(max(train_lines - job.first_global_line, 0), job.lines))
+    placements.append({"train": (job.first_global_line, train), "eval": (eval_records, job.lines - train)})
+    eval_records += job.lines - train
+  return placements
+
+
+def _convert_placed_job(job: _Job) -> dict:
+  """One unit's records written in place into the preallocated shards (strict mode)."""
+  stats, placement = IngestStats(strict=True), _WORKER["placements"][job.index]
+  cursor = {split: first for split, (first, _) in placement.items()}
+  for split, records in _unit_records(job, stats):
+    write_records_at(_WORKER["directory"], split, _WORKER["max_records_per_shard"], cursor[split], records)
+    cursor[split] += len(records)
+  for split, (first, count) in placement.items():
+    if cursor[split] - first != count:  # Every line a record, or IngestError before this.
+      raise RuntimeError(f"{job.unit.path}: unit {job.index} gave {cursor[split] - first} {split} records, "
+                         f"{count} placed")
+  return stats.as_worker_result()
+
+
+def _convert_placed_worker(job: _Job) -> dict:  # Module level: the pool sends it by name.
+  return _strict_error(_convert_placed_job, job)
+
+
 def _convert_parallel(jobs: list[_Job], vocabulary, train_lines: int | None, options: CriteoOptions,
                       scratch: pathlib.Path, stats: IngestStats, writer: DatasetWriter) -> None:
-  """Converts the units in worker processes and writes their records in input order."""
-  scratch.mkdir(exist_ok=True)
+  """Converts the units in worker processes and writes their records in input order: in strict
+  mode in place (the parent only hashes them), otherwise through scratch files the parent copies."""
   _WORKER.update(vocabulary=vocabulary, train_lines=train_lines, strict=options.strict, scratch=scratch,
                  raw=options.vocab == "raw", dtype=record_dtype(options.vocab == "raw"))
   try:
+    if options.strict:
+      placements = _placements(jobs, train_lines)
+      for split in ("train", "eval"):
+        writer.split(split).preallocate(sum(p[split][1] for p in placements))
+      _WORKER.update(placements=placements, directory=writer.directory,
+                     max_records_per_shard=options.max_records_per_shard)
+      for job, result in zip(jobs, parallel.map_in_order(_convert_placed_worker, jobs, options.workers)):
+        stats.merge_worker_result(result)
+        for split, (first, count) in placements[job.index].items():
+          if count:
+            writer.split(split).hash_placed(first + count)
+      return
+    scratch.mkdir(exist_ok=True)
     for result in parallel.map_in_order(_convert_worker, jobs, options.workers):
       stats.merge_worker_result(result)
       for split, path in result["paths"].items():
@@ -785,12 +838,13 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, opt
   _check_options(options)
   train_files = [pathlib.Path(p) for p in train_files]
   eval_files = [pathlib.Path(p) for p in options.eval_inputs]
-  train_lines = None
-  if options.eval_fraction is not None:
-    total_lines = sum(count_lines(p) for p in train_files)
-    train_lines = total_lines - math.floor(options.eval_fraction * total_lines)
   units = parallel.cut_units([*train_files, *eval_files], is_gzip) if options.workers > 1 else []
-  jobs = _jobs(units, len(parallel.cut_units(train_files, is_gzip)) if units else 0, train_lines, options.workers)
+  jobs = _jobs(units, len(parallel.cut_units(train_files, is_gzip)) if units else 0, options.workers)
+  train_lines = None
+  if options.eval_fraction is not None:  # The workers' line count gives it; one process counts alone.
+    total_lines = (sum(j.lines for j in jobs if j.is_train) if jobs
+                   else sum(count_lines(p) for p in train_files))
+    train_lines = total_lines - math.floor(options.eval_fraction * total_lines)
   raw = options.vocab == "raw"
   dtype = record_dtype(raw)
   stats = IngestStats(strict=options.strict)

@@ -95,6 +95,32 @@ class IngestStats:
             + (f"; file errors: {files}" if files else ""))
 
 
+def shard_name(split: str, index: int) -> str:
+  return f"{split}-{index:05d}.bin"
+
+
+def write_records_at(directory: pathlib.Path, split: str, max_records_per_shard: int, first: int,
+                     records: np.ndarray) -> None:
+  """Writes `records` as records first.. of a split whose shards ShardWriter.preallocate sized
+  (from any process: the writer hashes them later)."""
+  if not len(records):
+    return
+  data = np.ascontiguousarray(records).view(np.uint8).reshape(len(records), -1)
+  done = 0
+  while done < len(records):
+    index, offset = divmod(first + done, max_records_per_shard)
+    take = min(len(records) - done, max_records_per_shard - offset)
+    view, position = memoryview(data[done:done + take]).cast("B"), offset * data.shape[1]
+    fd = os.open(directory / shard_name(split, index), os.O_WRONLY)
+    try:
+      while len(view):
+        written = os.pwrite(fd, view, position)
+        view, position = view[written:], position + written
+    finally:
+      os.close(fd)
+    done += take
+
+
 class ShardWriter:
   """One split's records, written in order to `{split}-NNNNN.bin` files of at most
   `max_records_per_shard` records each."""
@@ -104,13 +130,15 @@ class ShardWriter:
     self.max_records_per_shard = max_records_per_shard
     self.shards: list[dict[str, Any]] = []
     self._file, self._name, self._hash, self._in_shard = None, "", None, 0
+    self._placed: int | None = None  # preallocate()'s record count; then records hashed so far.
+    self._hashed = 0
 
   @property
   def num_records(self) -> int:
     return sum(s["num_records"] for s in self.shards) + self._in_shard
 
   def _open_shard(self) -> None:
-    name = f"{self.split}-{len(self.shards):05d}.bin"
+    name = shard_name(self.split, len(self.shards))
     self._file = open(self.directory / name, "wb")
     self._name, self._hash, self._in_shard = name, hashlib.sha256(), 0
 
@@ -138,8 +166,52 @@ class ShardWriter:
       if self._in_shard == self.max_records_per_shard:
         self._close_shard()
 
+  # ---- Records placed by other processes (parallel ingestion that knows every record's index
+  # before parsing): the shard files are sized first, filled in any order by `write_records_at`,
+  # then hashed in record order as the parts complete.
+
+  def preallocate(self, num_records: int) -> None:
+    """Creates the shard files for exactly `num_records` records, to be filled by write_records_at."""
+    if self.shards or self._file is not None or self._placed is not None:
+      raise RuntimeError(f"split {self.split}: preallocate must come before any record")
+    for index, first in enumerate(range(0, num_records, self.max_records_per_shard)):
+      with open(self.directory / shard_name(self.split, index), "wb") as f:
+        f.truncate(min(self.max_records_per_shard, num_records - first) * self.dtype.itemsize)
+    self._placed = num_records
+
+  def hash_placed(self, num_records: int, chunk_bytes: int = 1 << 22) -> None:
+    """Hashes the placed records before index `num_records` (written by then), recording each
+    shard whose records are all hashed, as `write` would have."""
+    if self._placed is None or num_records > self._placed:
+      raise RuntimeError(f"split {self.split}: {num_records} records to hash, {self._placed} placed")
+    per_shard, itemsize = self.max_records_per_shard, self.dtype.itemsize
+    while self._hashed < num_records:
+      index, offset = divmod(self._hashed, per_shard)
+      if offset == 0:
+        self._hash = hashlib.sha256()
+      shard_end = min((index + 1) * per_shard, self._placed)
+      take = min(num_records, shard_end) - self._hashed
+      name = shard_name(self.split, index)
+      with open(self.directory / name, "rb", buffering=0) as f:
+        f.seek(offset * itemsize)
+        buffer = bytearray(chunk_bytes)
+        left = take * itemsize
+        while left:
+          n = f.readinto(memoryview(buffer)[:min(left, chunk_bytes)])
+          if not n:
+            raise RuntimeError(f"{self.directory / name}: shorter than its placed records")
+          self._hash.update(memoryview(buffer)[:n])
+          left -= n
+        self._hashed += take
+        if self._hashed == shard_end:
+          os.fsync(f.fileno())
+          self.shards.append({"file": name, "num_records": shard_end - index * per_shard,
+                              "sha256": self._hash.hexdigest()})
+
   def close(self) -> dict[str, Any]:
     """Closes the last shard; returns the split's manifest entry."""
+    if self._placed is not None and self._hashed != self._placed:
+      raise RuntimeError(f"split {self.split}: {self._hashed} of {self._placed} placed records hashed")
     if self._file is not None:
       self._close_shard()
     return {"num_records": self.num_records, "shards": list(self.shards)}
