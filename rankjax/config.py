@@ -214,7 +214,8 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   c.train.compilation_cache_dir = ""
 
   c.embedding = ml_collections.ConfigDict()
-  # replicated | table_wise | row_wise | column_wise | gspmd_row_wise (baseline) | auto (planner).
+  # replicated | table_wise | row_wise | column_wise | gspmd_row_wise (baseline) | table_row_wise (each table
+  # on one host of a mesh whose table_rows axes start with "host", its rows over that host's devices) | auto (planner).
   c.embedding.sharding = "row_wise"
   # sgd | adagrad | row_wise_adagrad | adam (lazy moments) | ftrl: fused, touches looked-up rows only.
   c.embedding.optimizer = "row_wise_adagrad"

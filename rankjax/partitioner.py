@@ -14,6 +14,10 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 
+# The mesh axis whose indices are hosts (processes): table_row_wise keeps each table on one.
+HOST_AXIS = "host"
+
+
 def make_mesh(axes: Sequence[str], shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A mesh over `devices` (default: all); one size of -1 takes the remaining devices."""
   devices = list(devices if devices is not None else jax.devices())
@@ -23,8 +27,15 @@ def make_mesh(axes: Sequence[str], shape: Sequence[int], devices: Sequence[jax.D
     shape[shape.index(-1)] = len(devices) // fixed
   if int(np.prod(shape)) != len(devices):
     raise ValueError(f"mesh shape {tuple(shape)} does not match {len(devices)} devices")
-  return jax.make_mesh(tuple(shape), tuple(axes), devices=devices,
-                       axis_types=(AxisType.Auto,) * len(axes))
+  mesh = jax.make_mesh(tuple(shape), tuple(axes), devices=devices, axis_types=(AxisType.Auto,) * len(axes))
+  if HOST_AXIS in axes and jax.process_count() > 1:
+    position = list(axes).index(HOST_AXIS)
+    for h in range(mesh.shape[HOST_AXIS]):
+      processes = sorted({d.process_index for d in np.take(mesh.devices, h, axis=position).ravel()})
+      if len(processes) != 1:
+        raise ValueError(f"mesh axis {HOST_AXIS!r}: index {h} holds devices of processes {processes}; each index of "
+                         f"it must be one process's devices (mesh.shape: {HOST_AXIS} = the number of processes)")
+  return mesh
 
 
 def jit(fn: Callable, **options: Any) -> Callable:

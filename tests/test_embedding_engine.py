@@ -11,7 +11,7 @@ from rankjax.embedding.engine import EmbeddingEngine
 from rankjax.embedding.sharding import row_wise
 from rankjax.partitioner import make_mesh
 
-SHARDINGS = ["replicated", "table_wise", "row_wise", "column_wise", "gspmd_row_wise"]
+SHARDINGS = ["replicated", "table_wise", "row_wise", "column_wise", "gspmd_row_wise", "table_row_wise"]
 TABLES = [
     EmbeddingTableConfig("users", 37, 8, ("user", "friend")),  # shared by two features
     EmbeddingTableConfig("items", 100, 8, ("item",), combiner="mean"),
@@ -23,11 +23,12 @@ VOCAB_OF_SLOT = np.array([37, 37, 37, 100, 100, 100, 5, 64, 64])
 BATCH = 32
 
 
-def make_engine(shape, table_axes, sharding, optimizer="row_wise_adagrad", tables=TABLES, exchange_capacity=1.25):
+def make_engine(shape, table_axes, sharding, optimizer="row_wise_adagrad", tables=TABLES, exchange_capacity=1.25,
+                mesh_axes=("data", "model")):
   devices = jax.devices()[: int(np.prod(shape))]
-  mesh = make_mesh(("data", "model"), shape, devices)
+  mesh = make_mesh(mesh_axes, shape, devices)
   tables = [t.__class__(**{**t.__dict__, "sharding": sharding}) for t in tables]
-  return EmbeddingEngine(tables, SLOTS, mesh, batch_axes=("data", "model"), shard_axes=table_axes,
+  return EmbeddingEngine(tables, SLOTS, mesh, batch_axes=mesh_axes, shard_axes=table_axes,
                          default_optimizer=optimizer,
                          optimizer_args={optimizer: {"learning_rate": 0.05}}, exchange_capacity=exchange_capacity)
 
@@ -72,12 +73,35 @@ def single_device_runs():
 @pytest.mark.parametrize("shape, table_axes", [((8, 1), ("data", "model")), ((2, 4), ("data", "model")),
                                                ((2, 4), ("model",))])
 def test_sharded_engine_equals_single_device(single_device_runs, sharding, shape, table_axes):
-  forwards, tables = run(make_engine(shape, table_axes, sharding))
-  ref_forwards, ref_tables = single_device_runs[sharding]
-  for got, want in zip(forwards, ref_forwards):
+  assert_runs_equal(run(make_engine(shape, table_axes, sharding)), single_device_runs[sharding])
+
+
+def assert_runs_equal(got_run, want_run):
+  """Forward rows of every step and the tables after them, to 1e-6."""
+  (forwards, tables), (ref_forwards, ref_tables) = got_run, want_run
+  for got, want in zip(forwards, ref_forwards, strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
   for name in ref_tables:
     np.testing.assert_allclose(tables[name], ref_tables[name], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("capacity", [1.25, 8.0])  # Falls back on every batch / never.
+def test_table_row_wise_keeps_each_table_on_one_host_and_equals_single_device(single_device_runs, capacity):
+  engine = make_engine((2, 4), ("host", "data"), "table_row_wise", mesh_axes=("host", "data"),
+                       exchange_capacity=capacity)
+  (group,) = engine.groups
+  host_rows = group.num_rows // 2
+  assert engine.num_hosts == 2 and group.rows_per_shard * 4 == host_rows
+  hosts = {t.name: off // host_rows for t, off in zip(group.tables, group.table_offsets)}
+  for t, off in zip(group.tables, group.table_offsets):  # Whole tables inside one host's row block.
+    assert (off + t.vocab_size - 1) // host_rows == hosts[t.name]
+  assert hosts == {"items": 0, "cats": 1, "users": 1, "tiny": 0}  # Largest first onto the lighter host.
+  assert_runs_equal(run(engine), single_device_runs["table_row_wise"])
+
+
+def test_table_row_wise_needs_the_host_axis_first_among_the_table_axes():
+  with pytest.raises(ValueError, match="table_row_wise needs the 'host' axis first"):
+    make_engine((4, 2), ("data", "host"), "table_row_wise", mesh_axes=("data", "host"))
 
 
 def row_wise_fallback_reference(ids, engine, shards):
@@ -112,12 +136,7 @@ def test_row_wise_all_to_all_equals_single_device_and_falls_back_exactly_when_ov
     assert got == [None] * 10 and not any(want)
   else:
     assert [bool(g) for g in got] == want and 0 < sum(want) < 10  # Both paths run.
-  forwards, tables = run(engine)
-  ref_forwards, ref_tables = single_device_runs["row_wise"]
-  for a, b in zip(forwards, ref_forwards):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-  for name in ref_tables:
-    np.testing.assert_allclose(tables[name], ref_tables[name], rtol=1e-6, atol=1e-7)
+  assert_runs_equal(run(engine), single_device_runs["row_wise"])
 
 
 def test_every_sharding_type_starts_from_the_same_tables():

@@ -47,12 +47,12 @@ def two_process_args(port, i):
           f"--config.distributed.process_id={i}", "--config.distributed.cpu_collectives=gloo")
 
 
-def test_two_processes_of_four_devices_match_one_process_of_eight(tmp_path):
-  p = launch(tmp_path / "one", "--config.train.log_every=1")
+def assert_two_processes_of_four_devices_match_one_of_eight(tmp_path, *args):
+  p = launch(tmp_path / "one", "--config.train.log_every=1", *args)
   out, err = p.communicate(timeout=300)
   assert p.returncode == 0, err
   port = free_port()
-  procs = [launch(tmp_path / "two", "--config.train.log_every=1", *two_process_args(port, i), devices=4)
+  procs = [launch(tmp_path / "two", "--config.train.log_every=1", *args, *two_process_args(port, i), devices=4)
            for i in range(2)]
   for q in procs:
     _, err = q.communicate(timeout=300)
@@ -62,6 +62,20 @@ def test_two_processes_of_four_devices_match_one_process_of_eight(tmp_path):
   assert sorted(two) == sorted(one) == list(range(1, 21))
   np.testing.assert_allclose([two[s] for s in sorted(two)], [one[s] for s in sorted(one)], rtol=1e-6)
   assert two_eval[-1]["auc"] == pytest.approx(one_eval[-1]["auc"], rel=1e-6)
+
+
+def test_two_processes_of_four_devices_match_one_process_of_eight(tmp_path):
+  assert_two_processes_of_four_devices_match_one_of_eight(tmp_path)
+
+
+# table_row_wise on a mesh whose first axis is the hosts: each table on one process's devices.
+HOST_MESH = ("--config.mesh.axes=('host','data')", "--config.mesh.shape=(2,4)",
+             "--config.mesh.rules=(('batch',('host','data')),('table_rows',('host','data')),('embed',()))",
+             "--config.embedding.sharding=table_row_wise")
+
+
+def test_table_row_wise_on_two_processes_of_four_devices_matches_one_process_of_eight(tmp_path):
+  assert_two_processes_of_four_devices_match_one_of_eight(tmp_path, *HOST_MESH)
 
 
 def test_killing_one_process_makes_the_other_exit_nonzero_within_60s(tmp_path):

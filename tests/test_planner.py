@@ -44,3 +44,19 @@ def test_device_totals_add_up_to_table_bytes():
 def test_plan_that_cannot_fit_names_table_and_shortfall():
   with pytest.raises(PlanError, match=r"more than its 1,000,000 B; largest there: table huge"):
     plan(tables(), 8, optimizer="row_wise_adagrad", device_memory=1_000_000)
+
+
+def test_a_job_across_hosts_keeps_each_huge_table_on_one_hosts_devices():
+  two_huge = tables() + [EmbeddingTableConfig("huge2", 3_000_000, 64, ("f",))]
+  p = plan(two_huge, 8, optimizer="row_wise_adagrad", num_hosts=2)
+  assert p.sharding_of()["huge"] == p.sharding_of()["huge2"] == "table_row_wise"
+  by_name = {t.table: t for t in p.tables}
+  huge_b, huge2_b = table_bytes(two_huge[0], "row_wise_adagrad"), table_bytes(two_huge[-1], "row_wise_adagrad")
+  assert by_name["huge"].bytes_per_device == (-(-huge_b // 4),) * 4 + (0,) * 4  # Host 0: devices 0-3.
+  assert by_name["huge2"].bytes_per_device == (0,) * 4 + (-(-huge2_b // 4),) * 4  # The lighter host.
+  # One host's four devices cannot hold `huge` within this memory, all eight can: row-wise.
+  tight = plan(tables(), 8, optimizer="row_wise_adagrad", num_hosts=2, device_memory=200_000_000)
+  assert huge_b // 4 > 200_000_000 > huge_b // 8
+  assert tight.sharding_of()["huge"] == "row_wise"
+  with pytest.raises(PlanError, match="do not split evenly over 3 hosts"):
+    plan(tables(), 8, optimizer="row_wise_adagrad", num_hosts=3)

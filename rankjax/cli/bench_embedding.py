@@ -26,7 +26,7 @@ from rankjax.embedding.sharding import row_wise
 from rankjax.embedding.tables import EmbeddingTableConfig, FeatureSlots
 from rankjax.embedding.engine import EmbeddingEngine, ShardingType
 from rankjax import partitioner
-from rankjax.partitioner import make_mesh
+from rankjax.partitioner import HOST_AXIS, make_mesh
 
 NUM_TABLES, DIM = 26, 16
 
@@ -59,12 +59,17 @@ def _logit(w_fd, emb_bfd):
   return jnp.sum(emb_bfd * w_fd, axis=(1, 2))
 
 
-def sparse_engine(rows: int, sharding: str, optimizer: str, devices, exchange_capacity: float = 1.25):
-  """(engine, jitted step, initial state, batch sharding) for 26 tables of `rows` rows."""
-  mesh = make_mesh(("data", "model"), (len(devices), 1), devices)
+def sparse_engine(rows: int, sharding: str, optimizer: str, devices, exchange_capacity: float = 1.25,
+                  hosts: int = 1):
+  """(engine, jitted step, initial state, batch sharding) for 26 tables of `rows` rows; `hosts` > 1:
+  a mesh ("host", "data") of that many hosts (table_row_wise keeps each table on one)."""
+  axes = (HOST_AXIS, "data") if hosts > 1 else ("data", "model")
+  if len(devices) % hosts:
+    raise ValueError(f"--hosts {hosts} does not divide {len(devices)} devices")
+  mesh = make_mesh(axes, (hosts, len(devices) // hosts) if hosts > 1 else (len(devices), 1), devices)
   tables = [EmbeddingTableConfig(f"t{i}", rows, DIM, (f"f{i}",), sharding=sharding) for i in range(NUM_TABLES)]
   engine = EmbeddingEngine(tables, FeatureSlots(tuple(f"f{i}" for i in range(NUM_TABLES)), (1,) * NUM_TABLES),
-                           mesh, batch_axes=("data", "model"), shard_axes=("data", "model"),
+                           mesh, batch_axes=axes, shard_axes=axes,
                            default_optimizer=optimizer, optimizer_args={optimizer: {"learning_rate": 0.05}},
                            exchange_capacity=exchange_capacity)
   shardings = engine.shardings()
@@ -148,7 +153,8 @@ def run(rows_list: list[int], steps: int, warmup: int, batch: int, sharding: str
 
 
 def collectives(rows: int, batch: int, optimizer: str, exchange_capacity: float, emit: Callable[[dict], None],
-                fallback_steps: int = 50, shardings: tuple[ShardingType, ...] = tuple(ShardingType)) -> None:
+                fallback_steps: int = 50, shardings: tuple[ShardingType, ...] = tuple(ShardingType),
+                hosts: int = 1) -> None:
   """Per sharding type: the collectives of the compiled engine step and the bytes they move.
 
   row_wise's step holds two paths under one conditional: the capacity-bound all-to-all and the
@@ -157,14 +163,14 @@ def collectives(rows: int, batch: int, optimizer: str, exchange_capacity: float,
   """
   for sharding in shardings:
     engine, step, state, batch_sharding = sparse_engine(rows, sharding.value, optimizer, jax.devices(),
-                                                        exchange_capacity)
+                                                        exchange_capacity, hosts)
     ids, labels = next(_batches(rows, batch, 1))
     compiled = step.lower(state, jax.device_put(ids, batch_sharding), jax.device_put(labels, batch_sharding),
                           jnp.int32(1)).compile()
     ops = hlo_stats.collectives(compiled.as_text())
     fallback = [o for o in ops if row_wise.FALLBACK_SCOPE in o.op_name]
     taken = [o for o in ops if row_wise.FALLBACK_SCOPE not in o.op_name]
-    row = {"sharding": sharding.value, "devices": jax.device_count(), "rows_per_table": rows, "batch": batch,
+    row = {"sharding": sharding.value, "devices": jax.device_count(), "hosts": hosts, "rows_per_table": rows, "batch": batch,
            "collectives": hlo_stats.summarize(taken), "collective_bytes_per_step": sum(o.bytes for o in taken)}
     if fallback:
       flag = partitioner.jit(lambda ids: engine.exchange_fallback(engine.route(ids)))
@@ -201,11 +207,13 @@ def main(argv: list[str]) -> int:
                       help="row_wise all-to-all room per owner (embedding.exchange_capacity)")
   parser.add_argument("--collectives", action="store_true",
                       help="instead of timing, print each sharding type's collectives from the compiled HLO")
+  parser.add_argument("--hosts", type=int, default=1,
+                      help="--collectives: a mesh (host, data) of this many hosts (default: one host)")
   args = parser.parse_args(argv)
   emit = lambda obj: print(json.dumps(obj), flush=True)
   rows_list = args.rows
   if args.collectives:
-    collectives(rows_list[0], args.batch, args.optimizer, args.exchange_capacity, emit)
+    collectives(rows_list[0], args.batch, args.optimizer, args.exchange_capacity, emit, hosts=args.hosts)
     return 0
   run(rows_list, args.steps, args.warmup, args.batch, args.sharding, args.optimizer, not args.no_naive, emit,
       args.exchange_capacity)

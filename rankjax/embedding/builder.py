@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import ml_collections
+import numpy as np
 
 from rankjax.dense_optim import learning_rate_schedule
 from rankjax.embedding import optimizers, planner
@@ -13,7 +14,7 @@ from rankjax.errors import ConfigError
 from rankjax.embedding.tables import (IDENTITY_FIELDS, EmbeddingTableConfig, FeatureSlots, check_raw_id_table,
                                      raw_id_defaults, with_rows)
 from rankjax.embedding.engine import EmbeddingEngine
-from rankjax.partitioner import Partitioner
+from rankjax.partitioner import HOST_AXIS, Partitioner
 
 
 # An override's value type, by table setting ("str | None" fields take the text).
@@ -59,9 +60,24 @@ def configured_tables(config: ml_collections.ConfigDict, tables: Sequence[Embedd
   # Rows the tables will have: a hashed table's `rows`, a dynamic table's capacity + its default row.
   out = [with_rows(t) for t in out]
   if e.sharding == "auto":
-    chosen = planner.plan(out, num_shards, optimizer=e.optimizer).sharding_of()
+    chosen = planner.plan(out, num_shards, optimizer=e.optimizer, num_hosts=table_hosts(config, num_shards)
+                          ).sharding_of()
     out = [dataclasses.replace(t, sharding=chosen[t.name]) for t in out]
   return out
+
+
+def table_hosts(config: ml_collections.ConfigDict, num_shards: int) -> int:
+  """The size of the mesh's host axis where the tables are split over it (mesh.rules' table_rows),
+  else 1: the hosts table_row_wise places tables on."""
+  m = config.mesh
+  table_axes = dict((logical, tuple(axes)) for logical, axes in m.rules).get("table_rows", ())
+  if HOST_AXIS not in table_axes or HOST_AXIS not in m.axes:
+    return 1
+  sizes = dict(zip(m.axes, m.shape))
+  if sizes[HOST_AXIS] != -1:
+    return int(sizes[HOST_AXIS])
+  others = int(np.prod([sizes[a] for a in table_axes if a != HOST_AXIS]))
+  return max(1, num_shards // max(others, 1))
 
 
 def optimizer_args(config: ml_collections.ConfigDict) -> dict[str, dict]:

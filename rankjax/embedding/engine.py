@@ -27,6 +27,7 @@ from rankjax.embedding import dynamic, dynamic_shards, optimizers, quotient_rema
 from rankjax.embedding.sharding import SHARDINGS
 from rankjax.embedding.sharding.base import ROW_PAD_MULTIPLE, MeshAxes, ShardingType, TableGroup
 from rankjax.errors import ConfigError
+from rankjax.partitioner import HOST_AXIS
 from rankjax.embedding.tables import (DTYPES, EmbeddingTableConfig, FeatureSlots, init_stacked, num_output_vectors,
                                      check_raw_id_table, pool, with_rows)
 
@@ -95,6 +96,7 @@ class EmbeddingEngine:
       raise ValueError(f"table shard axes {self.shard_axes} must be batch axes too ({self.batch_axes})")
     self.replica_axes = tuple(a for a in self.batch_axes if a not in self.shard_axes)
     self.num_shards = int(np.prod([mesh.shape[a] for a in self.shard_axes]))
+    self.num_hosts = mesh.shape[HOST_AXIS] if HOST_AXIS in self.shard_axes else 1  # table_row_wise's hosts.
     self.axes = MeshAxes(mesh, self.batch_axes, self.shard_axes, self.replica_axes, self.num_shards)
     optimizer_args = optimizer_args or {}
 
@@ -142,13 +144,17 @@ class EmbeddingEngine:
     for i, t in enumerate(self.tables):
       sharding = ShardingType(t.sharding or default_sharding)
       SHARDINGS[sharding].check_table(t, self.num_shards)
+      if sharding == ShardingType.TABLE_ROW_WISE and self.num_hosts > 1 and self.shard_axes[0] != HOST_AXIS:
+        raise ValueError(f"table {t.name}: table_row_wise needs the {HOST_AXIS!r} axis first among the table "
+                         f"shard axes {self.shard_axes} (mesh.rules' table_rows), so that a host's devices hold "
+                         "contiguous row blocks")
       keyed.setdefault((sharding, t.optimizer or default_optimizer, t.dim, t.dtype), []).append(i)
     self.groups: list[TableGroup] = []
     for (sharding, opt_name, dim, dtype), ids in keyed.items():
       group_tables = [self.tables[i] for i in ids]
       group_slots = np.flatnonzero(np.isin(slot_table, ids)).astype(np.int32)
       local_table = np.searchsorted(ids, slot_table[group_slots])
-      layout = SHARDINGS[sharding].layout(group_tables, self.num_shards, local_table)
+      layout = SHARDINGS[sharding].layout(group_tables, self.num_shards, local_table, num_hosts=self.num_hosts)
       self.groups.append(TableGroup(
           name=f"{sharding.value}_{opt_name}_d{dim}_{dtype}", sharding=sharding,
           optimizer=optimizers.make(opt_name, **optimizer_args.get(opt_name, {})), dim=dim,

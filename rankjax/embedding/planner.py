@@ -3,8 +3,12 @@
 Rules (after TorchRec's planner, simplified): a table whose params + optimizer state fit in
 `replicate_bytes` is replicated (no collectives, cheap to all-gather updates for); a table
 bigger than an even share of all tables is row-wise sharded (no single shard could hold it
-evenly); the rest are table-wise, placed largest-first on the least-loaded shard. A table's
-own `sharding` (from config overrides) always wins.
+evenly), or, when the job spans hosts (`num_hosts` > 1, a mesh with a host axis),
+table-row-wise: the whole table on the least loaded host, its rows split over that host's
+devices, unless one host's devices cannot hold it within `device_memory` (then row-wise); the
+rest are table-wise, placed largest-first on the least-loaded shard. A table's own `sharding`
+(from config overrides) always wins. Devices are numbered host-major (host h holds devices
+h*L .. h*L + L - 1, L = devices per host).
 """
 
 from __future__ import annotations
@@ -72,8 +76,11 @@ def map_bytes(t: EmbeddingTableConfig, num_devices: int = 1) -> int:
 
 
 def plan(tables: Sequence[EmbeddingTableConfig], num_devices: int, *, optimizer: str,
-         device_memory: int | None = None, replicate_bytes: int = 1 << 20) -> Plan:
+         device_memory: int | None = None, replicate_bytes: int = 1 << 20, num_hosts: int = 1) -> Plan:
   """Chooses shardings for tables without one and places them; raises PlanError if it cannot fit."""
+  if num_hosts < 1 or num_devices % num_hosts:
+    raise PlanError(f"{num_devices} devices do not split evenly over {num_hosts} hosts")
+  per_host = num_devices // num_hosts
   sizes = {t.name: table_bytes(t, optimizer) for t in tables}
   share = sum(sizes.values()) / max(num_devices, 1)
   choice = {}
@@ -83,7 +90,9 @@ def plan(tables: Sequence[EmbeddingTableConfig], num_devices: int, *, optimizer:
     elif num_devices == 1 or sizes[t.name] <= replicate_bytes:
       choice[t.name] = "replicated"
     elif sizes[t.name] > share or t.vocab_size < num_devices:
-      choice[t.name] = "row_wise" if t.vocab_size >= num_devices else "replicated"
+      one_host_fits = device_memory is None or -(-sizes[t.name] // per_host) <= device_memory
+      split = "table_row_wise" if num_hosts > 1 and one_host_fits else "row_wise"
+      choice[t.name] = split if t.vocab_size >= num_devices else "replicated"
     else:
       choice[t.name] = "table_wise"
   load = np.zeros(num_devices, np.int64)
@@ -95,6 +104,9 @@ def plan(tables: Sequence[EmbeddingTableConfig], num_devices: int, *, optimizer:
       d[:] = b
     elif kind == "table_wise":
       d[int(np.argmin(load))] = b
+    elif kind == "table_row_wise":  # The least loaded host's devices (without a host axis: all devices).
+      host = int(np.argmin(load.reshape(num_hosts, per_host).sum(axis=1)))
+      d[host * per_host:(host + 1) * per_host] = -(-b // per_host)
     else:  # row_wise, column_wise, gspmd_row_wise split evenly (row padding ignored).
       d[:] = -(-b // num_devices)
     d += map_bytes(t, num_devices)  # A dynamic table's map: on every device, or split in its pieces.

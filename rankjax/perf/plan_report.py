@@ -12,7 +12,7 @@ import ml_collections
 from rankjax.config import task_class, validate
 from rankjax.errors import ConfigError
 from rankjax.embedding import planner
-from rankjax.embedding.builder import configured_tables
+from rankjax.embedding.builder import configured_tables, table_hosts
 from rankjax.experiment import compile_abstract, data_shape
 from rankjax.perf import step_time
 from rankjax.tasks.ctr import column_aliases
@@ -62,7 +62,8 @@ def print_predictions(config: ml_collections.ConfigDict, shape: dict, num_device
     raise ConfigError("--devices", f"predicting step times compiles the step for {num_devices} devices; "
                       f"{jax.device_count()} are visible")
   devices = jax.devices()[:num_devices]
-  names = [config.embedding.sharding] + [c for c in CANDIDATES if c != config.embedding.sharding]
+  candidates = CANDIDATES + (("table_row_wise",) if table_hosts(config, num_devices) > 1 else ())
+  names = [config.embedding.sharding] + [c for c in candidates if c != config.embedding.sharding]
   rows, peak = [], None
   for name in names:
     candidate = config.copy_and_resolve_references()
@@ -71,8 +72,8 @@ def print_predictions(config: ml_collections.ConfigDict, shape: dict, num_device
     try:
       tables = configured_tables(candidate, task_class(config.task.name).embedding_tables(candidate, shape),
                                  num_devices, column_aliases(shape))
-      row["max_bytes_per_device"] = int(planner.plan(tables, num_devices, optimizer=config.embedding.optimizer
-                                                     ).device_bytes.max())
+      row["max_bytes_per_device"] = int(planner.plan(tables, num_devices, optimizer=config.embedding.optimizer,
+                                                     num_hosts=table_hosts(config, num_devices)).device_bytes.max())
       if device_memory is not None and row["max_bytes_per_device"] > device_memory:
         row["error"] = f"does not fit in {device_memory:,} B"
       else:
@@ -101,11 +102,14 @@ def print_predictions(config: ml_collections.ConfigDict, shape: dict, num_device
 
 def _print_tables(config: ml_collections.ConfigDict, tables: list, num_devices: int,
                   device_memory: int | None) -> planner.Plan:
-  result = planner.plan(tables, num_devices, optimizer=config.embedding.optimizer, device_memory=device_memory)
+  hosts = table_hosts(config, num_devices)
+  result = planner.plan(tables, num_devices, optimizer=config.embedding.optimizer, device_memory=device_memory,
+                        num_hosts=hosts)
   print(f"{'table':<14}{'rows':>12}{'dim':>5}  {'sharding':<15}{'bytes total':>16}{'max bytes/device':>18}")
   for t, p in zip(tables, result.tables):
     print(f"{t.name:<14}{t.vocab_size:>12,}{t.dim:>5}  {p.sharding:<15}{p.bytes_total:>16,}{max(p.bytes_per_device):>18,}")
-  print(f"\nper device (embedding params + optimizer state), {num_devices} devices:")
+  print(f"\nper device (embedding params + optimizer state), {num_devices} devices"
+        + (f" on {hosts} hosts (host-major)" if hosts > 1 else "") + ":")
   for d, b in enumerate(result.device_bytes):
     print(f"  device {d:>3}: {int(b):>16,} B")
   print(f"imbalance (max/mean): {result.imbalance:.3f}")

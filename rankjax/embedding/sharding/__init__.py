@@ -6,7 +6,8 @@ from rankjax.embedding.sharding.column_wise import ColumnWise
 from rankjax.embedding.sharding.gspmd_row_wise import GspmdRowWise
 from rankjax.embedding.sharding.replicated import Replicated
 from rankjax.embedding.sharding.row_wise import RowWise
+from rankjax.embedding.sharding.table_row_wise import TableRowWise
 from rankjax.embedding.sharding.table_wise import TableWise
 
 SHARDINGS: dict[ShardingType, Sharding] = {s.type: s for s in (Replicated(), TableWise(), RowWise(), ColumnWise(),
-                                                               GspmdRowWise())}
+                                                               GspmdRowWise(), TableRowWise())}

@@ -31,6 +31,7 @@ class ShardingType(enum.StrEnum):
   ROW_WISE = "row_wise"
   COLUMN_WISE = "column_wise"
   GSPMD_ROW_WISE = "gspmd_row_wise"
+  TABLE_ROW_WISE = "table_row_wise"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +111,18 @@ def apply_optimizer(group: TableGroup, gstate: dict, rows: jax.Array, grads: jax
   return {"table": table, **rest}
 
 
+def place_greedily(sizes: Sequence[int], num_bins: int) -> tuple[np.ndarray, np.ndarray]:
+  """(bin of each item, its offset in the bin's stack, in the units of `sizes`, and each bin's
+  load): largest first onto the least loaded bin (ties: the lower index)."""
+  sizes = np.asarray(sizes, np.int64)
+  load, where, offset = np.zeros(num_bins, np.int64), np.zeros(len(sizes), np.int64), np.zeros(len(sizes), np.int64)
+  for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+    b = int(np.argmin(load))
+    where[i], offset[i] = b, load[b]
+    load[b] += sizes[i]
+  return where, offset, load
+
+
 def all_gather(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
   return jax.lax.all_gather(x, axes, tiled=True) if axes else x
 
@@ -119,10 +132,12 @@ class Sharding(abc.ABC):
 
   type: ShardingType
 
-  def layout(self, tables: Sequence[EmbeddingTableConfig], num_shards: int, slot_table: np.ndarray) -> GroupLayout:
+  def layout(self, tables: Sequence[EmbeddingTableConfig], num_shards: int, slot_table: np.ndarray,
+             num_hosts: int = 1) -> GroupLayout:
     """Tables stacked one after another, rows padded to a multiple of lcm(shards, 1024): the same
     global shape on 1, 2, 4, ... 1024 shards, so checkpoints restore across such meshes without a
-    re-layout."""
+    re-layout. `num_hosts`: the size of the mesh's host axis (used by table_row_wise)."""
+    del num_hosts
     vocab = np.array([t.vocab_size for t in tables], np.int64)
     shards = num_shards if self.splits_rows else 1
     multiple = np.lcm(shards, ROW_PAD_MULTIPLE) if shards > 1 else 1

@@ -13,20 +13,17 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from rankjax.embedding.sharding.base import (GroupLayout, MeshAxes, Sharding, ShardingType, TableGroup, all_gather,
-                                             apply_optimizer, local_gather)
+                                             apply_optimizer, local_gather, place_greedily)
 from rankjax.embedding.tables import EmbeddingTableConfig
 
 
 class TableWise(Sharding):
   type = ShardingType.TABLE_WISE
 
-  def layout(self, tables: Sequence[EmbeddingTableConfig], num_shards: int, slot_table: np.ndarray) -> GroupLayout:
-    vocab = np.array([t.vocab_size for t in tables], np.int64)
-    load, owner, local = np.zeros(num_shards, np.int64), np.zeros(len(tables), np.int64), np.zeros(len(tables), np.int64)
-    for i in sorted(range(len(tables)), key=lambda i: (-vocab[i], i)):
-      s = int(np.argmin(load))
-      owner[i], local[i] = s, load[s]
-      load[s] += vocab[i]
+  def layout(self, tables: Sequence[EmbeddingTableConfig], num_shards: int, slot_table: np.ndarray,
+             num_hosts: int = 1) -> GroupLayout:
+    del num_hosts
+    owner, local, load = place_greedily([t.vocab_size for t in tables], num_shards)
     per_shard = int(max(load.max(), 1))
     slot_owner = owner[slot_table]
     k = max(int(np.bincount(slot_owner, minlength=num_shards).max()), 1)
