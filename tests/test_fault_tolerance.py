@@ -78,6 +78,17 @@ def test_table_row_wise_on_two_processes_of_four_devices_matches_one_process_of_
   assert_two_processes_of_four_devices_match_one_of_eight(tmp_path, *HOST_MESH)
 
 
+def test_a_host_axis_that_does_not_follow_the_processes_is_refused_in_one_line(tmp_path):
+  port = free_port()
+  procs = [launch(tmp_path / "two", "--config.mesh.axes=('data','host')", "--config.mesh.shape=(4,2)",
+                  "--config.mesh.rules=(('batch',('data','host')),('table_rows',('data','host')),('embed',()))",
+                  *two_process_args(port, i), devices=4) for i in range(2)]
+  for q in procs:
+    _, err = q.communicate(timeout=300)
+    assert q.returncode != 0
+    assert "mesh axis 'host': index 0 holds devices of processes [0, 1]" in err and "Traceback" not in err
+
+
 def test_killing_one_process_makes_the_other_exit_nonzero_within_60s(tmp_path):
   port = free_port()
   args = ("--config.train.steps=100000", "--config.train.log_every=1", "--config.distributed.heartbeat_timeout_s=10")

@@ -44,10 +44,16 @@ def _dataset(directory):
 
 
 @pytest.mark.parametrize("vocab", ["hash", "frequency", "raw"])
-@pytest.mark.parametrize("split", [["--eval-fraction", "0.15"], []])
+@pytest.mark.parametrize("split", [["--eval-fraction", "0.15"], ["--eval-input", "EVAL"]])
 @pytest.mark.parametrize("on_error", ["skip", "strict"])  # Strict: workers write in place (every line a record).
 def test_several_workers_write_the_dataset_of_one_byte_for_byte(tmp_path, small_units, vocab, split, on_error):
   files = _inputs(tmp_path, bad_line=None)
+  if "EVAL" in split:  # Eval files: a plain one of several units, then a gzip one (one unit).
+    (tmp_path / "eval").mkdir()
+    eval_lines = _lines(400, seed=1)
+    _write(tmp_path / "eval" / "e1.tsv", eval_lines[:300])
+    _write(tmp_path / "eval" / "e2.tsv.gz", eval_lines[300:], compress=True)
+    split = ["--eval-input", str(tmp_path / "eval" / "e*")]
   skipped = 3 if on_error == "skip" else 0
   (tmp_path / "a.tsv").write_text((tmp_path / "a.tsv").read_text().replace("\n0\t", "\nx\t", skipped))  # Bad labels.
   options = ["--vocab", vocab, "--on-error", on_error, *(["--min-count", "2"] if vocab == "frequency" else []), *split]
@@ -57,7 +63,8 @@ def test_several_workers_write_the_dataset_of_one_byte_for_byte(tmp_path, small_
   assert code_one == code_many == 0
   manifest_one, files_one = _dataset(one)
   manifest_many, files_many = _dataset(many)
-  assert manifest_one["ingest"]["rows_skipped"] == skipped and manifest_one["ingest"]["rows_read"] == 1200
+  rows = 1200 + (400 if "--eval-input" in split else 0)
+  assert manifest_one["ingest"]["rows_skipped"] == skipped and manifest_one["ingest"]["rows_read"] == rows
   assert json.dumps(manifest_many, sort_keys=True) == json.dumps(manifest_one, sort_keys=True)
   assert files_many == files_one and len(layout.split_shards(manifest_one, "train")) > 2
 

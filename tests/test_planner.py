@@ -1,6 +1,7 @@
 """The embedding planner: replicated small tables, row-wise huge ones, table-wise the rest;
 overrides win; a plan that cannot fit names the table and the shortfall."""
 
+import numpy as np
 import pytest
 
 from rankjax.embedding.tables import EmbeddingTableConfig
@@ -46,17 +47,48 @@ def test_plan_that_cannot_fit_names_table_and_shortfall():
     plan(tables(), 8, optimizer="row_wise_adagrad", device_memory=1_000_000)
 
 
-def test_a_job_across_hosts_keeps_each_huge_table_on_one_hosts_devices():
-  two_huge = tables() + [EmbeddingTableConfig("huge2", 3_000_000, 64, ("f",))]
+def test_a_job_across_hosts_keeps_each_huge_table_on_one_hosts_devices_where_the_hosts_balance():
+  two_huge = tables() + [EmbeddingTableConfig("huge2", 3_800_000, 64, ("f",))]
   p = plan(two_huge, 8, optimizer="row_wise_adagrad", num_hosts=2)
   assert p.sharding_of()["huge"] == p.sharding_of()["huge2"] == "table_row_wise"
   by_name = {t.table: t for t in p.tables}
-  huge_b, huge2_b = table_bytes(two_huge[0], "row_wise_adagrad"), table_bytes(two_huge[-1], "row_wise_adagrad")
-  assert by_name["huge"].bytes_per_device == (-(-huge_b // 4),) * 4 + (0,) * 4  # Host 0: devices 0-3.
-  assert by_name["huge2"].bytes_per_device == (0,) * 4 + (-(-huge2_b // 4),) * 4  # The lighter host.
-  # One host's four devices cannot hold `huge` within this memory, all eight can: row-wise.
-  tight = plan(tables(), 8, optimizer="row_wise_adagrad", num_hosts=2, device_memory=200_000_000)
-  assert huge_b // 4 > 200_000_000 > huge_b // 8
-  assert tight.sharding_of()["huge"] == "row_wise"
+  row = 64 * 4 + 4
+  # Host 0 (devices 0-3) holds huge; host 1 huge2 and the padding up to huge's block (on huge).
+  assert by_name["huge"].bytes_per_device == (1_000_000 * row,) * 4 + (50_000 * row,) * 4
+  assert by_name["huge2"].bytes_per_device == (0,) * 4 + (950_000 * row,) * 4
+  # Alone, huge would leave host 1 a block of padding as large: row-wise instead.
+  assert plan(tables(), 8, optimizer="row_wise_adagrad", num_hosts=2).sharding_of()["huge"] == "row_wise"
   with pytest.raises(PlanError, match="do not split evenly over 3 hosts"):
     plan(tables(), 8, optimizer="row_wise_adagrad", num_hosts=3)
+
+
+@pytest.mark.parametrize("vocab", [(5000, 3000, 900, 20), (9000, 700, 600)])
+def test_table_row_wise_bytes_are_what_the_engine_allocates(vocab):
+  import jax
+  from rankjax.embedding.engine import EmbeddingEngine
+  from rankjax.embedding.tables import FeatureSlots
+  from rankjax.partitioner import make_mesh
+  ts = [EmbeddingTableConfig(f"t{i}", v, 8, (f"f{i}",), sharding="table_row_wise") for i, v in enumerate(vocab)]
+  mesh = make_mesh(("host", "data"), (2, 4), jax.devices()[:8])
+  engine = EmbeddingEngine(ts, FeatureSlots(tuple(f"f{i}" for i in range(len(ts))), (1,) * len(ts)), mesh,
+                           batch_axes=("host", "data"), shard_axes=("host", "data"),
+                           optimizer_args={"row_wise_adagrad": {"learning_rate": 0.1}})
+  (group,) = engine.groups
+  got = plan(ts, 8, optimizer="row_wise_adagrad", num_hosts=2).device_bytes
+  np.testing.assert_array_equal(got, [group.rows_per_shard * (8 * 4 + 4)] * 8)
+
+
+@pytest.mark.parametrize("axes, shape, rules, hosts", [
+    (("host", "data"), (2, 4), ("host", "data"), 2),
+    (("host", "data"), (-1, 4), ("host", "data"), 2),
+    (("data", "host"), (4, 2), ("data", "host"), 1),  # Not first: the engine would refuse table_row_wise.
+    (("host", "data"), (1, 8), ("host", "data"), 1),  # A host axis of size 1 is dropped.
+    (("host", "data"), (2, 4), ("data",), 1),  # Tables not split over hosts.
+])
+def test_table_hosts_reads_the_host_axis_the_tables_split_over_first(axes, shape, rules, hosts):
+  from rankjax.config import base_config
+  from rankjax.embedding.builder import table_hosts
+  c = base_config()
+  c.mesh.axes, c.mesh.shape = axes, shape
+  c.mesh.rules = (("batch", axes), ("table_rows", rules), ("embed", ()))
+  assert table_hosts(c, 8) == hosts

@@ -665,7 +665,9 @@ class _Job:
   lines: int  # Lines in the unit (as count_lines counts them).
 
 
-_WORKER: dict = {}  # Set by the parent before forking: vocabulary, options, scratch dir, train_lines.
+# Set by the parent before forking: vocabulary, options, train_lines, and the scratch dir (skip
+# mode) or the record placements and output directory (strict mode: records written in place).
+_WORKER: dict = {}
 
 
 def _count_unit(unit: parallel.Unit) -> int:

@@ -1,7 +1,9 @@
 """Parallel ingestion: input files cut into units of whole lines (byte ranges of a plain file; a
-gzip file is one unit), converted by worker processes into temporary record files, then copied in
-input order into the dataset: the output is byte-identical to one worker's (same shards, same
-checksums, same row accounting).
+gzip file is one unit), converted by worker processes: where every unit's records have known
+places (Criteo in strict mode) the workers write them into the sized shards and the parent only
+hashes them in order; otherwise into temporary record files the parent copies in input order.
+Either way the output is byte-identical to one worker's (same shards, same checksums, same row
+accounting).
 
 Workers are forked, so what the parent built before the pool (a vocabulary) is theirs without
 copying; they return small JSON-able summaries and write records to files, never through pipes.

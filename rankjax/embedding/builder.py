@@ -67,13 +67,14 @@ def configured_tables(config: ml_collections.ConfigDict, tables: Sequence[Embedd
 
 
 def table_hosts(config: ml_collections.ConfigDict, num_shards: int) -> int:
-  """The size of the mesh's host axis where the tables are split over it (mesh.rules' table_rows),
-  else 1: the hosts table_row_wise places tables on."""
+  """The size of the mesh's host axis where it is the first axis the tables are split over
+  (mesh.rules' table_rows), else 1: the hosts table_row_wise places tables on."""
   m = config.mesh
-  table_axes = dict((logical, tuple(axes)) for logical, axes in m.rules).get("table_rows", ())
-  if HOST_AXIS not in table_axes or HOST_AXIS not in m.axes:
-    return 1
   sizes = dict(zip(m.axes, m.shape))
+  table_axes = [a for a in dict((logical, tuple(axes)) for logical, axes in m.rules).get("table_rows", ())
+                if sizes.get(a, 1) != 1]  # The engine drops axes of size 1.
+  if not table_axes or table_axes[0] != HOST_AXIS:  # table_row_wise needs it first (the engine refuses it).
+    return 1
   if sizes[HOST_AXIS] != -1:
     return int(sizes[HOST_AXIS])
   others = int(np.prod([sizes[a] for a in table_axes if a != HOST_AXIS]))

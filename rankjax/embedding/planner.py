@@ -4,11 +4,11 @@ Rules (after TorchRec's planner, simplified): a table whose params + optimizer s
 `replicate_bytes` is replicated (no collectives, cheap to all-gather updates for); a table
 bigger than an even share of all tables is row-wise sharded (no single shard could hold it
 evenly), or, when the job spans hosts (`num_hosts` > 1, a mesh with a host axis),
-table-row-wise: the whole table on the least loaded host, its rows split over that host's
-devices, unless one host's devices cannot hold it within `device_memory` (then row-wise); the
-rest are table-wise, placed largest-first on the least-loaded shard. A table's own `sharding`
-(from config overrides) always wins. Devices are numbered host-major (host h holds devices
-h*L .. h*L + L - 1, L = devices per host).
+table-row-wise (whole tables placed on hosts, largest first, their rows split over the host's
+devices) where the hosts balance and one host's devices can hold the table in `device_memory`;
+the rest are table-wise, placed largest-first on the least-loaded shard. A table's own
+`sharding` (from config overrides) always wins. Devices are numbered host-major (host h holds
+devices h*L .. h*L + L - 1, L = devices per host).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from rankjax.embedding import dynamic, dynamic_shards
+from rankjax.embedding.sharding.base import place_greedily
 from rankjax.embedding.tables import EmbeddingTableConfig
 
 BYTES = {"float32": 4, "bfloat16": 2}
@@ -57,9 +58,39 @@ class Plan:
     return {t.table: t.sharding for t in self.tables}
 
 
-def table_bytes(t: EmbeddingTableConfig, optimizer: str) -> int:
+def row_bytes(t: EmbeddingTableConfig, optimizer: str) -> int:
+  """A row's params + optimizer state."""
   per_row, per_coord = STATE_WORDS[t.optimizer or optimizer]
-  return t.vocab_size * (t.dim * BYTES[t.dtype] + 4 * per_row + 4 * per_coord * t.dim)
+  return t.dim * BYTES[t.dtype] + 4 * per_row + 4 * per_coord * t.dim
+
+
+def table_bytes(t: EmbeddingTableConfig, optimizer: str) -> int:
+  return t.vocab_size * row_bytes(t, optimizer)
+
+
+def table_row_wise_bytes(tables: Sequence[EmbeddingTableConfig], num_hosts: int, num_devices: int,
+                         optimizer: str) -> dict[str, np.ndarray]:
+  """Per table, the bytes on each device of the table_row_wise layout the engine builds: per group
+  (optimizer, dim, dtype; tables in order) tables go to hosts largest first onto the least loaded
+  (TableRowWise.layout), and every host's block is as large as the most loaded one's, split over its
+  devices. A table's rows count on its host's devices; each host's padding counts on the group's
+  largest table (so one dominant table costs every host its size)."""
+  per_host, out = num_devices // num_hosts, {}
+  groups: dict[tuple, list[EmbeddingTableConfig]] = {}
+  for t in tables:
+    groups.setdefault((t.optimizer or optimizer, t.dim, t.dtype), []).append(t)
+  for group in groups.values():
+    host, _, loads = place_greedily([t.vocab_size for t in group], num_hosts)
+    block = -(-max(int(loads.max()), 1) // per_host) * per_host  # Rows of each host's block.
+    for t, h in zip(group, host):
+      d = np.zeros(num_devices, np.int64)
+      d[h * per_host:(h + 1) * per_host] = -(-t.vocab_size // per_host) * row_bytes(t, optimizer)
+      out[t.name] = d
+    largest = max(group, key=lambda t: t.vocab_size)
+    for h in range(num_hosts):
+      padding = (block - int(loads[h])) // per_host * row_bytes(largest, optimizer)
+      out[largest.name][h * per_host:(h + 1) * per_host] += padding
+  return out
 
 
 def map_bytes(t: EmbeddingTableConfig, num_devices: int = 1) -> int:
@@ -73,6 +104,26 @@ def map_bytes(t: EmbeddingTableConfig, num_devices: int = 1) -> int:
   total = spec.bytes_per_row * t.capacity + (4 * dynamic.SKETCH_DEPTH * sketch_width if t.admit_after > 1 else 0)
   split = spec.shards > 1 and num_devices > 1 and spec.shards % num_devices == 0
   return total // num_devices if split else total
+
+
+def _table_row_wise(tables: Sequence[EmbeddingTableConfig], choice: dict[str, str], num_hosts: int,
+                    num_devices: int, optimizer: str) -> dict[str, np.ndarray]:
+  """table_row_wise_bytes of the tables chosen table_row_wise. In a group whose hosts do not
+  balance (its fullest device holding over 10% more than row_wise would put there) the planner's
+  own choices go back to row_wise: table_row_wise moves the same bytes per step."""
+  key = lambda t: (t.optimizer or optimizer, t.dim, t.dtype)
+  groups: dict[tuple, list[EmbeddingTableConfig]] = {}
+  for t in tables:
+    if choice[t.name] == "table_row_wise":
+      groups.setdefault(key(t), []).append(t)
+  for group in groups.values():
+    placed = table_row_wise_bytes(group, num_hosts, num_devices, optimizer)
+    even = sum(table_bytes(t, optimizer) for t in group) / num_devices
+    if np.sum(list(placed.values()), axis=0).max() > 1.1 * even:
+      for t in group:
+        choice[t.name] = t.sharding or "row_wise"
+  return table_row_wise_bytes([t for t in tables if choice[t.name] == "table_row_wise"], num_hosts, num_devices,
+                              optimizer)
 
 
 def plan(tables: Sequence[EmbeddingTableConfig], num_devices: int, *, optimizer: str,
@@ -95,6 +146,7 @@ def plan(tables: Sequence[EmbeddingTableConfig], num_devices: int, *, optimizer:
       choice[t.name] = split if t.vocab_size >= num_devices else "replicated"
     else:
       choice[t.name] = "table_wise"
+  by_host = _table_row_wise(tables, choice, num_hosts, num_devices, optimizer)
   load = np.zeros(num_devices, np.int64)
   per_device: dict[str, np.ndarray] = {}
   for t in sorted(tables, key=lambda t: (-sizes[t.name], t.name)):
@@ -104,9 +156,8 @@ def plan(tables: Sequence[EmbeddingTableConfig], num_devices: int, *, optimizer:
       d[:] = b
     elif kind == "table_wise":
       d[int(np.argmin(load))] = b
-    elif kind == "table_row_wise":  # The least loaded host's devices (without a host axis: all devices).
-      host = int(np.argmin(load.reshape(num_hosts, per_host).sum(axis=1)))
-      d[host * per_host:(host + 1) * per_host] = -(-b // per_host)
+    elif kind == "table_row_wise":
+      d += by_host[t.name]
     else:  # row_wise, column_wise, gspmd_row_wise split evenly (row padding ignored).
       d[:] = -(-b // num_devices)
     d += map_bytes(t, num_devices)  # A dynamic table's map: on every device, or split in its pieces.

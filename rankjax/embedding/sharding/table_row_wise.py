@@ -1,16 +1,18 @@
 """Table-row-wise sharding: each table on one host, its rows split over that host's devices.
 
-On a mesh whose table shard axes start with `host` (rankjax.partitioner.HOST_AXIS; e.g. mesh.axes ("host", "data"),
-one index of `host` per process), whole tables are placed on hosts greedily (largest first onto
-the least loaded host, as table_wise places them on devices), and each host's stack of tables is
-split into contiguous row blocks over its own devices. Shard s = host x devices_per_host + local
-device then owns one contiguous block, as in row_wise, so lookups and updates are row_wise's
+On a mesh whose table shard axes start with `host` (rankjax.partitioner.HOST_AXIS; e.g.
+mesh.axes ("host", "data"), one index of `host` per process), whole tables are placed on hosts
+greedily (largest first onto the least loaded host, as table_wise places them on devices), and
+each host's stack of tables is split into contiguous row blocks over its own devices. Every
+host's block is as large as the most loaded host's (one stacked array, split evenly), so the
+hosts should balance: the planner checks that. Shard s = host x devices_per_host + local device
+then owns one contiguous block, as in row_wise, so lookups and updates are row_wise's
 (deduplicated ids to their owners and rows back by all-to-all, with its capacity and exact
-fallback): what changes is where rows live. A table never straddles hosts, so its rows, its
-optimizer state and the traffic to them sit on one host's devices (the fast links), and a table
-too big for one device needs only one host's memory; the bytes each device sends per step are
-row_wise's (each distinct id goes once to its owner, wherever it is). Without a host axis every
-table is on the one host: row_wise's layout, table by table.
+fallback): what changes is where rows live. A table's rows and optimizer state sit on one
+host's devices, and a table too big for one device needs only one host's memory; the ids and
+gradients of the other hosts' devices still cross hosts to reach them, as with row_wise: the
+bytes each device sends per step are row_wise's. Without a host axis all tables are on the one
+host: a row_wise layout with the tables reordered by size.
 """
 
 from __future__ import annotations
