@@ -22,6 +22,7 @@ EXIT_INPUT_ERROR = 2
 USAGE = """usage: rankjax data criteo --input FILE_OR_GLOB --output DIR [options]
        rankjax data letor --input FILE_OR_GLOB --output DIR [options]
        rankjax data table --input FILE_OR_GLOB --output DIR --spec SPEC.json [options]
+       rankjax data crosses --path DATASET [--records N] [--min-z 3]   (feature pairs that interact)
 run `rankjax data FORMAT --help` for the options"""
 
 
@@ -183,12 +184,27 @@ def _report(output: str, manifest: dict) -> None:
             f"lists, check the spec's separator ({separators.get(name)!r}) against the file")
 
 
+def _run_crosses(argv: list[str]) -> int:
+  """`rankjax data crosses`: an analysis of a dataset, nothing written."""
+  from rankjax.cli import data_crosses
+  try:
+    data_crosses.run(data_crosses.parser(_Parser).parse_args(argv))
+  except SystemExit as e:  # --help
+    return int(e.code or 0)
+  except (_ArgumentError, layout.DataError, ValueError) as e:
+    print(f"rankjax data crosses: error: {e}", file=sys.stderr)
+    return EXIT_INPUT_ERROR
+  return 0
+
+
 def main(argv: list[str]) -> int:
   """`rankjax data SUBCOMMAND ...` (argv without the command words); returns the exit code."""
   if not argv or argv[0] in ("-h", "--help", "help"):
     print(USAGE)
     return 0 if argv else EXIT_INPUT_ERROR
   commands = {"criteo": _run_criteo, "letor": _run_letor, "table": _run_table}
+  if argv[0] == "crosses":
+    return _run_crosses(argv[1:])
   if argv[0] not in commands:
     print(f"rankjax data: error: unknown format {argv[0]!r}\n{USAGE}", file=sys.stderr)
     return EXIT_INPUT_ERROR

@@ -21,6 +21,7 @@ commands:
   bench data --path DIR       samples/s of the shuffled Grain pipeline
   bench train --config CFG    steady-state samples/s of a config's train step
   data criteo|table|letor ... ingest Criteo TSV, Parquet/CSV or LETOR/SVMlight into the binary layout
+  data crosses --path DIR     which feature pairs interact: Wide & Deep's crosses, ranked
   profile --config CFG --workdir DIR [--steps N]
           XProf trace, HLO dumps and a roofline report of the train step
   config show --config CFG [--config.KEY=VALUE ...]
