@@ -169,6 +169,21 @@ def test_sigkill_inside_a_save_resumes_from_the_previous_commit(tmp_path, straig
   assert evals[-1] == straight_run[1][-1]
 
 
+def resume_on_other_devices(tmp_path, config, first, second):
+  """Trains 20 steps on `first` devices, and 10 then 10 more on `second`: the moved run's messages
+  (after checking it resumed at step 10 and matches the straight run's losses and eval AUC)."""
+  straight = train_lib.train(config(20), tmp_path / "straight", devices=jax.devices()[:first], log=lambda _: None)
+  train_lib.train(config(10), tmp_path / "moved", devices=jax.devices()[:first], log=lambda _: None)
+  messages = []
+  moved = train_lib.train(config(20), tmp_path / "moved", devices=jax.devices()[:second], log=messages.append)
+  assert any("resuming from checkpoint step 10" in m for m in messages)
+  assert moved["eval_auc"] == pytest.approx(straight["eval_auc"], rel=1e-5)
+  a, _ = train_losses(tmp_path / "straight")
+  b, _ = train_losses(tmp_path / "moved")
+  np.testing.assert_allclose([b[s] for s in range(11, 21)], [a[s] for s in range(11, 21)], rtol=1e-5)
+  return messages
+
+
 @pytest.mark.parametrize("sharding", ["row_wise", "table_wise"])
 @pytest.mark.parametrize("first, second", [(8, 4), (4, 8)])
 def test_checkpoint_restores_onto_another_device_count(tmp_path, sharding, first, second):
@@ -177,16 +192,19 @@ def test_checkpoint_restores_onto_another_device_count(tmp_path, sharding, first
     c.embedding.sharding = sharding
     return c
 
-  straight = train_lib.train(config(20), tmp_path / "straight", devices=jax.devices()[:first], log=lambda _: None)
-  train_lib.train(config(10), tmp_path / "moved", devices=jax.devices()[:first], log=lambda _: None)
-  messages = []
-  moved = train_lib.train(config(20), tmp_path / "moved", devices=jax.devices()[:second], log=messages.append)
-  assert any("resuming from checkpoint step 10" in m for m in messages)
+  messages = resume_on_other_devices(tmp_path, config, first, second)
   assert any("re-laid-out" in m for m in messages) == (sharding == "table_wise")
-  assert moved["eval_auc"] == pytest.approx(straight["eval_auc"], rel=1e-5)
-  a, _ = train_losses(tmp_path / "straight")
-  b, _ = train_losses(tmp_path / "moved")
-  np.testing.assert_allclose([b[s] for s in range(11, 21)], [a[s] for s in range(11, 21)], rtol=1e-5)
+
+
+def test_table_row_wise_restores_onto_hosts_of_fewer_devices(tmp_path):
+  def config(steps):
+    c = tiny_config(steps=steps, log_every=1)
+    c.embedding.sharding = "table_row_wise"
+    c.mesh.axes, c.mesh.shape = ("host", "data"), (2, -1)
+    c.mesh.rules = (("batch", ("host", "data")), ("table_rows", ("host", "data")), ("embed", ()))
+    return c
+
+  resume_on_other_devices(tmp_path, config, 8, 4)
 
 
 def test_skip_mode_drops_a_non_finite_step_and_touches_nothing(tmp_path):
