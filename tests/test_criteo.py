@@ -189,6 +189,17 @@ def test_bench_preprocess_reports_throughput_and_peak_rss(tmp_path, capsys):
   assert timing["mb_per_sec"] > 0 and timing["peak_rss_mb"] > 0
 
 
+def test_bench_preprocess_times_several_workers(tmp_path, capsys, monkeypatch):
+  from rankjax.data import parallel
+  monkeypatch.setattr(parallel, "UNIT_BYTES", 50_000)  # Units of a small file, so the workers run.
+  path = tmp_path / "gen.tsv"
+  assert bench_data.main(["--generate-criteo-tsv", str(path), "--gb", "0.0002"]) == 0
+  generated = json.loads(capsys.readouterr().out)
+  assert bench_data.main(["--preprocess", str(path), "--workers", "2"]) == 0
+  timing = json.loads(capsys.readouterr().out)
+  assert timing["workers"] == 2 and timing["rows"] == generated["lines"] and timing["peak_worker_rss_mb"] > 0
+
+
 # ---------------------------------------------------------------- malformed input
 
 
