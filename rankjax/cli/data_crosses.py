@@ -31,6 +31,8 @@ def run(args: argparse.Namespace) -> list[cross_selection.PairScore]:
   manifest = layout.read_manifest(directory)
   if args.records < 1:
     raise ValueError(f"--records must be >= 1, got {args.records}")
+  if args.min_count < 1:  # Before sampling: score_pairs checks it too.
+    raise ValueError(f"--min-count must be >= 1, got {args.min_count}")
   records = layout.open_split(directory, manifest, "train", verify=False)
   dtype = records.dtype
   if "cat" not in dtype.names or "label" not in dtype.names:

@@ -64,15 +64,15 @@ def score_pairs(ids: np.ndarray, labels: np.ndarray, vocab_sizes: Sequence[int],
   y = labels.astype(np.float64)
   p0 = min(max(float(y.mean()), 1e-6), 1 - 1e-6)
   l0 = float(_logit(np.float64(p0)))
-  effect = []
+  effect = np.empty(ids.shape)  # Each row's additive effect of each feature's id, computed once.
   for f, vocab in enumerate(vocab_sizes):
     n = np.bincount(ids[:, f], minlength=vocab)
     clicks = np.bincount(ids[:, f], weights=y, minlength=vocab)
-    effect.append(_logit((clicks + SMOOTHING * p0) / (n + SMOOTHING)) - l0)
+    effect[:, f] = (_logit((clicks + SMOOTHING * p0) / (n + SMOOTHING)) - l0)[ids[:, f]]
   scores = []
   for f, g in itertools.combinations(range(len(vocab_sizes)), 2):
     cell, size = _cells(ids[:, f], ids[:, g], int(vocab_sizes[g]), int(vocab_sizes[f]))
-    expected_p = 1.0 / (1.0 + np.exp(-(l0 + effect[f][ids[:, f]] + effect[g][ids[:, g]])))
+    expected_p = 1.0 / (1.0 + np.exp(-(l0 + effect[:, f] + effect[:, g])))
     n = np.bincount(cell, minlength=size)
     keep = n >= min_count
     n = n[keep]
