@@ -24,7 +24,7 @@ SMALL = {  # Model sizes that keep a step milliseconds-long.
     "deepfm": {"embed_dim": 8, "deep_mlp": (32, 16)},
     "xdeepfm": {"embed_dim": 8, "cin_layers": (8, 8), "deep_mlp": (32, 16)},
     "dcnv2": {"embed_dim": 8, "cross_layers": 2, "cross_rank": 4, "num_experts": 2, "deep_mlp": (32, 16)},
-    "autoint": {"embed_dim": 8, "attention_layers": 2, "num_heads": 2, "attention_dim": 4, "deep_mlp": (32,)},
+    "autoint": {"embed_dim": 8, "attention_layers": 2, "num_heads": 2, "attention_dim": 4, "deep_mlp": (32,), "use_wide": True},
     "finalmlp": {"embed_dim": 8, "stream1_mlp": (32, 16), "stream2_mlp": (32, 16), "gate_mlp": (8,),
                  "fusion_heads": 4, "gate1_features": ("cat_0",)},
     "masknet": {"embed_dim": 8, "num_blocks": 2, "block_dim": 16, "mask_ratio": 1, "deep_mlp": (16,)},
