@@ -746,15 +746,21 @@ def _unit_records(job: _Job, stats: IngestStats) -> Iterator[tuple[str, np.ndarr
   for global_line, file_line, block in _unit_blocks(job, stats):
     stats.rows_read += block.num_lines
     _reject_bad_lines(job.unit.path, file_line, block, stats)
-    records = _records(block, vocabulary, dtype)
-    if not job.is_train:
-      yield "eval", records
-    elif train_lines is None:
-      yield "train", records
-    else:
-      in_train = global_line + block.good_lines < train_lines
-      yield "train", records[in_train]
-      yield "eval", records[~in_train]
+    yield from _by_split(_records(block, vocabulary, dtype), block, global_line, job.is_train, train_lines)
+
+
+def _by_split(records: np.ndarray, block, global_line, is_train: bool,
+              train_lines: int | None) -> Iterator[tuple[str, np.ndarray]]:
+  """(split, records) of one block: an eval file's records go to eval; a train file's to train,
+  or with an eval fraction, those of lines at or past `train_lines` (input order) to eval."""
+  if not is_train:
+    yield "eval", records
+  elif train_lines is None:
+    yield "train", records
+  else:
+    in_train = global_line + block.good_lines < train_lines
+    yield "train", records[in_train]
+    yield "eval", records[~in_train]
 
 
 def _convert_job(job: _Job) -> dict:
@@ -863,18 +869,13 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, opt
     if len(jobs) > 1:
       _convert_parallel(jobs, vocabulary, train_lines, options, scratch, stats, writer)
     else:
-      # Eval files go to eval; train files to train, or with eval_fraction, by line position (None).
-      for files, only_split in ((train_files, None if train_lines is not None else train), (eval_files, evaluation)):
+      for files, is_train in ((train_files, True), (eval_files, False)):
         for path, file_line, global_line, block in _lines(files, stats, raw):
           stats.rows_read += block.num_lines
           _reject_bad_lines(path, file_line, block, stats)
-          records = _records(block, vocabulary, dtype)
-          if only_split is not None:
-            only_split.write(records)
-          else:
-            in_train = global_line + block.good_lines < train_lines
-            train.write(records[in_train])
-            evaluation.write(records[~in_train])
+          for split, records in _by_split(_records(block, vocabulary, dtype), block, global_line, is_train,
+                                          train_lines):
+            writer.split(split).write(records)
     for name, split in (("train", train), ("eval", evaluation)):
       if split.num_records == 0:
         raise layout.DataError(f"{output}: the {name} split would be empty ({stats.summary()})")
