@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from rankjax.config import ConfigError, base_config, load_config_file, validate
-from rankjax.layers import LowRankCrossNet
+from rankjax.layers import LowRankCrossNet, MixtureCrossNet
 from rankjax.models import dlrm_dcnv2
 
 from helpers import ctr_model_inputs
@@ -65,6 +65,25 @@ def test_low_rank_cross_net_equals_numpy_x0_times_w_v_x_plus_b_plus_x():
   expect = x0.astype(np.float64)
   for v, w, b in zip(vs, ws, bs):
     expect = x0 * ((expect @ v) @ w + b) + expect
+  np.testing.assert_allclose(np.asarray(net(jnp.asarray(x0))), expect, rtol=1e-4, atol=1e-4)
+
+
+def test_mixture_cross_net_equals_numpy_per_expert_sum_of_dcn_mix_eq_4():
+  """sum_k g_k(x_l) x_0 * (U_k tanh(C_k tanh(V_k^T x_l)) + b) + x_l, one expert at a time."""
+  in_dim, rank, layers, experts = 7, 3, 2, 4
+  net = MixtureCrossNet(in_dim, layers, rank, experts, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(2)
+  net.bias_li[...] = jnp.asarray(rng.normal(size=(layers, in_dim)), jnp.float32)  # Not zero, so b is checked.
+  v, c, u, b = (np.asarray(p[...], np.float64) for p in (net.v_lkir, net.c_lkrr, net.u_lkri, net.bias_li))
+  x0 = rng.normal(size=(5, in_dim)).astype(np.float32)
+  expect = x0.astype(np.float64)
+  for l, gate in enumerate(net.gates):
+    logits = expect @ np.asarray(gate.kernel[...], np.float64)
+    g = np.exp(logits - logits.max(axis=1, keepdims=True))
+    g /= g.sum(axis=1, keepdims=True)
+    mixed = sum(g[:, k:k + 1] * x0 * (np.tanh(np.tanh(expect @ v[l, k]) @ c[l, k]) @ u[l, k] + b[l])
+                for k in range(experts))
+    expect = mixed + expect
   np.testing.assert_allclose(np.asarray(net(jnp.asarray(x0))), expect, rtol=1e-4, atol=1e-4)
 
 
