@@ -18,6 +18,7 @@ def get_config():
   c = base_config("autoint")
   c.data.synthetic.num_interacting_triples = 2
   c.model.deep_mlp = (400, 400, 400)
+  c.model.use_wide = True  # A first-order term beside attention and DNN (BENCHMARKS: +0.0012 validation AUC).
   c.train.steps = 4200  # Three epochs of the 3 M synthetic records at batch 2048.
   c.train.lr_schedule = "cosine"
   c.embedding.lr_schedule = "cosine"
