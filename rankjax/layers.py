@@ -157,7 +157,7 @@ class MixtureCrossNet(nnx.Module):
     [in, experts * rank] and one [experts * rank, in] product, so no [B, experts, in] tensor is
     ever formed (on XLA:CPU its layout changes cost more than the products; BENCHMARKS.md)."""
     x_bi = x0_bi
-    num_layers, num_experts, in_dim, rank = self.v_lkir.shape
+    _, num_experts, in_dim, rank = self.v_lkir.shape
     for l, gate in enumerate(self.gates):
       v_ij = jnp.transpose(self.v_lkir[l], (1, 0, 2)).reshape(in_dim, num_experts * rank)
       low_bkr = jnp.tanh((x_bi @ v_ij).reshape(-1, num_experts, rank))
