@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
+from flax import nnx
 
 from rankjax.config import ConfigError
 from rankjax.embedding.tables import EmbeddingTableConfig
@@ -82,6 +83,11 @@ def flat_input(inputs: ModelInputs, dim: int) -> jax.Array:
 
 def flat_input_dim(inputs: InputSpec, dim: int) -> int:
   return inputs.num_dense + (num_fields(inputs, dim) - inputs.num_dense) * dim
+
+
+def dense_linear(inputs: InputSpec, *, rngs: nnx.Rngs) -> nnx.Linear | None:
+  """The first-order term's linear map of the dense features (None without dense features)."""
+  return nnx.Linear(inputs.num_dense, 1, rngs=rngs) if inputs.num_dense else None
 
 
 def first_order(inputs: ModelInputs, dense_linear) -> jax.Array:

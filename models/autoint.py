@@ -73,8 +73,7 @@ class AutoInt(nnx.Module):
     m = config.model
     _parts.check_field_dim(config, inputs, extra_dims=(1,) if m.use_wide else ())
     self.heads, self.dim = inputs.heads, m.embed_dim
-    self.dense_linear = (nnx.Linear(inputs.num_dense, 1, rngs=rngs)
-                         if m.use_wide and inputs.num_dense else None)
+    self.dense_linear = _parts.dense_linear(inputs, rngs=rngs) if m.use_wide else None
     num_fields = _parts.num_fields(inputs, m.embed_dim)
     self.dense_fields = DenseFields(inputs.num_dense, m.embed_dim, rngs=rngs)
     dims = [m.embed_dim] + [m.num_heads * m.attention_dim] * m.attention_layers

@@ -44,7 +44,7 @@ class DeepFM(nnx.Module):
     m = config.model
     _parts.check_field_dim(config, inputs, extra_dims=(1,))
     self.heads, self.dim = inputs.heads, m.embed_dim
-    self.dense_linear = nnx.Linear(inputs.num_dense, 1, rngs=rngs) if inputs.num_dense else None
+    self.dense_linear = _parts.dense_linear(inputs, rngs=rngs)
     self.dense_fields = DenseFields(inputs.num_dense, m.embed_dim, rngs=rngs)
     self.deep = MLP(_parts.num_fields(inputs, m.embed_dim) * m.embed_dim, (*m.deep_mlp, len(self.heads)), rngs=rngs)
 

@@ -36,7 +36,7 @@ def embedding_tables(config: ml_collections.ConfigDict, vocab_sizes: Sequence[in
 class LogisticRegression(nnx.Module):
   def __init__(self, config: ml_collections.ConfigDict, inputs: InputSpec, *, rngs: nnx.Rngs):
     self.heads = inputs.heads
-    self.dense_linear = nnx.Linear(inputs.num_dense, 1, rngs=rngs) if inputs.num_dense else None
+    self.dense_linear = _parts.dense_linear(inputs, rngs=rngs)
     self.bias_h = nnx.Param(nnx.initializers.zeros(rngs.params(), (len(self.heads),)))
 
   def __call__(self, inputs: ModelInputs) -> dict[str, jax.Array]:

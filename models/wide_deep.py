@@ -56,7 +56,7 @@ class WideDeep(nnx.Module):
     m = config.model
     _parts.check_field_dim(config, inputs, extra_dims=(1,))
     self.heads, self.dim = inputs.heads, m.embed_dim
-    self.dense_linear = nnx.Linear(inputs.num_dense, 1, rngs=rngs) if inputs.num_dense else None
+    self.dense_linear = _parts.dense_linear(inputs, rngs=rngs)
     self.deep = MLP(_parts.flat_input_dim(inputs, m.embed_dim), (*m.deep_mlp, len(self.heads)), rngs=rngs)
 
   def __call__(self, inputs: ModelInputs) -> dict[str, jax.Array]:

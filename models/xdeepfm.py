@@ -79,7 +79,7 @@ class XDeepFM(nnx.Module):
     _parts.check_field_dim(config, inputs, extra_dims=(1,))
     self.heads, self.dim = inputs.heads, m.embed_dim
     num_fields = _parts.num_fields(inputs, m.embed_dim)
-    self.dense_linear = nnx.Linear(inputs.num_dense, 1, rngs=rngs) if inputs.num_dense else None
+    self.dense_linear = _parts.dense_linear(inputs, rngs=rngs)
     self.dense_fields = DenseFields(inputs.num_dense, m.embed_dim, rngs=rngs)
     self.cin = CIN(num_fields, m.cin_layers, m.split_half, rngs=rngs)
     self.cin_out = nnx.Linear(self.cin.output_dim, len(self.heads), rngs=rngs)
