@@ -1,11 +1,12 @@
 """What a dynamic table's map costs, on the default backend (BENCHMARKS.md, "Dynamic tables ...").
 
-  python scripts/dynamic_tables_bench.py [--ids 2048] [--capacities 169,100000] [--steps 20]
-      [--modes hashed,dynamic,dynamic_pieces8] [--devices 8] [--skip-map-update]
+  python scripts/dynamic_tables_bench.py [--ids 2048] [--capacities 169,100000] [--map-shards 1,8]
+      [--steps 20] [--modes hashed,dynamic,dynamic_pieces8] [--devices 8] [--skip-map-update]
 
-1. One table's map update (`dynamic.admit`, jitted) for a batch of Zipf ids, per capacity, with
-   31-bit ids and with 64-bit ids (a wide map): a fresh batch every step (new ids arrive) and the
-   same batch again (nothing new).
+1. One table's map update (`dynamic.admit`, jitted; with --map-shards L > 1 the map in L pieces on
+   one device, as the engine updates it) for a batch of Zipf ids, per capacity, with 31-bit ids
+   and with 64-bit ids (a wide map): a fresh batch every step (new ids arrive) and the same batch
+   again (nothing new).
 2. The default config's train step with its nine largest features hashed into a tenth of their
    rows, or dynamic tables of the same memory (and with admit_after=4), alternated in one process.
 One JSON line per measurement.
@@ -14,6 +15,7 @@ One JSON line per measurement.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import pathlib
 import statistics
@@ -26,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rankjax.config import load_config_file
-from rankjax.embedding import dynamic
+from rankjax.embedding import dynamic, dynamic_shards
 from rankjax.perf.bench import bench
 
 
@@ -39,30 +41,47 @@ def _median_ms(fn, steps: int) -> float:
   return statistics.median(times) * 1e3
 
 
-def map_update(num_ids: int, capacities: list[int], steps: int) -> None:
+def _admit_fn(spec: dynamic.DynamicSpec):
+  """One map update as the engine runs it on one device: (state, ids, high words, step) -> (state,
+  the ids' rows)."""
+  if spec.shards == 1:
+    return jax.jit(lambda state, ids, hi, step: dynamic.admit(spec, state, ids, step, hi)[:2])
+
+  def admit(pieces, ids, hi, step):  # The map in pieces: rankjax/embedding/engine.py's _admit_pieces.
+    words = dynamic.key_words(ids.reshape(-1), None if hi is None else hi.reshape(-1))
+    u, counts = dynamic.distinct(words)
+    pieces, rows = dynamic_shards.admit(spec, pieces, jnp.int32(0), u, counts, step)[:2]
+    return pieces, jnp.where(dynamic.is_pad(words), -1, rows[dynamic.index_in(u, words)])
+
+  return jax.jit(admit)
+
+
+def map_update(num_ids: int, capacities: list[int], steps: int, shards: list[int]) -> None:
   rng = np.random.default_rng(0)
   draws = [rng.zipf(1.2, (num_ids, 1)) % (20 * max(capacities)) for _ in range(steps + 3)]
   narrow = [(jnp.asarray(d.astype(np.int32)), None) for d in draws]
   # 64-bit ids: the same draws with a high word spread over all 32 bits (as raw ids come).
   wide = [(jnp.asarray(d.astype(np.int32)), jnp.asarray((d * 0x9E3779B1 % 2**32).astype(np.uint32).view(np.int32)))
           for d in draws]
-  for capacity in capacities:
-    for ids_kind, batches in (("31-bit", narrow), ("64-bit", wide)):
-      spec = dynamic.DynamicSpec(capacity=capacity, wide=ids_kind == "64-bit")
-      admit = jax.jit(lambda state, ids, hi, step, spec=spec: dynamic.admit(spec, state, ids, step, hi))
-      box = [dynamic.init_map(spec, jax.random.key_data(jax.random.key(0)))]
+  for capacity, pieces, (ids_kind, batches) in itertools.product(capacities, shards, (("31-bit", narrow),
+                                                                                    ("64-bit", wide))):
+    spec = dynamic.DynamicSpec(capacity=capacity // pieces * pieces, wide=ids_kind == "64-bit", shards=pieces)
+    admit = _admit_fn(spec)
+    key = jax.random.key_data(jax.random.key(0))
+    box = [dynamic.init_map(spec, key) if pieces == 1 else dynamic_shards.init(spec, key)]
 
-      def step(i, fresh, batches=batches, admit=admit, box=box):
-        box[0] = admit(box[0], *batches[i % len(batches) if fresh else 0], jnp.int32(i + 1))[0]
-        return box[0]
+    def step(i, fresh, batches=batches, admit=admit, box=box):
+      out = admit(box[0], *batches[i % len(batches) if fresh else 0], jnp.int32(i + 1))
+      box[0] = out[0]
+      return out
 
-      for i in range(3):
-        step(i, True)
-      fresh = _median_ms(lambda i: step(i + 3, True), steps)
-      same = _median_ms(lambda i: step(i, False), steps)
-      print(json.dumps({"part": "map_update", "device": jax.devices()[0].device_kind, "ids": num_ids,
-                        "id_bits": ids_kind, "capacity": capacity, "new_ids_every_step_ms": round(fresh, 3),
-                        "same_batch_ms": round(same, 3)}), flush=True)
+    for i in range(3):
+      step(i, True)
+    fresh = _median_ms(lambda i: step(i + 3, True), steps)
+    same = _median_ms(lambda i: step(i, False), steps)
+    print(json.dumps({"part": "map_update", "device": jax.devices()[0].device_kind, "ids": num_ids,
+                      "id_bits": ids_kind, "capacity": spec.capacity, "map_shards": pieces,
+                      "new_ids_every_step_ms": round(fresh, 3), "same_batch_ms": round(same, 3)}), flush=True)
 
 
 def config(mode: str):
@@ -90,6 +109,7 @@ def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--ids", type=int, default=2048)
   parser.add_argument("--capacities", default="169,100000")
+  parser.add_argument("--map-shards", default="1", help="map update: pieces of the map (map_shards), comma-separated")
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--reps", type=int, default=2)
   parser.add_argument("--modes", default="hashed,dynamic,dynamic_admit4",
@@ -98,7 +118,8 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--skip-map-update", action="store_true")
   args = parser.parse_args(argv)
   if not args.skip_map_update:
-    map_update(args.ids, [int(c) for c in args.capacities.split(",")], args.steps)
+    map_update(args.ids, [int(c) for c in args.capacities.split(",")], args.steps,
+               [int(s) for s in args.map_shards.split(",")])
   work = pathlib.Path(tempfile.mkdtemp())
   for rep in range(args.reps):
     for mode in args.modes.split(","):

@@ -199,12 +199,22 @@ def test_a_map_in_pieces_is_one_reference_map_per_piece():
   spec = dynamic.DynamicSpec(capacity=24, shards=4, decay=0.5)
   piece = dynamic_shards.piece_spec(spec)
   pieces, refs = dynamic_shards.init(spec, _key()), [ReferenceMap(piece) for _ in range(4)]
-  admit = jax.jit(lambda p, w, t: dynamic_shards.admit(spec, p, jnp.int32(0), w, t))
+
+  @jax.jit
+  def admit(p, w, t):
+    u, counts = dynamic.distinct(w)
+    p, rows, fresh, stats = dynamic_shards.admit(spec, p, jnp.int32(0), u, counts, t)
+    at = dynamic.index_in(u, w)
+    return p, jnp.where(dynamic.is_pad(w), -1, rows[at]), jnp.where(dynamic.is_pad(w), -1, fresh[at]), stats
+
   rng = np.random.default_rng(6)
   total_evicted = 0
   for step in range(1, 31):
     ids = (rng.zipf(1.3, 48) % 80).astype(np.int32)
     ids[rng.random(ids.shape) < 0.2] = -1
+    if step % 5 == 0:  # Every id of one piece: more than piece_capacity, the exact path.
+      ids = np.arange(200, dtype=np.int32)[dynamic_shards.owner((np.arange(200, dtype=np.uint32),), 4, xp=np) == 1][:48]
+      assert ids.size == 48 > dynamic_shards.piece_capacity(48, 4)
     owner = dynamic_shards.owner((ids.astype(np.uint32),), 4, xp=np)
     before = [set(_map_of({k: v[s] for k, v in pieces.items() if k != "key"})) for s in range(4)]
     pieces, rows, fresh, stats = admit(pieces, dynamic.key_words(jnp.asarray(ids)), step)

@@ -221,10 +221,18 @@ def admit(spec: DynamicSpec, state: dict[str, jax.Array], ids: jax.Array, step: 
   and the key words of the ids that took them, stats): admitted, evicted, pending (distinct ids
   waiting for admission), overflow (eligible ids that found no row) and occupancy (live ids /
   capacity)."""
-  c = spec.capacity
   words = _words_of(state, ids, ids_hi)
-  n = words[0].size
-  u, counts = _distinct(tuple(w.reshape(-1) for w in words))
+  out, fresh_rows, fresh_ids, stats = admit_distinct(spec, state, *distinct(tuple(w.reshape(-1) for w in words)),
+                                                     step)
+  return out, lookup(out, *words[::-1]), fresh_rows, fresh_ids, stats
+
+
+def admit_distinct(spec: DynamicSpec, state: dict[str, jax.Array], u: tuple, counts: jax.Array, step: jax.Array
+                   ) -> tuple[dict[str, jax.Array], jax.Array, tuple, dict[str, jax.Array]]:
+  """`admit` for a batch's distinct ids as `distinct` gives them (key words [n] ascending, PAD
+  past the real ones; their occurrences): (new state, fresh rows [n] (-1 = none), the key words of
+  the ids that took them, stats)."""
+  c, n = spec.capacity, u[0].shape[0]
   u_valid = ~is_pad(u)
   keys, rows, score, last = _keys(state), state["rows"], state["score"], state["last"]
   if spec.eviction == "lfu":
@@ -287,7 +295,7 @@ def admit(spec: DynamicSpec, state: dict[str, jax.Array], ids: jax.Array, step: 
            "pending": jnp.sum(new & ~eligible), "overflow": jnp.sum(eligible & ~admitted),
            "occupancy": jnp.sum(~is_pad(keys)) / c}
   fresh_ids = tuple(jnp.where(admitted, w, PAD) for w in u)
-  return out, lookup(out, *words[::-1]), fresh_rows, fresh_ids, stats
+  return out, fresh_rows, fresh_ids, stats
 
 
 def _merge(keys, rows, score, last, u, counts, admitted, step):
@@ -320,10 +328,10 @@ def _merge(keys, rows, score, last, u, counts, admitted, step):
           place(score, new_score, 0), place(last, jnp.full((n,), step, jnp.int32), 0))
 
 
-def _distinct(words: tuple) -> tuple[tuple, jax.Array]:
+def distinct(words: tuple) -> tuple[tuple, jax.Array]:
   """(distinct ids ascending as key words, padded with PAD to the input's size; their counts,
-  padding counting 0): one sort (two-key when wide), a cumulative sum and scatters (jnp.unique
-  with a size takes 6x as long on XLA:CPU)."""
+  padding counting 0): one keys-only sort (two-key when wide), a cumulative sum and scatters
+  (jnp.unique with a size takes 6x as long on XLA:CPU, a sort with a payload about as much)."""
   s = (jnp.sort(words[0]),) if len(words) == 1 else jax.lax.sort(words, num_keys=len(words))
   differs = s[0][1:] != s[0][:-1]
   for w in s[1:]:
@@ -332,6 +340,11 @@ def _distinct(words: tuple) -> tuple[tuple, jax.Array]:
   u = tuple(jnp.full(w.shape, PAD, jnp.uint32).at[segment].set(w) for w in s)
   counts = jnp.zeros(s[0].shape, jnp.int32).at[segment].add(1)
   return u, jnp.where(is_pad(u), 0, counts)
+
+
+def index_in(u: tuple, words: tuple) -> jax.Array:
+  """The index of each id (its key words) in `distinct`'s ids `u` that hold it (a binary search)."""
+  return jnp.clip(_rank(u, words), 0, u[0].shape[0] - 1)
 
 
 def fresh_values(key_data: jax.Array, words: tuple, dim: int, scale: float) -> jax.Array:

@@ -310,7 +310,8 @@ class EmbeddingEngine:
     return ids_bt
 
   # A map in pieces (dynamic_shards): on the table-row axes when they divide the pieces, else whole
-  # on every device. Each device updates its pieces from all the batch's ids; rows combine by pmax.
+  # on every device. Each device updates its pieces from their slices of the batch's distinct ids;
+  # rows combine by pmax.
 
   def _pieces_split(self, spec: dynamic.DynamicSpec) -> bool:
     return spec.shards > 1 and self.num_shards > 1 and spec.shards % self.num_shards == 0
@@ -334,17 +335,19 @@ class EmbeddingEngine:
 
   def _admit_pieces(self, spec: dynamic.DynamicSpec, pieces: dict, ids: jax.Array, step: jax.Array,
                     ids_hi: jax.Array | None):
-    """dynamic.admit's results for a map in pieces (fresh rows and ids at the batch's positions)."""
+    """dynamic.admit's results for a map in pieces (fresh rows and ids those of the batch's distinct ids)."""
     words = dynamic.key_words(ids.reshape(-1), None if ids_hi is None else ids_hi.reshape(-1))
+    u, counts = dynamic.distinct(words)
 
     def reduce(out, axes):
       new, rows, fresh, stats = out
       return new, jax.lax.pmax(rows, axes), jax.lax.pmax(fresh, axes), {k: jax.lax.psum(v, axes) for k, v in stats.items()}
 
     new, rows, fresh, stats = self._on_pieces(
-        spec, pieces, lambda p, first, w, t: dynamic_shards.admit(spec, p, first, w, t), reduce,
-        lambda specs: (specs, P(), P(), P()), words, step)
-    return new, rows.reshape(ids.shape), fresh, words, dict(stats, occupancy=stats["occupancy"] / spec.shards)
+        spec, pieces, lambda p, first, u, c, t: dynamic_shards.admit(spec, p, first, u, c, t), reduce,
+        lambda specs: (specs, P(), P(), P()), u, counts, step)
+    rows = jnp.where(dynamic.is_pad(words), -1, rows[dynamic.index_in(u, words)])
+    return new, rows.reshape(ids.shape), fresh, u, dict(stats, occupancy=stats["occupancy"] / spec.shards)
 
   def _lookup_pieces(self, spec: dynamic.DynamicSpec, pieces: dict, ids: jax.Array, ids_hi: jax.Array | None):
     words = dynamic.key_words(ids.reshape(-1), None if ids_hi is None else ids_hi.reshape(-1))
