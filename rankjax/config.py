@@ -241,6 +241,11 @@ def base_config(model: str = "dlrm") -> ml_collections.ConfigDict:
   # exact all-gather path (about 4x the bytes); the share of such steps is the train metric
   # embedding_exchange_fallback. Raise it if that is often above 0; >= shards never falls back.
   c.embedding.exchange_capacity = 1.25
+  # table_row_wise on a mesh with hosts: a host's devices merge their ids for each owner host into
+  # distinct ones before they cross hosts, with room for this multiple of an even share of the
+  # host's ids per owner (rankjax/embedding/sharding/table_row_wise.py); what crosses hosts is
+  # proportional to it. A step with more takes the exact all-gather path (the same metric).
+  c.embedding.host_exchange_capacity = 1.25
   # Per-table overrides, "TABLE:KEY=VALUE" with KEY in sharding|optimizer|dtype|combiner|initializer|
   # qr_buckets (e.g. "cat_0:qr_buckets=1000": a quotient-remainder table), rows ("cat_0:rows=5000":
   # ids hashed into 5000 rows, id mod rows), or a dynamic table's
@@ -479,6 +484,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError("embedding.dtype", f"must be one of {FLOAT_DTYPES}")
   if not config.embedding.exchange_capacity > 0:  # Also rejects NaN.
     raise ConfigError("embedding.exchange_capacity", f"must be > 0, got {config.embedding.exchange_capacity!r}")
+  if not config.embedding.host_exchange_capacity > 0:
+    raise ConfigError("embedding.host_exchange_capacity",
+                      f"must be > 0, got {config.embedding.host_exchange_capacity!r}")
   for entry in config.embedding.overrides:
     table, sep, rest = entry.partition(":")
     key, eq, value = rest.partition("=")

@@ -1,6 +1,8 @@
 """The sharded embedding engine: every sharding type on 8x1 and 2x4 meshes equals the single-device
 engine (forward rows and tables after 10 updates), runs are bitwise repeatable, padding never counts."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +10,7 @@ import pytest
 
 from rankjax.embedding.tables import EmbeddingTableConfig, FeatureSlots
 from rankjax.embedding.engine import EmbeddingEngine
-from rankjax.embedding.sharding import row_wise
+from rankjax.embedding.sharding import row_wise, table_row_wise
 from rankjax.partitioner import make_mesh
 
 SHARDINGS = ["replicated", "table_wise", "row_wise", "column_wise", "gspmd_row_wise", "table_row_wise"]
@@ -24,13 +26,14 @@ BATCH = 32
 
 
 def make_engine(shape, table_axes, sharding, optimizer="row_wise_adagrad", tables=TABLES, exchange_capacity=1.25,
-                mesh_axes=("data", "model")):
+                mesh_axes=("data", "model"), host_exchange_capacity=1.25):
   devices = jax.devices()[: int(np.prod(shape))]
   mesh = make_mesh(mesh_axes, shape, devices)
   tables = [t.__class__(**{**t.__dict__, "sharding": sharding}) for t in tables]
   return EmbeddingEngine(tables, SLOTS, mesh, batch_axes=mesh_axes, shard_axes=table_axes,
                          default_optimizer=optimizer,
-                         optimizer_args={optimizer: {"learning_rate": 0.05}}, exchange_capacity=exchange_capacity)
+                         optimizer_args={optimizer: {"learning_rate": 0.05}}, exchange_capacity=exchange_capacity,
+                         host_exchange_capacity=host_exchange_capacity)
 
 
 def batches(num, seed=0):
@@ -96,6 +99,44 @@ def test_table_row_wise_keeps_each_table_on_one_host_and_equals_single_device(si
   for t, off in zip(group.tables, group.table_offsets):  # Whole tables inside one host's row block.
     assert (off + t.vocab_size - 1) // host_rows == hosts[t.name]
   assert hosts == {"items": 0, "cats": 1, "users": 1, "tiny": 0}  # Largest first onto the lighter host.
+  assert_runs_equal(run(engine), single_device_runs["table_row_wise"])
+
+
+def table_row_wise_fallback_reference(ids, engine):
+  """Per batch, the two-stage exchange on 2 hosts x 4 devices: whether some device has more distinct
+  rows for one owner than row_wise's capacity (stage 1), or some device gets more distinct rows
+  for one owner host from its host's devices than host_capacity (stage 2)."""
+  (group,) = engine.groups
+  n = ids.shape[0] // 8
+  m = n * ids.shape[1]
+  cap, cap2 = row_wise.capacity(group, engine.axes, m), table_row_wise.host_capacity(group, engine.axes, m)
+  rows = np.where((ids >= 0) & (ids < group.slot_vocab), ids + group.slot_offset, -1)
+  mine = [set(np.unique(rows[d * n:(d + 1) * n])) - {-1} for d in range(8)]
+  owner = lambda r: r // group.rows_per_shard
+  over = any(sum(owner(r) == o for r in rows_d) > cap for rows_d in mine for o in range(8))
+  for host, me, to in itertools.product(range(2), range(4), range(2)):  # Stage 2 at device (host, me).
+    merged = set().union(*({r for r in mine[host * 4 + d] if owner(r) == to * 4 + me} for d in range(4)))
+    over |= len(merged) > cap2
+  return over
+
+
+# Stage 1 never overflows at exchange_capacity 8 (room for all of a device's ids); stage 2 then
+# falls back on every batch at 0.25 (room for 8 distinct rows an owner host, these batches bring
+# 11 to 15), never at 1.25 (24) and has no conditional at 8.
+@pytest.mark.parametrize("host_capacity", [0.25, 1.25, 8.0])
+def test_table_row_wise_across_hosts_equals_single_device_and_falls_back_exactly_when_over_capacity(
+    single_device_runs, host_capacity):
+  engine = make_engine((2, 4), ("host", "data"), "table_row_wise", mesh_axes=("host", "data"),
+                       exchange_capacity=8.0, host_exchange_capacity=host_capacity)
+  batch_sharding = jax.sharding.NamedSharding(engine.mesh, jax.sharding.PartitionSpec(engine.batch_axes))
+  flag = jax.jit(lambda ids: engine.exchange_fallback(engine.route(ids)))
+  with jax.set_mesh(engine.mesh):
+    got = [flag(jax.device_put(ids, batch_sharding)) for ids in batches(10)]
+  want = [table_row_wise_fallback_reference(ids, engine) for ids in batches(10)]
+  if host_capacity >= 8.0:
+    assert got == [None] * 10 and not any(want)
+  else:
+    assert [bool(g) for g in got] == want == [host_capacity < 1] * 10
   assert_runs_equal(run(engine), single_device_runs["table_row_wise"])
 
 

@@ -44,3 +44,43 @@ def test_row_wise_step_moves_fewer_bytes_than_table_wise_and_its_fallback_is_tol
   assert row_wise["collective_bytes_per_step"] < table_wise["collective_bytes_per_step"]
   assert row_wise["fallback_bytes_per_step"] > 3 * row_wise["collective_bytes_per_step"]
   assert row_wise["fallback_steps"].endswith("of 2") and "fallback_steps" not in table_wise
+
+
+def test_replica_groups_and_the_bytes_from_other_hosts():
+  """Both forms XLA prints replica groups in; on hosts of 4 devices (partition id // 4), an
+  all-to-all within a host takes nothing across hosts, one over pairs across hosts half its bytes."""
+  host_of = np.arange(8) // 4
+  line = "%a = (f32[4,4]{1,0}, f32[4,4]{1,0}) all-to-all(%x, %y), channel_id=1, replica_groups={{0,4},{1,5},{2,6},{3,7}}"
+  (op,) = hlo_stats.collectives(line)
+  assert op.groups == ((0, 4), (1, 5), (2, 6), (3, 7)) and hlo_stats.cross_host_bytes(op, host_of) == 64.0
+  (op,) = hlo_stats.collectives("%a = f32[4,4]{1,0} all-to-all(%x), replica_groups=[4,2]<=[2,4]T(1,0)")
+  assert op.groups == ((0, 4), (1, 5), (2, 6), (3, 7))
+  (op,) = hlo_stats.collectives("%a = f32[4,4]{1,0} all-to-all(%x), replica_groups=[2,4]<=[8]")
+  assert op.groups == ((0, 1, 2, 3), (4, 5, 6, 7)) and hlo_stats.cross_host_bytes(op, host_of) == 0.0
+  (op,) = hlo_stats.collectives("%a = f32[4,4]{1,0} all-reduce(%x), replica_groups={}, to_apply=%add")
+  assert op.groups == () and hlo_stats.cross_host_bytes(op, host_of) == 32.0  # All 8: half on the other host.
+
+
+def test_table_row_wise_merges_a_hosts_ids_before_they_cross_hosts():
+  """`rankjax bench embedding --collectives --hosts 2`: the two-stage exchange's bytes from the other
+  host are about row_wise's at the same room (host_exchange_capacity 1.25) and shrink with it, and its
+  cross-host all-to-alls run over pairs of devices, one on each host."""
+  from rankjax.cli import bench_embedding
+  from rankjax.embedding.sharding import table_row_wise
+  from rankjax.embedding.sharding.base import ShardingType
+
+  rows = []
+  for host_capacity in (1.25, 0.5):
+    bench_embedding.collectives(1024, 512, "row_wise_adagrad", 1.25, rows.append, fallback_steps=2, hosts=2,
+                                shardings=(ShardingType.ROW_WISE, ShardingType.TABLE_ROW_WISE),
+                                host_exchange_capacity=host_capacity)
+  flat, two_stage, _, smaller = rows
+  # The same room (stage 2 rounds up to 8 once per host, row_wise once per owner device: a little less).
+  assert 0.95 * flat["cross_host_bytes_per_step"] < two_stage["cross_host_bytes_per_step"] <= flat["cross_host_bytes_per_step"]
+  assert smaller["cross_host_bytes_per_step"] < 0.5 * flat["cross_host_bytes_per_step"]
+  engine, step, state, sharding = bench_embedding.sparse_engine(1024, "table_row_wise", "row_wise_adagrad",
+                                                                jax.devices(), 1.25, hosts=2)
+  ids, labels = next(bench_embedding._batches(1024, 512, 1))
+  text = step.lower(state, jax.device_put(ids, sharding), jax.device_put(labels, sharding), jnp.int32(1)).compile().as_text()
+  across = [op for op in hlo_stats.collectives(text) if table_row_wise.HOST_SCOPE in op.op_name]
+  assert len(across) == 4 and all(op.groups == ((0, 4), (1, 5), (2, 6), (3, 7)) for op in across)

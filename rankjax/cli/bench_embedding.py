@@ -60,7 +60,7 @@ def _logit(w_fd, emb_bfd):
 
 
 def sparse_engine(rows: int, sharding: str, optimizer: str, devices, exchange_capacity: float = 1.25,
-                  hosts: int = 1):
+                  hosts: int = 1, host_exchange_capacity: float = 1.25):
   """(engine, jitted step, initial state, batch sharding) for 26 tables of `rows` rows; `hosts` > 1:
   a mesh ("host", "data") of that many hosts (table_row_wise keeps each table on one)."""
   axes = (HOST_AXIS, "data") if hosts > 1 else ("data", "model")
@@ -71,7 +71,7 @@ def sparse_engine(rows: int, sharding: str, optimizer: str, devices, exchange_ca
   engine = EmbeddingEngine(tables, FeatureSlots(tuple(f"f{i}" for i in range(NUM_TABLES)), (1,) * NUM_TABLES),
                            mesh, batch_axes=axes, shard_axes=axes,
                            default_optimizer=optimizer, optimizer_args={optimizer: {"learning_rate": 0.05}},
-                           exchange_capacity=exchange_capacity)
+                           exchange_capacity=exchange_capacity, host_exchange_capacity=host_exchange_capacity)
   shardings = engine.shardings()
   rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
@@ -154,16 +154,17 @@ def run(rows_list: list[int], steps: int, warmup: int, batch: int, sharding: str
 
 def collectives(rows: int, batch: int, optimizer: str, exchange_capacity: float, emit: Callable[[dict], None],
                 fallback_steps: int = 50, shardings: tuple[ShardingType, ...] = tuple(ShardingType),
-                hosts: int = 1) -> None:
+                hosts: int = 1, host_exchange_capacity: float = 1.25) -> None:
   """Per sharding type: the collectives of the compiled engine step and the bytes they move.
 
   row_wise's step holds two paths under one conditional: the capacity-bound all-to-all and the
   all-gather fallback (ops under row_wise.FALLBACK_SCOPE). Its row gives the bytes of the path
   taken, the fallback's separately, and how many of `fallback_steps` of the bench's data fell back.
+  With hosts > 1 it gives the part of the taken path's bytes that comes from other hosts too.
   """
   for sharding in shardings:
     engine, step, state, batch_sharding = sparse_engine(rows, sharding.value, optimizer, jax.devices(),
-                                                        exchange_capacity, hosts)
+                                                        exchange_capacity, hosts, host_exchange_capacity)
     ids, labels = next(_batches(rows, batch, 1))
     compiled = step.lower(state, jax.device_put(ids, batch_sharding), jax.device_put(labels, batch_sharding),
                           jnp.int32(1)).compile()
@@ -172,6 +173,10 @@ def collectives(rows: int, batch: int, optimizer: str, exchange_capacity: float,
     taken = [o for o in ops if row_wise.FALLBACK_SCOPE not in o.op_name]
     row = {"sharding": sharding.value, "devices": jax.device_count(), "hosts": hosts, "rows_per_table": rows, "batch": batch,
            "collectives": hlo_stats.summarize(taken), "collective_bytes_per_step": sum(o.bytes for o in taken)}
+    if hosts > 1:  # Partition ids run over the mesh's devices in order; the host is the first axis.
+      host_of = np.indices(engine.mesh.devices.shape)[engine.mesh.axis_names.index(HOST_AXIS)].reshape(-1)
+      row |= {"host_exchange_capacity": host_exchange_capacity,
+              "cross_host_bytes_per_step": round(sum(hlo_stats.cross_host_bytes(o, host_of) for o in taken))}
     if fallback:
       flag = partitioner.jit(lambda ids: engine.exchange_fallback(engine.route(ids)))
       fell_back = sum(float(flag(jax.device_put(i, batch_sharding))) > 0
@@ -209,11 +214,14 @@ def main(argv: list[str]) -> int:
                       help="instead of timing, print each sharding type's collectives from the compiled HLO")
   parser.add_argument("--hosts", type=int, default=1,
                       help="--collectives: a mesh (host, data) of this many hosts (default: one host)")
+  parser.add_argument("--host-exchange-capacity", type=float, default=1.25,
+                      help="table_row_wise's room across hosts (embedding.host_exchange_capacity)")
   args = parser.parse_args(argv)
   emit = lambda obj: print(json.dumps(obj), flush=True)
   rows_list = args.rows
   if args.collectives:
-    collectives(rows_list[0], args.batch, args.optimizer, args.exchange_capacity, emit, hosts=args.hosts)
+    collectives(rows_list[0], args.batch, args.optimizer, args.exchange_capacity, emit, hosts=args.hosts,
+                host_exchange_capacity=args.host_exchange_capacity)
     return 0
   run(rows_list, args.steps, args.warmup, args.batch, args.sharding, args.optimizer, not args.no_naive, emit,
       args.exchange_capacity)

@@ -107,6 +107,7 @@ def build_engine(config: ml_collections.ConfigDict, tables: Sequence[EmbeddingTa
     return EmbeddingEngine(tables, slots, partitioner.mesh, batch_axes=partitioner.rules.get("batch", ()),
                            shard_axes=partitioner.rules.get("table_rows", ()),
                            default_optimizer=config.embedding.optimizer, optimizer_args=optimizer_args(config),
-                           fold_ids=fold_ids, exchange_capacity=config.embedding.exchange_capacity)
+                           fold_ids=fold_ids, exchange_capacity=config.embedding.exchange_capacity,
+                           host_exchange_capacity=config.embedding.host_exchange_capacity)
   except ValueError as err:
     raise ConfigError("embedding", str(err)) from None

@@ -69,10 +69,12 @@ class EmbeddingEngine:
   def __init__(self, tables: Sequence[EmbeddingTableConfig], slots: FeatureSlots, mesh: jax.sharding.Mesh, *,
                batch_axes: Sequence[str], shard_axes: Sequence[str], default_sharding: str = "row_wise",
                default_optimizer: str = "row_wise_adagrad", optimizer_args: dict[str, dict] | None = None,
-               fold_ids: bool = False, exchange_capacity: float = 1.25):
+               fold_ids: bool = False, exchange_capacity: float = 1.25, host_exchange_capacity: float = 1.25):
     """fold_ids: map ids >= vocab to id % vocab (tables shrunk by data.row_scale) instead of
     treating them as padding. exchange_capacity: row_wise's all-to-all room per owner shard, as a
-    multiple of an even share of a device's ids (rankjax/embedding/sharding/row_wise.py)."""
+    multiple of an even share of a device's ids (rankjax/embedding/sharding/row_wise.py);
+    host_exchange_capacity: table_row_wise's room across hosts, of an even share of a host's ids
+    (rankjax/embedding/sharding/table_row_wise.py)."""
     self.slots, self.mesh, self.fold_ids = slots, mesh, fold_ids
     # A dynamic table's ids become rows 0..capacity (the last the default row) before routing; a
     # static table with `rows` set hashes its ids into that many rows (id mod rows).
@@ -161,7 +163,7 @@ class EmbeddingEngine:
           dtype=DTYPES[dtype], tables=tuple(group_tables), table_ids=np.array(ids, np.int32), layout=layout,
           slots=group_slots, slot_offset=np.asarray(layout.table_offsets, np.int64)[local_table].astype(np.int32),
           slot_vocab=np.array([group_tables[j].vocab_size for j in local_table], np.int32),
-          exchange_capacity=exchange_capacity))
+          exchange_capacity=exchange_capacity, host_exchange_capacity=host_exchange_capacity))
     self.dynamic = self._dynamic_tables(serving)
     # Per dim: its groups, and the order that puts their concatenated slots in engine slot order.
     self.dims = tuple(sorted({g.dim for g in self.groups}))

@@ -60,6 +60,9 @@ class TableGroup:
   slot_vocab: np.ndarray  # [T_g]
   # row_wise: all-to-all room per owner shard, as a multiple of an even share of a device's ids.
   exchange_capacity: float = 1.25
+  # table_row_wise across hosts: stage 2's room per owner host, as a multiple of an even share of
+  # the host's ids per owner (rankjax/embedding/sharding/table_row_wise.py).
+  host_exchange_capacity: float = 1.25
 
   @property
   def table_offsets(self) -> np.ndarray:
