@@ -214,6 +214,34 @@ def test_raw_features_keep_their_64_bit_ids_beside_hashed_ones(tmp_path, name, w
   assert manifest["vocab_sizes"] == [5, 50, len({v for h in history[:6] for v in h if v != pad})]
 
 
+def test_vocab_raw_keeps_every_hashed_feature_raw_as_the_spec_key_would(tmp_path, capsys):
+  """`--vocab raw` on a spec that hashes user and history (and buckets age, counts item) writes the
+  dataset of the spec with "raw": true on those two, byte for byte; a spec that hashes nothing is
+  an error naming it."""
+  source = _write_parquet(tmp_path / "t.parquet", ROWS)
+  hashed = dict(SPEC, categorical=[{"name": "user", "num_rows": 100}, {"name": "item", "min_count": 1},
+                                   {"name": "age_band", "column": "age", "boundaries": [25, 45]}])
+  by_key = dict(hashed, categorical=[{"name": "user", "raw": True}, *hashed["categorical"][1:]],
+                sequence=[{"name": "history", "raw": True, "max_hotness": 3}])
+  (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+  assert _cli("--input", source, "--output", tmp_path / "flag", "--spec", _spec_file(tmp_path / "a", hashed),
+              "--vocab", "raw", "--eval-fraction", 0.25) == 0
+  assert _cli("--input", source, "--output", tmp_path / "key", "--spec", _spec_file(tmp_path / "b", by_key),
+              "--eval-fraction", 0.25) == 0
+  flag, key = layout.read_manifest(tmp_path / "flag"), layout.read_manifest(tmp_path / "key")
+  assert flag["raw_ids"] == key["raw_ids"] == [True, False, False, True]
+  assert flag["vocab_sizes"] == key["vocab_sizes"] and flag["feature_spec"] == key["feature_spec"]
+  for split in ("train", "eval"):
+    got, want = _split(tmp_path / "flag", split), _split(tmp_path / "key", split)
+    for field in want.dtype.names:
+      np.testing.assert_array_equal(got[field], want[field], err_msg=field)
+  capsys.readouterr()
+  assert _cli("--input", source, "--output", tmp_path / "none", "--spec", _spec_file(tmp_path / "b", by_key),
+              "--vocab", "raw") == 2
+  assert f"{tmp_path / 'b' / 'spec.json'}: --vocab raw keeps hashed features' ids raw, and the spec hashes none" in (
+      capsys.readouterr().err)
+
+
 def test_raw_ids_reserved_for_a_null_and_padding_are_bad_rows(tmp_path, capsys):
   rows = {k: list(v) for k, v in ROWS.items()}
   rows["user"][3], rows["history"][5] = "-1", [3, -2]

@@ -88,6 +88,10 @@ def _table_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="rankjax data table", description=table.__doc__.split("\n\n")[0])
   _common_arguments(parser)
   parser.add_argument("--spec", required=True, help="JSON feature spec (see rankjax/data/table.py)")
+  parser.add_argument("--vocab", choices=("spec", "raw"), default="spec",
+                      help="spec: each feature as its spec says; raw: every hashed categorical and sequence "
+                           "feature (num_rows alone) keeps its 64-bit ids instead, for dynamic tables, as "
+                           "\"raw\": true would (features with min_count or boundaries keep theirs)")
   parser.add_argument("--lists", action="store_true",
                       help="one query list per value of the spec's qid column (consecutive rows), for learning "
                            "to rank with categorical features (rankjax/data/table_lists.py)")
@@ -144,6 +148,8 @@ def _run_table(argv: list[str]) -> tuple[str, dict]:
   from rankjax.data import table
   args = _table_parser().parse_args(argv)
   spec = table.load_spec(pathlib.Path(args.spec))
+  if args.vocab == "raw":
+    spec = table.with_raw_ids(spec, args.spec)
   options = table.TableOptions(strict=args.on_error == "strict", max_records_per_shard=args.max_records_per_shard,
                                workers=args.workers, lists=args.lists, max_list_size=args.max_list_size,
                                **_split_options(args))

@@ -13,7 +13,7 @@ The spec (a JSON object):
    "qid": "query_id"}                                          optional int64 query id
 A categorical or sequence feature with "raw": true keeps its 64-bit ids instead of rows (no
 num_rows, min_count or boundaries): for dynamic tables (rankjax/embedding/dynamic.py), nothing
-hashed away.
+hashed away; `rankjax data table --vocab raw` makes every hashed feature (num_rows alone) raw.
 With --lists the rows of each query id become one list record instead (rankjax/data/table_lists.py).
 Records: label float32 (shape (k,) for k labels; training uses one, pipeline `label_index`,
 the first by default), dense float32[d], cat int32[categoricals + sum of max_hotness], and with
@@ -242,6 +242,21 @@ def _bucketised(path: pathlib.Path, where: str, feature: CategoricalFeature) -> 
     raise _spec_error(path, f"{where}.num_rows", f"{len(bounds)} boundaries make {len(bounds) + 2} rows (row 0 "
                       f"missing, then {len(bounds) + 1} buckets), got {feature.num_rows!r}")
   return dataclasses.replace(feature, boundaries=tuple(float(b) for b in bounds), num_rows=len(bounds) + 2)
+
+
+def with_raw_ids(spec: FeatureSpec, path: pathlib.Path | str) -> FeatureSpec:
+  """`rankjax data table --vocab raw`: the spec with every hashed categorical and sequence feature
+  (num_rows alone) raw, as `"raw": true` makes it; exact vocabularies (min_count) and buckets
+  (boundaries) stay. A spec with no hashed feature is an error naming it."""
+  def raw(feature):
+    hashed = not (feature.raw or feature.min_count or getattr(feature, "boundaries", ()))
+    return dataclasses.replace(feature, raw=True, num_rows=0) if hashed else feature
+
+  out = dataclasses.replace(spec, categorical=tuple(map(raw, spec.categorical)), sequence=tuple(map(raw, spec.sequence)))
+  if out.raw_ids == spec.raw_ids:
+    raise layout.DataError(f"{path}: --vocab raw keeps hashed features' ids raw, and the spec hashes none (each has "
+                           "min_count, boundaries or raw)")
+  return out
 
 
 def load_spec(path: pathlib.Path) -> FeatureSpec:
