@@ -161,3 +161,34 @@ def test_exported_list_scorer_with_tables_matches_the_trainer_bit_for_bit(list_d
   data_dir = _trained(config, tmp_path / "run")
   artifact.export(tmp_path / "run", tmp_path / "model")
   _assert_bitwise_parity(tmp_path / "run", tmp_path / "model", data_dir, batch_size=5)
+
+
+def test_raw_ids_in_lists_train_dynamic_tables_and_export_as_the_trainer(tmp_path):
+  """`--lists --vocab raw`: each document's ids keep their 64 bits (cat / cat_hi as the per-row
+  raw conversion writes them, -1 in both on padding documents); the ranking task gives the raw
+  features dynamic tables (no collisions, sized by their distinct train ids), trains, and its
+  exported scorer matches the trainer bit for bit."""
+  rows = _rows(60, max_docs=6)
+  assert _convert(tmp_path, rows, "rows", "--eval-fraction", 0.25, "--vocab", "raw") == 0
+  assert _convert(tmp_path, rows, "lists", "--lists", "--eval-fraction", 0.25, "--vocab", "raw") == 0
+  manifest = layout.read_manifest(tmp_path / "lists")
+  assert manifest["raw_ids"] == [True, True]
+  assert manifest["vocab_sizes"] == layout.read_manifest(tmp_path / "rows")["vocab_sizes"]
+  per_row = np.concatenate([_records(tmp_path / "rows", "train"), _records(tmp_path / "rows", "eval")])
+  lists = np.concatenate([_records(tmp_path / "lists", "train"), _records(tmp_path / "lists", "eval")])
+  size = manifest["max_list_size"]
+  for record, want in zip(lists, _grouped(per_row, size), strict=True):
+    n = len(want)
+    np.testing.assert_array_equal(record["cat"][:n], want["cat"])
+    np.testing.assert_array_equal(record["cat_hi"][:n], want["cat_hi"])
+    assert (record["cat"][n:] == -1).all() and (record["cat_hi"][n:] == -1).all()
+  assert np.any(lists["cat_hi"][lists["mask"] == 1] != 0)  # "doc17" text ids: BLAKE2b, high words set.
+
+  config = _ranking_config(tmp_path / "lists", 3)
+  config.eval.block_rows = 1
+  data_dir = _trained(config, tmp_path / "run")
+  exp, state, losses = run_steps(config, tmp_path / "steps", jax.devices()[:1], 3)
+  assert np.all(np.isfinite(losses))
+  assert set(exp.task.engine.dynamic) == {"cat_0", "cat_1"}  # Both raw features: dynamic maps.
+  artifact.export(tmp_path / "run", tmp_path / "model")
+  _assert_bitwise_parity(tmp_path / "run", tmp_path / "model", data_dir, batch_size=5)

@@ -760,9 +760,6 @@ def _list_size(spec: FeatureSpec, files: Sequence[pathlib.Path], options: TableO
     return 0, 0
   if not spec.qid:
     raise ValueError("--lists groups rows into query lists by the spec's \"qid\" column, which the spec lacks")
-  if any(spec.raw_ids):
-    raise ValueError("--lists takes features with rows (num_rows or min_count); \"raw\": true features are for "
-                     "one record per row")
   if len(spec.labels) != 1:
     raise ValueError(f"--lists takes one label column (the relevance), the spec has {list(spec.labels)}")
   if options.max_list_size is not None and options.max_list_size < 1:
@@ -801,7 +798,8 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, spe
   truncated = {f.name: 0 for f in spec.sequence}
   several = dict(truncated)  # Rows with more than one id: none at all hints at a wrong separator.
   dense_stats = FeatureStats(len(spec.dense))  # Over the train split: what training standardises with.
-  out_dtype = table_lists.list_dtype(len(spec.dense), sum(spec.hotness), list_size) if options.lists else dtype
+  out_dtype = table_lists.list_dtype(len(spec.dense), sum(spec.hotness), list_size,
+                                     any(spec.raw_ids)) if options.lists else dtype
   with DatasetWriter(output, out_dtype, options.max_records_per_shard) as writer:
     train, evaluation = writer.split("train"), writer.split("eval")
     closed = set() if options.eval_fraction is not None else None  # One input: a qid is in one split.
@@ -858,6 +856,7 @@ def convert(train_files: Sequence[pathlib.Path], output: str | pathlib.Path, spe
       return writer.finish(
           stats, rows_written=sum(g.rows for g in groupers.values()), num_features=len(spec.dense), max_list_size=list_size, feature_stats=dense_stats.as_dict(),
           vocab_sizes=spec.vocab_sizes, hotness=spec.hotness, labels=list(spec.labels), feature_spec=spec.as_dict(),
+          **({"raw_ids": spec.raw_ids} if any(spec.raw_ids) else {}),
           sequences_truncated=truncated, sequence_rows_with_several_ids=several,
           **({"vocabularies": vocabularies} if vocabularies else {}),
           lists={"longest_query": longest, **truncated_lists}, source={**source, "lists": True})

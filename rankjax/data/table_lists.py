@@ -5,7 +5,9 @@ embedding engine (task `ranking`).
 
 Record (L = max_list_size, N = dense columns, S = the categorical and sequence slots):
   relevance f4[L] (the label), features f4[L, N] (dense), mask u1[L] (1 = a document),
-  cat i4[L, S] (rows as in a table record; -1 on padding documents), qid i8.
+  cat i4[L, S] (rows as in a table record; -1 on padding documents), with raw features
+  (`"raw": true`, --vocab raw) cat_hi i4[L, S] (their ids' high words, as a table record's; -1 on
+  padding documents, so both words read as the padding id 2**64 - 1), qid i8.
 A list keeps its first L documents in input order; the rest are dropped and counted
 (`documents_truncated`, `queries_truncated`). L is the longest query of the input unless
 --max-list-size caps it. A query whose rows straddle the --eval-fraction boundary stays whole
@@ -29,10 +31,11 @@ from rankjax.data.writer import ShardWriter
 WRITE_LISTS = 1024  # List records buffered per write.
 
 
-def list_dtype(num_dense: int, slots: int, max_list_size: int) -> np.dtype:
+def list_dtype(num_dense: int, slots: int, max_list_size: int, raw_ids: bool = False) -> np.dtype:
   size = max_list_size
   return np.dtype([("relevance", "<f4", (size,)), ("features", "<f4", (size, num_dense)), ("mask", "u1", (size,)),
-                   ("cat", "<i4", (size, slots)), ("qid", "<i8")])
+                   ("cat", "<i4", (size, slots)), *((("cat_hi", "<i4", (size, slots)),) if raw_ids else ()),
+                   ("qid", "<i8")])
 
 
 def _qid_batches(path: pathlib.Path, column: str, is_parquet: bool):
@@ -108,8 +111,9 @@ class ListGrouper:
     record["relevance"][0, :len(kept)] = kept["label"] if kept["label"].ndim == 1 else kept["label"][:, 0]
     record["features"][0, :len(kept)] = kept["dense"]
     record["mask"][0, :len(kept)] = 1
-    record["cat"][0] = -1
-    record["cat"][0, :len(kept)] = kept["cat"]
+    for field in ("cat", "cat_hi") if "cat_hi" in self.dtype.names else ("cat",):
+      record[field][0] = -1
+      record[field][0, :len(kept)] = kept[field]
     record["qid"] = self.qid
     if self.stats is not None:
       self.stats.add(kept["dense"])

@@ -67,11 +67,17 @@ class RankingTask(Task):
               Field("features", "float32", (list_size, num_features), values="finite", list_axis=True),
               Field("mask", "float32", (list_size,), values="binary", list_axis=True)]
     embedded_width = 0
+    self.raw_ids = any(manifest.get("raw_ids") or ())
     if manifest.get("vocab_sizes"):
       hotness = tuple(manifest["hotness"])
-      id_bounds = tuple(int(v) for v, h in zip(manifest["vocab_sizes"], hotness) for _ in range(h))
+      # Raw 64-bit ids (a table's "raw": true, --vocab raw): cat / cat_hi hold their low / high
+      # words, unchecked (bound 0); other features' rows are checked against their vocabulary.
+      raw = tuple(manifest.get("raw_ids") or (False,) * len(hotness))
+      id_bounds = tuple(0 if r else int(v) for v, h, r in zip(manifest["vocab_sizes"], hotness, raw) for _ in range(h))
       fields.append(Field("cat", "int32", (list_size, sum(hotness)), id_bounds=id_bounds * list_size,
                           list_axis=True))
+      if self.raw_ids:
+        fields.append(Field("cat_hi", "int32", (list_size, sum(hotness)), list_axis=True))
       slots = FeatureSlots(tuple(f"cat_{i}" for i in range(len(hotness))), hotness)
       self.engine = build_engine(config, self.embedding_tables(config, manifest), slots, partitioner,
                                  fold_ids=config.data.row_scale != 1, aliases=column_aliases(manifest))
@@ -79,7 +85,7 @@ class RankingTask(Task):
         raise ConfigError("embedding.overrides", "a ranking task pools each document's ids per feature: combiner "
                           "'none' (an unpooled sequence) is not supported")
       embedded_width = sum(self.engine.feature_dim(n) for n in self.engine.slots.names)
-      self.SERVING_FIELDS = (*self.SERVING_FIELDS, "cat")
+      self.SERVING_FIELDS = (*self.SERVING_FIELDS, "cat", *(("cat_hi",) if self.raw_ids else ()))
     self.batch_spec = BatchSpec(tuple(fields))
     self.inputs = InputSpec(heads=(self.HEAD,), num_document_features=num_features + embedded_width,
                             list_size=list_size)
@@ -87,13 +93,17 @@ class RankingTask(Task):
 
   @classmethod
   def embedding_tables(cls, config: ml_collections.ConfigDict, manifest: dict) -> list:
-    """One table per categorical feature of the lists (none for LETOR lists), of model.embed_dim."""
+    """One table per categorical feature of the lists (none for LETOR lists), of model.embed_dim;
+    a feature with raw 64-bit ids gets a table over them (a dynamic map by default:
+    tables.raw_id_defaults)."""
     vocab_sizes = manifest.get("vocab_sizes") or []
     if config.data.row_scale != 1:
       vocab_sizes = scale_rows(vocab_sizes, config.data.row_scale)
     dim = config.model.get("embed_dim", 16)
-    return [EmbeddingTableConfig(name=f"cat_{i}", vocab_size=int(v), dim=dim, feature_names=(f"cat_{i}",))
-            for i, v in enumerate(vocab_sizes)]
+    raw = manifest.get("raw_ids") or (False,) * len(vocab_sizes)
+    return [EmbeddingTableConfig(name=f"cat_{i}", vocab_size=int(v), dim=dim, feature_names=(f"cat_{i}",),
+                                 id_bits=64 if r else 31)
+            for i, (v, r) in enumerate(zip(vocab_sizes, raw))]
 
   @classmethod
   def validate_config(cls, config: ml_collections.ConfigDict) -> None:
@@ -119,11 +129,15 @@ class RankingTask(Task):
     # Real documents rank above padding (noise - 2 < -1 <= noise), each in random order.
     _, chosen_bk = jax.lax.top_k(jnp.where(batch["mask"] > 0, noise_bl, noise_bl - 2.0), keep)
     take = lambda x: jnp.take_along_axis(x, chosen_bk.reshape(chosen_bk.shape + (1,) * (x.ndim - 2)), axis=1)
-    return {**batch, **{k: take(batch[k]) for k in ("relevance", "features", "mask", "cat") if k in batch}}
+    return {**batch, **{k: take(batch[k]) for k in ("relevance", "features", "mask", "cat", "cat_hi") if k in batch}}
 
   def sparse_ids(self, batch: dict[str, jax.Array]) -> jax.Array:
     """Every document's ids, documents as rows: [B * L, S]."""
     return batch["cat"].reshape(-1, batch["cat"].shape[-1])
+
+  def sparse_ids_hi(self, batch: dict[str, jax.Array]) -> jax.Array | None:
+    """The high words of raw 64-bit ids, laid out as `sparse_ids`; None for row ids."""
+    return batch["cat_hi"].reshape(-1, batch["cat_hi"].shape[-1]) if self.raw_ids else None
 
   def model_inputs(self, batch: dict[str, jax.Array], rows: dict[str, jax.Array] | None,
                    routing: Routing | None) -> ModelInputs:
