@@ -47,8 +47,9 @@ def test_row_wise_step_moves_fewer_bytes_than_table_wise_and_its_fallback_is_tol
 
 
 def test_replica_groups_and_the_bytes_from_other_hosts():
-  """Both forms XLA prints replica groups in; on hosts of 4 devices (partition id // 4), an
-  all-to-all within a host takes nothing across hosts, one over pairs across hosts half its bytes."""
+  """The three forms XLA prints replica groups in, and a permute's pairs; on hosts of 4 devices
+  (partition id // 4), an all-to-all within a host takes nothing across hosts, one over pairs
+  across hosts half its bytes."""
   host_of = np.arange(8) // 4
   line = "%a = (f32[4,4]{1,0}, f32[4,4]{1,0}) all-to-all(%x, %y), channel_id=1, replica_groups={{0,4},{1,5},{2,6},{3,7}}"
   (op,) = hlo_stats.collectives(line)
@@ -59,6 +60,14 @@ def test_replica_groups_and_the_bytes_from_other_hosts():
   assert op.groups == ((0, 1, 2, 3), (4, 5, 6, 7)) and hlo_stats.cross_host_bytes(op, host_of) == 0.0
   (op,) = hlo_stats.collectives("%a = f32[4,4]{1,0} all-reduce(%x), replica_groups={}, to_apply=%add")
   assert op.groups == () and hlo_stats.cross_host_bytes(op, host_of) == 32.0  # All 8: half on the other host.
+  # Shardy's mesh form: a mesh of device ids (an iota, maybe transposed), groups along the listed axes.
+  (op,) = hlo_stats.collectives("%a = f32[8]{0} all-reduce(%x), replica_groups=mesh['axis_0'=4,'axis_1'=2], "
+                                "device_ids=([2,4]T(1,0)) {'axis_0'}, use_global_device_ids=true")
+  assert op.groups == ((0, 1, 2, 3), (4, 5, 6, 7)) and hlo_stats.cross_host_bytes(op, host_of) == 0.0
+  (op,) = hlo_stats.collectives("%a = f32[8]{0} all-reduce(%x), replica_groups=mesh['a'=2,'b'=2,'c'=2] {'a','c'}")
+  assert op.groups == ((0, 1, 4, 5), (2, 3, 6, 7))
+  (op,) = hlo_stats.collectives("%p = f32[4]{0} collective-permute(%x), source_target_pairs={{0,1},{3,4},{4,5},{7,0}}")
+  assert op.pairs == ((0, 1), (3, 4), (4, 5), (7, 0)) and hlo_stats.cross_host_bytes(op, host_of) == 8.0
 
 
 def test_table_row_wise_merges_a_hosts_ids_before_they_cross_hosts():

@@ -215,7 +215,8 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--hosts", type=int, default=1,
                       help="--collectives: a mesh (host, data) of this many hosts (default: one host)")
   parser.add_argument("--host-exchange-capacity", type=float, default=1.25,
-                      help="table_row_wise's room across hosts (embedding.host_exchange_capacity)")
+                      help="--collectives with --hosts: table_row_wise's room across hosts "
+                           "(embedding.host_exchange_capacity)")
   args = parser.parse_args(argv)
   emit = lambda obj: print(json.dumps(obj), flush=True)
   rows_list = args.rows

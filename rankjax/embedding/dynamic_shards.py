@@ -57,10 +57,11 @@ def _mine(words: tuple, s: jax.Array, shards: int) -> tuple[jax.Array, tuple]:
 
 
 def piece_capacity(n: int, shards: int) -> int:
-  """Distinct ids one piece takes in a step on the compact path: an even share of the n distinct
-  ids at most, plus 4 standard deviations of a binomial share and 8, rounded up to 8 (the hash
-  spreads distinct ids over the pieces alike; a step that has more for some piece takes the exact
-  path, so this is a speed setting, never a limit)."""
+  """Distinct ids one piece takes in a step on the compact path, for a batch of n ids: an even
+  share of n (as if every id were distinct, the most there can be), plus 4 standard deviations of
+  a binomial share and 8, rounded up to 8 (the hash spreads distinct ids over the pieces alike; a
+  step that has more for some piece takes the exact path, so this is a speed setting, never a
+  limit)."""
   share = n / shards
   return min(n, -(-int(share + 4 * math.sqrt(share) + 8) // 8) * 8)
 

@@ -110,7 +110,8 @@ def _table_row_wise(tables: Sequence[EmbeddingTableConfig], choice: dict[str, st
                     num_devices: int, optimizer: str) -> dict[str, np.ndarray]:
   """table_row_wise_bytes of the tables chosen table_row_wise. In a group whose hosts do not
   balance (its fullest device holding over 10% more than row_wise would put there) the planner's
-  own choices go back to row_wise: table_row_wise moves the same bytes per step."""
+  own choices go back to row_wise (at the default host_exchange_capacity table_row_wise moves
+  about row_wise's bytes across hosts, so memory decides)."""
   key = lambda t: (t.optimizer or optimizer, t.dim, t.dtype)
   groups: dict[tuple, list[EmbeddingTableConfig]] = {}
   for t in tables:
