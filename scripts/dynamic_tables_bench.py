@@ -51,7 +51,7 @@ def _admit_fn(spec: dynamic.DynamicSpec):
     words = dynamic.key_words(ids.reshape(-1), None if hi is None else hi.reshape(-1))
     u, counts = dynamic.distinct(words)
     pieces, rows = dynamic_shards.admit(spec, pieces, jnp.int32(0), u, counts, step)[:2]
-    return pieces, jnp.where(dynamic.is_pad(words), -1, rows[dynamic.index_in(u, words)])
+    return pieces, dynamic.at_ids(u, rows, words)
 
   return jax.jit(admit)
 

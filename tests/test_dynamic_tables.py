@@ -204,8 +204,7 @@ def test_a_map_in_pieces_is_one_reference_map_per_piece():
   def admit(p, w, t):
     u, counts = dynamic.distinct(w)
     p, rows, fresh, stats = dynamic_shards.admit(spec, p, jnp.int32(0), u, counts, t)
-    at = dynamic.index_in(u, w)
-    return p, jnp.where(dynamic.is_pad(w), -1, rows[at]), jnp.where(dynamic.is_pad(w), -1, fresh[at]), stats
+    return p, dynamic.at_ids(u, rows, w), dynamic.at_ids(u, fresh, w), stats
 
   rng = np.random.default_rng(6)
   total_evicted = 0

@@ -39,6 +39,8 @@ def test_a_broken_config_file_is_one_line_naming_it(tmp_path, capsys, content, e
     (["plan", "--config", TINY_CONFIG, "--devices", "0"], "--devices=0: must be >= 1"),
     (["plan", "--config", TINY_CONFIG, "--devices", "-4"], "--devices=-4: must be >= 1"),
     (["bench", "embedding", "--rows", "abc"], "'abc' is not a comma-separated list of integers"),
+    (["bench", "embedding", "--collectives", "--host-exchange-capacity", "0"], "'0': must be > 0"),
+    (["bench", "embedding", "--exchange-capacity", "nan"], "'nan': must be > 0"),
     (["bench", "data", "--path", "/nonexistent"], "/nonexistent/manifest.json: no manifest"),
     (["train", "--config", TINY_CONFIG, "--workdir", "afile"], "--workdir afile: exists and is not a directory"),
 ])

@@ -198,6 +198,17 @@ def _positive_ints(text: str) -> list[int]:
   return values
 
 
+def _positive_float(text: str) -> float:
+  """argparse type: a number > 0 (a capacity); anything else is a usage error (exit 2)."""
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+  if not value > 0:  # Also rejects NaN.
+    raise argparse.ArgumentTypeError(f"{text!r}: must be > 0")
+  return value
+
+
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(prog="rankjax bench embedding", description=__doc__.splitlines()[0])
   parser.add_argument("--rows", default="100000,1000000,4000000", type=_positive_ints,
@@ -208,13 +219,13 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--sharding", default="row_wise", choices=[s.value for s in ShardingType])
   parser.add_argument("--optimizer", default="row_wise_adagrad")
   parser.add_argument("--no-naive", action="store_true", help="skip the tables-as-optax-params baseline")
-  parser.add_argument("--exchange-capacity", type=float, default=1.25,
+  parser.add_argument("--exchange-capacity", type=_positive_float, default=1.25,
                       help="row_wise all-to-all room per owner (embedding.exchange_capacity)")
   parser.add_argument("--collectives", action="store_true",
                       help="instead of timing, print each sharding type's collectives from the compiled HLO")
   parser.add_argument("--hosts", type=int, default=1,
                       help="--collectives: a mesh (host, data) of this many hosts (default: one host)")
-  parser.add_argument("--host-exchange-capacity", type=float, default=1.25,
+  parser.add_argument("--host-exchange-capacity", type=_positive_float, default=1.25,
                       help="--collectives with --hosts: table_row_wise's room across hosts "
                            "(embedding.host_exchange_capacity)")
   args = parser.parse_args(argv)

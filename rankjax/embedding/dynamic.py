@@ -342,9 +342,10 @@ def distinct(words: tuple) -> tuple[tuple, jax.Array]:
   return u, jnp.where(is_pad(u), 0, counts)
 
 
-def index_in(u: tuple, words: tuple) -> jax.Array:
-  """The index of each id (its key words) in `distinct`'s ids `u` that hold it (a binary search)."""
-  return jnp.clip(_rank(u, words), 0, u[0].shape[0] - 1)
+def at_ids(u: tuple, values: jax.Array, words: tuple) -> jax.Array:
+  """`values` of `distinct`'s ids `u`, read at each id (its key words; a binary search in u),
+  -1 for padding."""
+  return jnp.where(is_pad(words), -1, values[jnp.clip(_rank(u, words), 0, u[0].shape[0] - 1)])
 
 
 def fresh_values(key_data: jax.Array, words: tuple, dim: int, scale: float) -> jax.Array:

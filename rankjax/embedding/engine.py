@@ -348,8 +348,7 @@ class EmbeddingEngine:
     new, rows, fresh, stats = self._on_pieces(
         spec, pieces, lambda p, first, u, c, t: dynamic_shards.admit(spec, p, first, u, c, t), reduce,
         lambda specs: (specs, P(), P(), P()), u, counts, step)
-    rows = jnp.where(dynamic.is_pad(words), -1, rows[dynamic.index_in(u, words)])
-    return new, rows.reshape(ids.shape), fresh, u, dict(stats, occupancy=stats["occupancy"] / spec.shards)
+    return new, dynamic.at_ids(u, rows, words).reshape(ids.shape), fresh, u, dict(stats, occupancy=stats["occupancy"] / spec.shards)
 
   def _lookup_pieces(self, spec: dynamic.DynamicSpec, pieces: dict, ids: jax.Array, ids_hi: jax.Array | None):
     words = dynamic.key_words(ids.reshape(-1), None if ids_hi is None else ids_hi.reshape(-1))

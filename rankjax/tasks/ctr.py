@@ -50,6 +50,13 @@ def column_aliases(manifest: dict) -> dict[str, str]:
   return {column: feature for column, feature in zip(columns, _feature_names(manifest)) if column != feature}
 
 
+def id_bounds(manifest: dict, hotness: tuple[int, ...]) -> tuple[int, ...]:
+  """Each `cat` slot's bound: its feature's vocabulary, or 0 (unchecked) where the feature keeps
+  raw 64-bit ids (`cat` / `cat_hi` hold their low / high words: manifest `raw_ids`)."""
+  raw = tuple(manifest.get("raw_ids") or (False,) * len(hotness))
+  return tuple(0 if r else int(v) for v, h, r in zip(manifest["vocab_sizes"], hotness, raw) for _ in range(h))
+
+
 class ClickTask(Task):
   """One binary label per example (`ctr`)."""
 
@@ -68,11 +75,10 @@ class ClickTask(Task):
     # checked against their vocabulary; a raw feature's words are not: bound 0).
     raw = tuple(manifest.get("raw_ids") or (False,) * len(manifest["vocab_sizes"]))
     self.raw_ids = any(raw)
-    id_bounds = tuple(0 if r else int(v) for v, h, r in zip(manifest["vocab_sizes"], hotness, raw) for _ in range(h))
     self.batch_spec = BatchSpec((
         self.label_field(config),
         Field("dense", "float32", (manifest["num_dense"],), values="finite"),
-        Field("cat", "int32", (int(sum(hotness)),), id_bounds=id_bounds),
+        Field("cat", "int32", (int(sum(hotness)),), id_bounds=id_bounds(manifest, hotness)),
         *((Field("cat_hi", "int32", (int(sum(hotness)),)),) if self.raw_ids else ()),
     ))
     if self.raw_ids:

@@ -31,7 +31,7 @@ from rankjax.losses import RANKING_LOSSES, mean_of
 from rankjax.model_inputs import InputSpec, ModelInputs
 from rankjax.partitioner import Partitioner
 from rankjax.tasks.base import Task, cast_floating
-from rankjax.tasks.ctr import column_aliases
+from rankjax.tasks.ctr import column_aliases, id_bounds
 
 NO_RELEVANT = ("skip", "zero", "one")  # eval.no_relevant: a query without a relevant document.
 
@@ -70,11 +70,7 @@ class RankingTask(Task):
     self.raw_ids = any(manifest.get("raw_ids") or ())
     if manifest.get("vocab_sizes"):
       hotness = tuple(manifest["hotness"])
-      # Raw 64-bit ids (a table's "raw": true, --vocab raw): cat / cat_hi hold their low / high
-      # words, unchecked (bound 0); other features' rows are checked against their vocabulary.
-      raw = tuple(manifest.get("raw_ids") or (False,) * len(hotness))
-      id_bounds = tuple(0 if r else int(v) for v, h, r in zip(manifest["vocab_sizes"], hotness, raw) for _ in range(h))
-      fields.append(Field("cat", "int32", (list_size, sum(hotness)), id_bounds=id_bounds * list_size,
+      fields.append(Field("cat", "int32", (list_size, sum(hotness)), id_bounds=id_bounds(manifest, hotness) * list_size,
                           list_axis=True))
       if self.raw_ids:
         fields.append(Field("cat_hi", "int32", (list_size, sum(hotness)), list_axis=True))

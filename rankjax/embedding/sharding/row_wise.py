@@ -36,6 +36,11 @@ def capacity(group: TableGroup, axes: MeshAxes, local_ids: int) -> int:
   return max(1, min(local_ids, share))
 
 
+def local_ids(axes: MeshAxes, rows_bt: jax.Array) -> int:
+  """Ids a device holds of a batch-sharded [B, T] array of rows."""
+  return rows_bt.shape[0] // max(1, math.prod(axes.mesh.shape[a] for a in axes.batch)) * rows_bt.shape[1]
+
+
 def _owner_bounds(sorted_unique: jax.Array, group: TableGroup, num_shards: int) -> jax.Array:
   """[S + 1] first position of each owner's rows in ascending distinct rows (the last entry: how many
   are real rows; the rest are the padding value group.num_rows)."""
@@ -68,9 +73,9 @@ class RowWise(Sharding):
   def exchange_fallback(self, group: TableGroup, axes: MeshAxes, rows_bt: jax.Array) -> jax.Array | None:
     """Whether this step's ids overflow the all-to-all's capacity on some device (a replicated bool);
     None when they never can."""
-    local_ids = rows_bt.shape[0] // max(1, math.prod(axes.mesh.shape[a] for a in axes.batch)) * rows_bt.shape[1]
-    cap = capacity(group, axes, local_ids)
-    if cap >= local_ids:
+    m = local_ids(axes, rows_bt)
+    cap = capacity(group, axes, m)
+    if cap >= m:
       return None
 
     def fn(rows):

@@ -112,10 +112,10 @@ class TableRowWise(RowWise):
   def exchange_fallback(self, group: TableGroup, axes: MeshAxes, rows_bt: jax.Array) -> jax.Array | None:
     if not _two_stage(axes):
       return super().exchange_fallback(group, axes, rows_bt)
-    local_ids = rows_bt.shape[0] // max(1, math.prod(axes.mesh.shape[a] for a in axes.batch)) * rows_bt.shape[1]
+    m = row_wise.local_ids(axes, rows_bt)
     per_host = axes.num_shards // axes.mesh.shape[HOST_AXIS]
-    cap = row_wise.capacity(group, axes, local_ids)
-    if cap >= local_ids and host_capacity(group, axes, local_ids) >= per_host * cap:
+    cap = row_wise.capacity(group, axes, m)
+    if cap >= m and host_capacity(group, axes, m) >= per_host * cap:
       return None
 
     def fn(rows):
